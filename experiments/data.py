@@ -1,0 +1,374 @@
+"""DataModules: real datasets offline-first, preloaded as tensors, augmented in batches.
+
+Every datamodule exposes ``num_classes``, ``in_channels``, ``input_size`` and
+``example_inputs()`` so models and pruning can be built before any training.
+A fixed validation split is carved from the training set (seeded independently of the
+run seed); the test set is only used for the final numbers of each phase.
+"""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import struct
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import lightning as L
+import numpy as np
+import torch
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+class DataUnavailableError(RuntimeError):
+    """The dataset is neither on disk nor downloadable; the message says how to get it."""
+
+
+class TensorBatches:
+    """An iterable of (x, y) batches sliced from preloaded tensors.
+
+    Much faster than a per-sample DataLoader: one index permutation per epoch, one
+    gather per batch, augmentation applied to the whole batch.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.drop_last = drop_last
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.y)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
+        for i in range(len(self)):
+            sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
+            idx = order[sl].to(self.x.device) if order is not None else sl
+            xb, yb = self.x[idx], self.y[idx]
+            if self.augment is not None:
+                xb = self.augment(xb, self.generator)
+            yield xb, yb
+
+
+def random_crop_flip(padding: int = 4, flip: bool = True) -> Callable:
+    """Batched pad-and-random-crop plus horizontal flip (the CIFAR recipe)."""
+
+    def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        padded = torch.nn.functional.pad(x, (padding,) * 4)
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])  # n, h
+        cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])  # n, w
+        batch = torch.arange(n, device=x.device)[:, None, None]
+        out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+        out = out.permute(0, 3, 1, 2)
+        if flip:
+            mask = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+            out = torch.where(mask[:, None, None, None], out.flip(3), out)
+        return out.contiguous()
+
+    return augment
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Base class: subclasses implement ``load_arrays`` returning uint8/float arrays."""
+
+    num_classes: int = 10
+    in_channels: int = 1
+    input_size: int = 28
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+
+    def __init__(
+        self,
+        root: str | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        train_subset: int | None = None,
+        augment: bool = False,
+        download: bool = True,
+        split_seed: int = 12345,
+        device: str = "cpu",
+    ) -> None:
+        super().__init__()
+        self.root = root
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.val_size = val_size
+        self.train_subset = train_subset
+        self.augment = augment
+        self.download = download
+        self.split_seed = split_seed
+        self.device = device
+        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._epoch_seed = 0
+
+    # -- subclasses -------------------------------------------------------------------
+    def load_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Return {'train': (images NCHW or NHW uint8, labels), 'test': (...)}."""
+        raise NotImplementedError
+
+    def batch_augment(self) -> Callable | None:
+        return None
+
+    # -- lightning --------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits is not None:
+            return
+        arrays = self.load_arrays()
+        x_train, y_train = self._to_tensors(*arrays["train"])
+        x_test, y_test = self._to_tensors(*arrays["test"])
+        if self.val_size >= len(y_train):
+            raise ValueError(
+                f"dataset.val_size={self.val_size} but the training set has only {len(y_train)} "
+                "samples: choose a smaller val_size"
+            )
+        perm = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(self.split_seed))
+        val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
+        if self.train_subset is not None:
+            train_idx = train_idx[: self.train_subset]
+        self._splits = {
+            "train": (x_train[train_idx], y_train[train_idx]),
+            "val": (x_train[val_idx], y_train[val_idx]),
+            "test": (x_test, y_test),
+        }
+
+    def _to_tensors(self, images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.as_tensor(np.ascontiguousarray(images))
+        is_bytes = x.dtype == torch.uint8
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        elif x.dim() == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+            x = x.permute(0, 3, 1, 2)
+        x = x.float()
+        if is_bytes:
+            x = x / 255.0
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        x = ((x - mean) / std).contiguous().to(self.device)
+        y = torch.as_tensor(np.asarray(labels)).long().to(self.device)
+        return x, y
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        self.setup()
+        assert self._splits is not None
+        return self._splits[name]
+
+    def train_dataloader(self) -> TensorBatches:
+        x, y = self.split("train")
+        self._epoch_seed += 1
+        aug = self.batch_augment() if self.augment else None
+        return TensorBatches(x, y, self.batch_size, shuffle=True, augment=aug, seed=self._epoch_seed)
+
+    def val_dataloader(self) -> TensorBatches:
+        x, y = self.split("val")
+        return TensorBatches(x, y, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> TensorBatches:
+        x, y = self.split("test")
+        return TensorBatches(x, y, self.eval_batch_size, shuffle=False)
+
+    def example_inputs(self, n: int = 2) -> torch.Tensor:
+        """A small real batch from the training split (for tracing and measuring)."""
+        return self.split("train")[0][:n].clone()
+
+
+# ---------------------------------------------------------------------------------------
+# IDX files (MNIST-family format)
+# ---------------------------------------------------------------------------------------
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally .gz) into a numpy array, validating its header."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as err:
+        raise DataUnavailableError(f"cannot read {path}: {err} (corrupt or truncated download?)") from err
+    if len(data) < 4:
+        raise DataUnavailableError(f"{path} is too short to be an IDX file")
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise DataUnavailableError(f"{path} is not an unsigned-byte IDX file (bad magic)")
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataUnavailableError(f"{path}: expected {int(np.prod(dims))} values, found {body.size} (truncated?)")
+    return body.reshape(dims)
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / stem, directory / f"{stem}.gz", directory / "raw" / stem, directory / "raw" / f"{stem}.gz"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+@contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Make downloads fail fast instead of hanging when there is no network."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+class FashionMNISTDataModule(TensorDataModule):
+    """Fashion-MNIST: ``root``, then Debian's ``dataset-fashion-mnist``, then a download."""
+
+    num_classes, in_channels, input_size = 10, 1, 28
+    mean, std = (0.2860,), (0.3530,)
+    how_to_get = (
+        "Install it offline with `sudo apt-get install -y dataset-fashion-mnist` (files land in "
+        f"{DEBIAN_FASHION_MNIST}), or put the four IDX files (train-images-idx3-ubyte.gz, ...) "
+        "in a folder and pass dataset.root=/that/folder"
+    )
+
+    def candidate_dirs(self) -> list[Path]:
+        dirs = []
+        if self.root:
+            dirs += [Path(self.root), Path(self.root) / "FashionMNIST"]
+        return dirs + [DEBIAN_FASHION_MNIST]
+
+    def locate(self) -> dict[str, tuple[Path, Path]] | None:
+        for d in self.candidate_dirs():
+            found = {split: tuple(_find_idx(d, stem) for stem in stems) for split, stems in FASHION_MNIST_FILES.items()}
+            if all(p is not None for pair in found.values() for p in pair):
+                return found  # type: ignore[return-value]
+        return None
+
+    def load_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        found = self.locate()
+        if found is None and self.download and self.root:
+            self._download()
+            found = self.locate()
+        if found is None:
+            where = ", ".join(str(d) for d in self.candidate_dirs())
+            raise DataUnavailableError(f"Fashion-MNIST not found in {where}. {self.how_to_get}")
+        return {split: (read_idx(img), read_idx(lbl)) for split, (img, lbl) in found.items()}
+
+    def _download(self) -> None:
+        from torchvision.datasets import FashionMNIST
+
+        try:
+            with _socket_timeout(10):
+                for train in (True, False):
+                    FashionMNIST(self.root, train=train, download=True)
+        except Exception as err:  # network errors come in many types
+            raise DataUnavailableError(f"Fashion-MNIST download to {self.root} failed ({err}). {self.how_to_get}") from err
+
+
+class TorchvisionDataModule(TensorDataModule):
+    """MNIST / CIFAR through torchvision: local ``root`` first, download when possible."""
+
+    dataset_name: str = ""
+
+    def load_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, self.dataset_name)
+        root = self.root or "data"
+        out = {}
+        for split, train in (("train", True), ("test", False)):
+            try:
+                ds = cls(root, train=train, download=False)
+            except RuntimeError:
+                if not self.download:
+                    raise DataUnavailableError(self._missing(root)) from None
+                try:
+                    with _socket_timeout(10):
+                        ds = cls(root, train=train, download=True)
+                except Exception as err:
+                    raise DataUnavailableError(f"{self._missing(root)} Download failed: {err}") from err
+            images = ds.data.numpy() if torch.is_tensor(ds.data) else np.asarray(ds.data)
+            labels = ds.targets.numpy() if torch.is_tensor(ds.targets) else np.asarray(ds.targets)
+            out[split] = (images, labels)
+        return out
+
+    def _missing(self, root: str) -> str:
+        return (
+            f"{self.dataset_name} not found under dataset.root={root!r}. With a network it is "
+            f"downloaded there automatically; offline, copy torchvision's {self.dataset_name} files into "
+            "that folder (the layout torchvision.datasets expects) or use dataset=fashion_mnist."
+        )
+
+
+class MNISTDataModule(TorchvisionDataModule):
+    dataset_name = "MNIST"
+    num_classes, in_channels, input_size = 10, 1, 28
+    mean, std = (0.1307,), (0.3081,)
+
+
+class CIFAR10DataModule(TorchvisionDataModule):
+    dataset_name = "CIFAR10"
+    num_classes, in_channels, input_size = 10, 3, 32
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+    def batch_augment(self) -> Callable:
+        return random_crop_flip(4, True)
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    dataset_name = "CIFAR100"
+    num_classes = 100
+    mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
+class SyntheticDataModule(TensorDataModule):
+    """Seeded random images with learnable labels (a fixed random linear teacher)."""
+
+    mean, std = (0.0,), (1.0,)
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        input_size: int = 28,
+        n_train: int = 512,
+        n_test: int = 256,
+        seed: int = 0,
+        **kwargs,
+    ) -> None:
+        kwargs.setdefault("val_size", max(1, n_train // 8))
+        super().__init__(**kwargs)
+        self.num_classes, self.in_channels, self.input_size = num_classes, in_channels, input_size
+        self.mean, self.std = (0.0,) * in_channels, (1.0,) * in_channels
+        self.n_train, self.n_test, self.seed = n_train, n_test, seed
+
+    def load_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        gen = torch.Generator().manual_seed(self.seed)
+        shape = (self.in_channels, self.input_size, self.input_size)
+        teacher = torch.randn(int(np.prod(shape)), self.num_classes, generator=gen)
+        out = {}
+        for split, n in (("train", self.n_train), ("test", self.n_test)):
+            x = torch.randn(n, *shape, generator=gen)
+            y = (x.flatten(1) @ teacher).argmax(1)
+            out[split] = (x.numpy(), y.numpy())
+        return out
+
+    def batch_augment(self) -> Callable:
+        return random_crop_flip(2, True)

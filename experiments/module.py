@@ -1,0 +1,111 @@
+"""The LightningModule: a classifier with loss, top-1/top-5 metrics and a config-bound optimizer."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """Number of samples whose target is among the k highest logits."""
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    return (top == targets[:, None]).any(dim=1).sum()
+
+
+class Classifier(L.LightningModule):
+    """Wraps any nn.Module classifier; the optimizer is a partial bound here.
+
+    ``penalty`` (optional) is a callable ``model -> Tensor`` added to the training loss
+    (L1/L2 regularisation of connection pruning); ``after_step`` hooks run after every
+    optimizer step (mask enforcement keeps pruned weights exactly zero).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lr_schedule: str = "constant",
+        penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+        after_step: list[Callable[[nn.Module], None]] | None = None,
+    ) -> None:
+        super().__init__()
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={lr_schedule!r}: allowed values are {LR_SCHEDULES}")
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.lr_schedule = lr_schedule
+        self.penalty = penalty
+        self.after_step = after_step or []
+        self._sums: dict[str, dict[str, float]] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        total = loss + self.penalty(self.model) if self.penalty is not None else loss
+        acc = (logits.argmax(1) == y).float().mean()
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train/acc", acc, prog_bar=True, on_step=True, on_epoch=False)
+        return total
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        for hook in self.after_step:
+            hook(self.model)
+
+    # -- evaluation: exact sums over the whole split, not averages of batch means --------
+    def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        x, y = batch
+        logits = self.model(x)
+        sums = self._sums.setdefault(stage, {"loss": 0.0, "top1": 0.0, "top5": 0.0, "n": 0.0})
+        sums["loss"] += float(F.cross_entropy(logits, y, reduction="sum"))
+        sums["top1"] += float(topk_correct(logits, y, 1))
+        sums["top5"] += float(topk_correct(logits, y, 5))
+        sums["n"] += len(y)
+
+    def _eval_end(self, stage: str) -> None:
+        sums = self._sums.pop(stage, None)
+        if not sums or not sums["n"]:
+            return
+        n = sums["n"]
+        self.log(f"{stage}/loss", sums["loss"] / n, prog_bar=stage == "val")
+        self.log(f"{stage}/acc", sums["top1"] / n, prog_bar=stage == "val")
+        if self.model_num_classes() > 5:
+            self.log(f"{stage}/acc_top5", sums["top5"] / n)
+
+    def model_num_classes(self) -> int:
+        last = [m for m in self.model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+        return last.out_features if isinstance(last, nn.Linear) else last.out_channels
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.lr_schedule == "constant":
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        cosine = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}

@@ -1,0 +1,227 @@
+"""baseline -> prune -> retrain -> measure: one run, every phase a Lightning fit/test.
+
+This is the only place (with run.py) that knows Hydra configs. It validates everything
+before the first epoch, caches baselines by config hash, measures after each phase and
+writes one complete results row, a W&B run (offline by default) and CSV curves.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+import pruning
+from experiments.cache import BaselineCache, config_key
+from experiments.module import Classifier
+from experiments.results import append_row, git_commit
+from experiments.summary import format_summary
+from experiments.validation import validate_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Phase:
+    """What one phase produced: metrics of the model after it, and its wall time."""
+
+    name: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class RunContext:
+    """Builds trainers and loggers for the phases of one run."""
+
+    def __init__(self, cfg: DictConfig, datamodule: L.LightningDataModule, output_dir: Path) -> None:
+        self.cfg = cfg
+        self.datamodule = datamodule
+        self.output_dir = output_dir
+        self.wandb_logger = self._make_wandb()
+
+    def _make_wandb(self):
+        wandb_cfg = self.cfg.logger.get("wandb") if self.cfg.get("logger") else None
+        if not wandb_cfg:
+            return None
+        os.environ["WANDB_MODE"] = "offline" if wandb_cfg.get("offline", True) else "online"
+        os.environ.setdefault("WANDB_SILENT", "true")
+        (self.output_dir / "wandb").mkdir(parents=True, exist_ok=True)
+        logger = instantiate(wandb_cfg, save_dir=str(self.output_dir))
+        logger.log_hyperparams(OmegaConf.to_container(self.cfg, resolve=True))
+        return logger
+
+    def loggers(self, phase: str) -> list:
+        out = []
+        csv_cfg = self.cfg.logger.get("csv") if self.cfg.get("logger") else None
+        if csv_cfg:
+            out.append(instantiate(csv_cfg, save_dir=str(self.output_dir), version=phase))
+        if self.wandb_logger is not None:
+            out.append(self.wandb_logger)
+        return out or False
+
+    def trainer(self, phase: str, epochs: int) -> L.Trainer:
+        return instantiate(self.cfg.trainer, max_epochs=epochs, logger=self.loggers(phase))
+
+    def fit(self, module: Classifier, phase: str, epochs: int) -> float:
+        """Train ``module`` for ``epochs``; returns wall seconds."""
+        start = time.perf_counter()
+        if epochs > 0:
+            self.trainer(phase, epochs).fit(module, datamodule=self.datamodule)
+        return time.perf_counter() - start
+
+    def test(self, module: Classifier, phase: str) -> dict[str, float]:
+        """Top-1/top-5 accuracy and loss on the test split."""
+        results = self.trainer(phase, 0).test(module, datamodule=self.datamodule, verbose=False)
+        return {k.removeprefix("test/"): float(v) for k, v in results[0].items()}
+
+    def finish(self) -> None:
+        if self.wandb_logger is not None:
+            import wandb
+
+            wandb.finish()
+
+
+def measure_model(model: nn.Module, example_inputs: torch.Tensor, cfg: DictConfig) -> dict[str, float]:
+    """Size, compute and latency of ``model`` (paper counts and totals kept apart)."""
+    counts = pruning.count(model, example_inputs)
+    out: dict[str, float] = dict(counts.as_dict())
+    out["dense_bytes"] = pruning.dense_bytes(model)
+    for batch in cfg.measure.latency_batch_sizes:
+        seconds = pruning.measure_latency(model, example_inputs, batch_size=batch, repeats=cfg.measure.latency_repeats)
+        out[f"latency_b{batch}_ms"] = seconds * 1e3
+    return out
+
+
+def baseline_key(cfg: DictConfig) -> str:
+    """Everything that determines the baseline weights, hashed."""
+    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+    for volatile in ("root", "eval_batch_size", "device", "download"):
+        dataset.pop(volatile, None)
+    return config_key(
+        {
+            "dataset": dataset,
+            "model": OmegaConf.to_container(cfg.model, resolve=True),
+            "seed": cfg.seed,
+            "baseline": OmegaConf.to_container(cfg.baseline, resolve=True),
+            "trainer": {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+                        if k.startswith("limit_") or k in ("precision", "max_steps")},
+        }
+    )
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the configured study once and return its results row."""
+    validate_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate(cfg.dataset)
+    datamodule.setup()
+    model = instantiate(
+        cfg.model,
+        num_classes=datamodule.num_classes,
+        in_channels=datamodule.in_channels,
+        input_size=datamodule.input_size,
+    )
+    example = datamodule.example_inputs(2).cpu()
+    strategy = instantiate(cfg.strategy, _convert_="all")
+    strategy.validate(model)  # everything that can be checked is checked before training
+
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    ctx = RunContext(cfg, datamodule, output_dir)
+    phases: dict[str, Phase] = {}
+    row: dict[str, Any] = {"run_id": run_id, "status": "failed"}
+    try:
+        # -- baseline ------------------------------------------------------------------
+        cache = BaselineCache(cfg.paths.cache_dir)
+        key = baseline_key(cfg)
+        cached = cache.load(key) if cfg.baseline.reuse else None
+        module = Classifier(model, instantiate(cfg.baseline.optimizer), cfg.baseline.lr_schedule)
+        start = time.perf_counter()
+        if cached is not None:
+            model.load_state_dict(cached["state_dict"], strict=True)
+            log.info("baseline: reusing cached checkpoint %s", cache.path(key))
+            baseline_wall = float(cached["metrics"].get("train_wall_s", 0.0))
+        else:
+            baseline_wall = ctx.fit(module, "baseline", cfg.baseline.epochs)
+            cache.store(key, model.state_dict(), {"train_wall_s": baseline_wall})
+            log.info("baseline: trained in %.1fs, cached at %s", baseline_wall, cache.path(key))
+        phases["baseline"] = Phase("baseline", {
+            **ctx.test(module, "baseline"), **measure_model(model, example, cfg),
+            "wall_s": baseline_wall, "reused": cached is not None, "load_s": time.perf_counter() - start,
+        })
+
+        # -- prune / retrain rounds ----------------------------------------------------
+        records = []
+        prune_wall = retrain_wall = 0.0
+        penalty, after_step = strategy.retrain_hooks()
+        for round_index in range(strategy.rounds):
+            start = time.perf_counter()
+            records.append(strategy.prune(model, example, round_index))
+            prune_wall += time.perf_counter() - start
+            if round_index == 0:
+                phases["pruned"] = Phase("pruned", {**ctx.test(Classifier(model, None), "pruned"),
+                                                    **measure_model(model, example, cfg), "wall_s": prune_wall})
+            retrain = strategy.retrain
+            module = Classifier(model, retrain.optimizer, retrain.lr_schedule, penalty=penalty, after_step=after_step)
+            retrain_wall += ctx.fit(module, f"retrain{round_index}", retrain.epochs)
+        phases["pruned"].metrics["wall_s"] = prune_wall
+        phases["retrained"] = Phase("retrained", {
+            **ctx.test(Classifier(model, None), "retrained"), **measure_model(model, example, cfg),
+            "wall_s": retrain_wall,
+        })
+
+        (output_dir / "pruning_records.json").write_text(json.dumps(records, indent=1))
+        row.update(_row(cfg, run_id, phases, output_dir))
+        row["status"] = "ok"
+        _log_summary(ctx, phases)
+        print(format_summary(phases))
+        return row
+    finally:
+        if row["status"] != "ok":
+            row.update({"config": OmegaConf.to_container(cfg, resolve=True), "commit": git_commit()})
+        if cfg.results.write:
+            append_row(cfg.paths.results_dir, row)
+        ctx.finish()
+
+
+def _row(cfg: DictConfig, run_id: str, phases: dict[str, Phase], output_dir: Path) -> dict[str, Any]:
+    flat = {f"{p}/{k}": v for p, phase in phases.items() for k, v in phase.metrics.items()}
+    base, final = phases["baseline"].metrics, phases["retrained"].metrics
+    ratios = {
+        "ratio/params": final["params"] / base["params"],
+        "ratio/macs": final["macs"] / base["macs"],
+        "ratio/latency_b1": final["latency_b1_ms"] / base["latency_b1_ms"] if "latency_b1_ms" in base else None,
+        "delta/acc": final["acc"] - base["acc"],
+    }
+    return {
+        "run_id": run_id,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "commit": git_commit(),
+        "seed": cfg.seed,
+        "dataset": cfg.dataset.get("name"),
+        "model": cfg.model.get("name"),
+        "strategy": cfg.strategy.get("name"),
+        "output_dir": str(output_dir),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "metrics": {**flat, **ratios},
+    }
+
+
+def _log_summary(ctx: RunContext, phases: dict[str, Phase]) -> None:
+    if ctx.wandb_logger is None:
+        return
+    summary = {f"{p}/{k}": v for p, phase in phases.items() for k, v in phase.metrics.items()}
+    ctx.wandb_logger.experiment.summary.update(summary)

@@ -1,0 +1,69 @@
+"""The results store: one complete JSON row per run in ``runs.jsonl``, appended atomically.
+
+A row is written only when a run finishes (or fails with a recorded status), so an
+interrupted run never leaves half a row. ``analysis/`` reads this file with pandas.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from experiments.storage import atomic_write_bytes, file_lock
+
+SCHEMA_VERSION = 1
+RUNS_FILE = "runs.jsonl"
+
+
+class CorruptResultsError(RuntimeError):
+    """A results file that cannot be parsed; the message names the file and line."""
+
+
+def read_rows(store: str | Path) -> list[dict[str, Any]]:
+    """All rows of the store (empty if it does not exist yet)."""
+    path = Path(store) / RUNS_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise CorruptResultsError(f"{path}:{lineno} is not valid JSON ({err}); fix or remove that line") from err
+    return rows
+
+
+def append_row(store: str | Path, row: dict[str, Any]) -> Path:
+    """Append ``row`` to the store atomically (rewrite to a temp file, then rename)."""
+    path = Path(store) / RUNS_FILE
+    line = json.dumps({"schema_version": SCHEMA_VERSION, **row}, default=_jsonable, sort_keys=True)
+    with file_lock(path):
+        old = path.read_bytes() if path.exists() else b""
+        if old and not old.endswith(b"\n"):
+            old += b"\n"
+        atomic_write_bytes(path, old + line.encode() + b"\n")
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in a results row")
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """The current git commit (with '-dirty' if the tree has changes), or None."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None

@@ -1,0 +1,54 @@
+"""Config checks that run before the first epoch, with messages naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and the allowed values."""
+
+
+def check_ratio(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}={value!r}: must be a number in [0, 1)")
+    if not 0.0 <= float(value) < 1.0:
+        raise ConfigError(f"{key}={value!r}: ratios must be in [0, 1)")
+    return float(value)
+
+
+def check_nonnegative_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{key}={value!r}: must be an integer >= 0")
+    return value
+
+
+def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> Any:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r}: allowed values are {', '.join(map(repr, allowed))}")
+    return value
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Checks that need no model: numbers in range, paths that exist, known choices."""
+    check_nonnegative_int("seed", cfg.seed)
+    check_nonnegative_int("baseline.epochs", cfg.baseline.epochs)
+    from experiments.module import LR_SCHEDULES
+
+    check_choice("baseline.lr_schedule", cfg.baseline.lr_schedule, LR_SCHEDULES)
+    root = cfg.dataset.get("root")
+    if root is not None and not Path(str(root)).is_dir():
+        raise ConfigError(
+            f"dataset.root={root!r}: no such directory. Create it (downloads go there when a network "
+            "exists) or point it at a folder holding the dataset files"
+        )
+    for key in ("batch_size", "eval_batch_size"):
+        if key in cfg.dataset and (not isinstance(cfg.dataset[key], int) or cfg.dataset[key] < 1):
+            raise ConfigError(f"dataset.{key}={cfg.dataset[key]!r}: must be an integer >= 1")
+    for batch in cfg.measure.latency_batch_sizes:
+        if not isinstance(batch, int) or batch < 1:
+            raise ConfigError(f"measure.latency_batch_sizes contains {batch!r}: batch sizes must be integers >= 1")

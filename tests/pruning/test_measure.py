@@ -1,0 +1,55 @@
+import torch
+from torch import nn
+
+from pruning import count, dense_bytes, measure_latency, nonzero_params
+
+
+def lenet300():
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+
+
+def lenet5():
+    return nn.Sequential(
+        nn.Conv2d(1, 20, 5), nn.MaxPool2d(2), nn.Conv2d(20, 50, 5), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, 10),
+    )
+
+
+def test_lenet300_counts_match_han2015():
+    c = count(lenet300(), torch.randn(2, 1, 28, 28))
+    assert c.params == 266_200  # weights only, the papers' rule
+    assert c.macs == 266_200
+    assert c.params_total == 266_200 + 300 + 100 + 10
+    assert c.macs_total == 266_200 + 410
+    assert c.nonzero_params == 266_200
+
+
+def test_lenet5_counts_match_han2015():
+    c = count(lenet5(), torch.randn(1, 1, 28, 28))
+    assert c.params == 430_500
+    conv1 = 20 * 24 * 24 * 25
+    conv2 = 50 * 8 * 8 * 20 * 25
+    assert c.macs == conv1 + conv2 + 800 * 500 + 500 * 10
+
+
+def test_grouped_conv_and_bn_counts():
+    m = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8))
+    c = count(m, torch.randn(1, 8, 4, 4))
+    assert c.params == 8 * 9 and c.macs == 8 * 16 * 9
+    assert c.macs_total == c.macs + 8 * 16 and c.params_total == 72 + 16
+
+
+def test_nonzero_counts_follow_zeros():
+    m = lenet300()
+    with torch.no_grad():
+        m[1].weight[:, :392] = 0
+    c = count(m, torch.randn(1, 1, 28, 28))
+    assert c.nonzero_params == nonzero_params(m) == 266_200 - 300 * 392
+    assert c.nonzero_macs == 266_200 - 300 * 392
+
+
+def test_bytes_and_latency():
+    m = lenet300()
+    assert dense_bytes(m) == 4 * (266_200 + 410)
+    t = measure_latency(m, torch.randn(1, 1, 28, 28), batch_size=4, repeats=3)
+    assert 0 < t < 1.0
