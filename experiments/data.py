@@ -103,6 +103,7 @@ class TensorDataModule(L.LightningDataModule):
     def __init__(
         self,
         root: str | None = None,
+        name: str | None = None,
         batch_size: int = 128,
         eval_batch_size: int = 1000,
         val_size: int = 5000,
@@ -114,6 +115,7 @@ class TensorDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.root = root
+        self.name = name
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.val_size = val_size

@@ -10,3 +10,17 @@ from pruning.measure import Counts, count, dense_bytes, measure_latency, nonzero
 # --- structured pruning engine (graph.py, handlers.py, criteria.py, structured.py, record.py) ---
 
 # --- connection pruning, Deep Compression, sparse inference, BN folding ---
+from pruning.compress import (
+    CentroidTuner,
+    CompressedFormatError,
+    SharedWeights,
+    SizeReport,
+    compression_report,
+    load_compressed,
+    save_compressed,
+    share_weights,
+)
+from pruning.fold import fold_batchnorm, foldable_pairs
+from pruning.masks import Masks, MaskCount, Sparsity, adjusted_dropout, prune_weights
+from pruning.schedules import sparsity_schedule
+from pruning.sparse import SparseChoice, SparseConv2d, SparseLinear, sparsify

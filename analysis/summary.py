@@ -1,0 +1,45 @@
+"""Table of runs grouped by (dataset, model, strategy, ratio): mean ± std over seeds.
+
+    python -m analysis.summary --store results
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+
+from analysis.load import load_runs
+
+COLUMNS = {
+    "baseline/acc": "base acc",
+    "pruned/acc": "pruned acc",
+    "retrained/acc": "final acc",
+    "ratio/params": "params ratio",
+    "ratio/macs": "MACs ratio",
+    "ratio/latency_b1": "latency b1 ratio",
+}
+
+
+def summarise(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of the headline metrics, with the number of seeds."""
+    keys = ["dataset", "model", "strategy", "ratio"]
+    cols = [c for c in COLUMNS if c in frame]
+    grouped = frame.groupby(keys, dropna=False)[cols]
+    mean, std = grouped.mean(), grouped.std().fillna(0.0)
+    out = pd.DataFrame(index=mean.index)
+    for c in cols:
+        out[COLUMNS[c]] = [f"{m:.4f} ± {s:.4f}" for m, s in zip(mean[c], std[c])]
+    out["seeds"] = grouped.size()
+    return out.reset_index()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", default="results", help="folder holding runs.jsonl")
+    args = parser.parse_args()
+    print(summarise(load_runs(args.store)).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""How functional ops map channel labels (see :mod:`pruning.trace`).
+
+A rule gets the op, its arguments and output, and the labels of its tensor inputs;
+it sets the labels of the outputs and reports unions (channels that must go
+together) and frozen channels. Shape ops run on the label tensors themselves, so
+views, flattening, permutes, concatenation, chunking, indexing, padding and channel
+shuffles map exactly; where a fixed size in the op would break after cutting (a
+slice with constant bounds, ``split`` with fixed sizes, a reduction over channels)
+the channels involved are frozen instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils._pytree import tree_flatten
+
+_ARITH = {"add", "sub", "mul", "div", "truediv", "floordiv", "mod", "pow", "and", "or", "xor", "matmul"}
+
+
+def op_name(func: Any) -> str:
+    """A short, normalised name: ``Tensor.__iadd__`` -> ``add``, ``relu_`` -> ``relu``."""
+    n = getattr(func, "__name__", None) or str(func)
+    if n == "__get__":
+        n = getattr(getattr(func, "__self__", None), "__name__", n)
+    if n.startswith("__") and n.endswith("__"):
+        n = n[2:-2]
+        if n[:1] in ("r", "i") and n[1:] in _ARITH:
+            n = n[1:]
+    return n.rstrip("_") or n
+
+
+def qualname(func: Any) -> str:
+    mod = getattr(func, "__module__", None)
+    return f"{mod}.{op_name(func)}" if mod else f"Tensor.{op_name(func)}"
+
+
+def compress(lab: Tensor) -> Tensor:
+    """Shrink every dim along which the ids do not vary to size 1."""
+    for d in range(lab.dim()):
+        if lab.shape[d] > 1:
+            first = lab.narrow(d, 0, 1)
+            if bool((lab == first).all()):
+                lab = first
+    return lab
+
+
+def _varying(lab: Tensor) -> list[int]:
+    return [d for d in range(lab.dim()) if lab.shape[d] > 1]
+
+
+def _full(tr, t: Tensor) -> Tensor:
+    lab = tr.label(t)
+    if lab is None:
+        return torch.full(t.shape, -1, dtype=torch.long)
+    return lab.expand(t.shape).contiguous()
+
+
+def _align(lab: Tensor, nd: int) -> Tensor:
+    return lab.reshape((1,) * (nd - lab.dim()) + tuple(lab.shape)) if lab.dim() < nd else lab
+
+
+def _outs(out: Any) -> list[Tensor]:
+    return [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
+
+
+def _set_all(tr, out: Any, lab: Tensor | None) -> None:
+    for o in _outs(out):
+        tr.set_label(o, lab if lab is not None and lab.dim() == o.dim() else None)
+
+
+def _arg(args: tuple, kwargs: dict, pos: int, key: str, default: Any = None) -> Any:
+    if key in kwargs:
+        return kwargs[key]
+    return args[pos] if len(args) > pos else default
+
+
+# ---- rules --------------------------------------------------------------------------
+def elementwise(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """Broadcasting ops: positions that meet are the same channel."""
+    outs = _outs(out)
+    nd = outs[0].dim()
+    result = None
+    for lab in labs:
+        if lab is None or lab.dim() > nd:
+            continue
+        lab = _align(lab, nd)
+        if result is None:
+            result = lab
+            continue
+        a, b = torch.broadcast_tensors(result, lab)
+        tr.union(a, b, f"op {name!r}")
+        result = compress(torch.maximum(a, b))
+    if result is None:
+        _set_all(tr, out, None)
+        return
+    for t, lab in zip(ins, labs):
+        if lab is not None or t.dim() > nd:
+            continue
+        shape = (1,) * (nd - t.dim()) + tuple(t.shape)
+        dims = [d for d in range(nd) if shape[d] > 1 and result.shape[d] > 1]
+        if not dims:
+            continue
+        owner = tr.params.get(id(t))
+        if owner is not None and len(dims) == 1 and len(_varying(result)) == 1:
+            d = dims[0]
+            mname, pname, module = owner
+            tr.member(mname, "param", d - (nd - t.dim()), "scale", result.reshape(-1), module, param=pname, axis=d)
+        else:
+            tr.freeze(result, f"a fixed-size tensor meets the channels in op {name!r} ({tr.where()})")
+    _set_all(tr, out, result)
+
+
+def first_only(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """Ops whose output follows their first tensor (``type_as``, ``zeros_like``...)."""
+    lab = tr.label(args[0]) if args and isinstance(args[0], Tensor) else None
+    _set_all(tr, out, lab)
+
+
+def untracked(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """Factories (``new_zeros``...): their outputs have fixed sizes and no channels."""
+    _set_all(tr, out, None)
+
+
+def spatial(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """Pooling and resizing: channels must sit in dims 0-1 only."""
+    lab = labs[0]
+    if lab is not None and any(d >= 2 for d in _varying(lab)):
+        raise tr.error(f"op {name!r} in {tr.where()} pools over dims that carry channels")
+    _set_all(tr, out, lab)
+
+
+def reduction(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """Reductions: over spatial dims they keep channels; over channels they freeze them."""
+    if len(ins) > 1 and len(args) > 1 and isinstance(args[1], Tensor):
+        return elementwise(tr, func, name, args, kwargs, ins, labs, out)
+    x, lab = args[0], labs[0]
+    if lab is None:
+        return _set_all(tr, out, None)
+    dim = _arg(args, kwargs, 2 if name == "norm" else 1, "dim")
+    nd = x.dim()
+    dims = list(range(nd)) if dim is None else [dim] if isinstance(dim, int) else list(dim)
+    dims = sorted({d % nd for d in dims})
+    if any(lab.shape[d] > 1 for d in dims):
+        tr.freeze(lab, f"op {name!r} reduces over channels ({tr.where()})")
+        return _set_all(tr, out, None)
+    first = _outs(out)[0]
+    if first.dim() != nd:
+        keep = [lab.shape[d] for d in range(nd) if d not in dims]
+        lab = lab.reshape(keep)
+    _set_all(tr, out, lab)
+
+
+def channel_mixing(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """Ops along one dim (softmax, cumsum, normalize): exact only off the channel dim."""
+    lab = labs[0]
+    if lab is not None:
+        default = 1 if name in ("normalize", "local_response_norm", "glu") else None
+        pos = 2 if name == "normalize" else 1
+        dim = _arg(args, kwargs, pos, "dim", default)
+        if name == "glu":
+            raise tr.error(f"op 'glu' in {tr.where()} halves the channels; it cannot be cut")
+        if dim is None or lab.shape[dim % lab.dim()] > 1:
+            tr.freeze(lab, f"op {name!r} mixes channels ({tr.where()})")
+    _set_all(tr, out, lab)
+
+
+def layer_norm(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """``F.layer_norm``: linked to the LayerNorm module that calls it (inexact)."""
+    from pruning.handlers import ChannelwiseHandler, get_handler
+
+    x, lab = args[0], labs[0]
+    shape = _arg(args, kwargs, 1, "normalized_shape")
+    nd = x.dim()
+    if lab is not None and any(d >= nd - len(shape) for d in _varying(lab)):
+        mname, module = tr.stack[-1] if tr.stack else ("", None)
+        handler = get_handler(module) if module is not None else None
+        if len(shape) == 1 and len(_varying(lab)) == 1 and isinstance(handler, ChannelwiseHandler):
+            tr.member(mname, "module", 0, "norm", lab.reshape(-1), module, handler, axis=nd - 1)
+        elif _arg(args, kwargs, 2, "weight") is not None and not tr.in_ignored():
+            owner = tr.params.get(id(_arg(args, kwargs, 2, "weight")), ("?", "", module))
+            raise tr.error(
+                f"module {owner[0]!r} ({type(owner[2]).__name__}) is not supported: it layer-normalises over "
+                f"channels and no pruning handler is registered for it. Register one with "
+                f"pruning.register_handler(...) or pass ignore=[{owner[0]!r}]"
+            )
+        else:
+            tr.freeze(lab, f"layer_norm over channels outside a LayerNorm module ({tr.where()})")
+    _set_all(tr, out, lab)
+
+
+def _split_unions(tr, name: str, lab_in: Tensor, new: Tensor) -> None:
+    """A view that factorises a channel dim (e.g. ``(C,) -> (g, C/g)``): keep the outer
+    factors' sizes fixed by cutting the same inner offset in every outer slice."""
+    new = compress(new)
+    vin, vout = _varying(compress(lab_in)), _varying(new)
+    if len(vout) > len(vin):
+        grid = new.reshape([new.shape[d] for d in vout])
+        rows = grid.reshape(-1, grid.shape[-1])
+        tr.union(rows[:1].expand(rows.shape[0] - 1, -1), rows[1:], f"op {name!r} splits channels into groups")
+
+
+def reshape(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """Views, permutes, flatten and friends: run the op on the labels."""
+    x, lab = args[0], labs[0] if ins and ins[0] is args[0] else None
+    if lab is None:
+        return _set_all(tr, out, None)
+    new = func(_full(tr, x), *args[1:], **kwargs)
+    if name in ("view", "reshape", "unflatten", "view_as", "reshape_as"):
+        _split_unions(tr, name, lab, new)
+    for o, n in zip(_outs(out), _outs(new)):
+        tr.set_label(o, n)
+
+
+def chunk(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """chunk/split/unbind: equal chunks cut the same offsets; fixed sizes freeze."""
+    x, lab = args[0], labs[0]
+    if lab is None:
+        return _set_all(tr, out, None)
+    parts = _outs(func(_full(tr, x), *args[1:], **kwargs))
+    dim = _arg(args, kwargs, 2 if name in ("chunk", "split", "tensor_split") else 1, "dim", 0) % x.dim()
+    if lab.shape[dim] > 1:
+        equal = all(p.shape == parts[0].shape for p in parts)
+        sized_by_count = name == "chunk" or (name == "tensor_split" and isinstance(_arg(args, kwargs, 1, "sections"), int))
+        if equal and sized_by_count and len(parts) > 1:
+            for p in parts[1:]:
+                tr.union(parts[0], p, f"op {name!r} splits channels into equal chunks")
+        else:
+            tr.freeze(lab, f"op {name!r} splits channels at fixed sizes ({tr.where()})")
+    for o, n in zip(_outs(out), parts):
+        tr.set_label(o, n)
+
+
+def positional(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """Indexing, narrow, roll, select: channels stay only if the op keeps all of them in order."""
+    x, lab = args[0], labs[0] if ins and ins[0] is args[0] else None
+    if lab is None:
+        return _set_all(tr, out, None)
+    for d in _varying(lab):
+        shape = [1] * x.dim()
+        shape[d] = x.shape[d]
+        probe = torch.arange(x.shape[d]).view(shape).expand(x.shape)
+        res = _outs(func(probe, *args[1:], **kwargs))[0]
+        res = compress(res)
+        if _varying(res) and (len(_varying(res)) != 1 or not torch.equal(res.reshape(-1), torch.arange(x.shape[d]))):
+            tr.freeze(lab, f"op {name!r} picks channels at fixed positions ({tr.where()})")
+            break
+        if not _varying(res) and x.shape[d] > 1:
+            tr.freeze(lab, f"op {name!r} picks channels at fixed positions ({tr.where()})")
+            break
+    new = func(_full(tr, x), *args[1:], **kwargs)
+    for o, n in zip(_outs(out), _outs(new)):
+        tr.set_label(o, n)
+
+
+def pad(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """``F.pad``: padded channel positions belong to no channel (-1)."""
+    x, lab = args[0], labs[0]
+    if lab is None:
+        return _set_all(tr, out, None)
+    pads = list(_arg(args, kwargs, 1, "pad"))
+    mode = _arg(args, kwargs, 2, "mode", "constant")
+    nd, new = lab.dim(), []
+    for i in range(len(pads) // 2):
+        d = nd - 1 - i
+        lo, hi = pads[2 * i], pads[2 * i + 1]
+        if lab.shape[d] == 1:
+            new += [0, 0]
+            continue
+        new += [lo, hi]
+        if lo < 0 or hi < 0 or mode != "constant":
+            tr.freeze(lab, f"op 'pad' ({mode}, {pads}) on channels ({tr.where()})")
+    _set_all(tr, out, F.pad(lab, new, value=-1))
+
+
+def cat(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """Concatenation: along channels the ids are concatenated (offsets); along
+    other dims the inputs share channels."""
+    tensors = list(_arg(args, kwargs, 0, "tensors"))
+    dim = _arg(args, kwargs, 1, "dim", 0) % tensors[0].dim()
+    tlabs = [tr.label(t) for t in tensors]
+    known = [lab for lab in tlabs if lab is not None]
+    if name == "stack" or all(lab.shape[dim] == 1 for lab in known):
+        merged = None
+        for lab in known:
+            if merged is None:
+                merged = lab
+                continue
+            a, b = torch.broadcast_tensors(merged, lab)
+            tr.union(a, b, f"op {name!r} along a non-channel dim")
+            merged = compress(torch.maximum(a, b))
+        for t, lab in zip(tensors, tlabs):
+            if lab is None and any(t.shape[d] > 1 and merged.shape[d] > 1 for d in range(t.dim()) if d != dim):
+                tr.freeze(merged, f"op {name!r} joins channels with an untracked tensor ({tr.where()})")
+        if name == "stack":
+            merged = merged.unsqueeze(dim)
+        return _set_all(tr, out, merged)
+    other = [max(lab.shape[d] for lab in known) if d != dim else 0 for d in range(tensors[0].dim())]
+    parts = []
+    for t, lab in zip(tensors, tlabs):
+        shape = list(other)
+        shape[dim] = t.shape[dim]
+        parts.append(torch.full(shape, -1, dtype=torch.long) if lab is None else lab.expand(shape))
+    _set_all(tr, out, torch.cat(parts, dim))
+
+
+RULES: dict[str, Callable] = {}
+PARAM_OK: set[str] = set()
+
+
+def register_op_rule(names: str | tuple[str, ...], rule: Callable, *, params_ok: bool = False, replace: bool = False) -> None:
+    """Register how an op (by normalised name, see :func:`op_name`) maps channels."""
+    for n in (names,) if isinstance(names, str) else names:
+        if n in RULES and not replace:
+            raise ValueError(f"an op rule for {n!r} is already registered; pass replace=True to override it")
+        RULES[n] = rule
+        if params_ok:
+            PARAM_OK.add(n)
+
+
+_ELEMENTWISE = """add sub rsub mul div true_divide floor_divide truediv floordiv mod remainder fmod pow
+maximum minimum fmax fmin where masked_fill addcmul addcdiv lerp clamp clip clamp_min clamp_max
+eq ne lt le gt ge and or xor logical_and logical_or logical_xor atan2 hypot copysign copy
+relu relu6 hardtanh leaky_relu elu selu celu gelu silu mish sigmoid hardsigmoid hardswish tanh
+softplus softsign tanhshrink logsigmoid hardshrink softshrink threshold rrelu exp expm1 log log1p
+log2 log10 sqrt rsqrt square reciprocal abs neg negative sign sgn erf erfc sin cos tan floor ceil
+round trunc frac nan_to_num dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout
+contiguous clone detach float double half bfloat16 data logical_not bitwise_not isnan isfinite
+bernoulli fill zero normal uniform exponential requires_grad""".split()
+_FIRST_ONLY = "to type type_as cpu cuda zeros_like ones_like empty_like full_like rand_like randn_like".split()
+_FACTORY = "new_zeros new_ones new_empty new_full new_tensor".split()
+_SPATIAL = """max_pool1d max_pool2d max_pool3d max_pool1d_with_indices max_pool2d_with_indices
+max_pool3d_with_indices avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d
+adaptive_avg_pool3d adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d
+adaptive_max_pool1d_with_indices adaptive_max_pool2d_with_indices adaptive_max_pool3d_with_indices
+lp_pool1d lp_pool2d lp_pool3d fractional_max_pool2d interpolate upsample upsample_nearest
+upsample_bilinear""".split()
+_REDUCE = "mean sum amax amin max min std var norm logsumexp prod nansum nanmean median argmax argmin all any".split()
+_MIXING = "softmax log_softmax softmin cumsum cumprod normalize local_response_norm glu".split()
+_RESHAPE = """view reshape flatten unflatten permute transpose swapaxes swapdims movedim moveaxis t T mT
+squeeze unsqueeze expand expand_as view_as reshape_as repeat tile flip fliplr flipud""".split()
+_POSITIONAL = "getitem narrow select index_select roll take_along_dim gather".split()
+
+register_op_rule(tuple(_ELEMENTWISE), elementwise, params_ok=True)
+register_op_rule(tuple(_FIRST_ONLY), first_only, params_ok=True)
+register_op_rule(tuple(_FACTORY), untracked, params_ok=True)
+register_op_rule(tuple(_SPATIAL), spatial)
+register_op_rule(tuple(_REDUCE), reduction)
+register_op_rule(tuple(_MIXING), channel_mixing)
+register_op_rule(tuple(_RESHAPE), reshape, params_ok=True)
+register_op_rule(("chunk", "split", "tensor_split", "unbind"), chunk)
+register_op_rule(tuple(_POSITIONAL), positional)
+register_op_rule("pad", pad)
+register_op_rule(("cat", "concat", "concatenate", "stack"), cat)
+register_op_rule("layer_norm", layer_norm, params_ok=True)

@@ -1,0 +1,32 @@
+"""Pure schedule functions: the target sparsity (or ratio) at a given pruning step."""
+
+from __future__ import annotations
+
+SCHEDULE_KINDS = ("linear", "geometric", "cubic")
+
+
+def sparsity_schedule(
+    step: int, total: int, final: float, initial: float = 0.0, kind: str = "linear"
+) -> float:
+    """Target sparsity after pruning step ``step`` of ``total`` (step 0 -> ``initial``,
+    step ``total`` -> ``final``).
+
+    ``linear``: sparsity grows by equal amounts. ``geometric``: the kept fraction shrinks
+    by the same factor each step (Han's iterative prune/retrain: prune the same share of
+    what is left). ``cubic``: fast at first, slow at the end (Zhu & Gupta 2017).
+    """
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+        raise ValueError(f"total={total!r}: the number of steps must be an integer >= 1")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total:
+        raise ValueError(f"step={step!r}: steps must be integers in [0, total={total}]")
+    for label, value in (("final", final), ("initial", initial)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{label}={value}: sparsities must be in [0, 1)")
+    t = step / total
+    if kind == "linear":
+        return initial + (final - initial) * t
+    if kind == "geometric":
+        return 1.0 - (1.0 - initial) * ((1.0 - final) / (1.0 - initial)) ** t
+    if kind == "cubic":
+        return final + (initial - final) * (1.0 - t) ** 3
+    raise ValueError(f"kind={kind!r}: choose one of {SCHEDULE_KINDS}")

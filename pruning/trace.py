@@ -1,0 +1,324 @@
+"""Trace a model's channel flow with one real forward pass.
+
+Every tensor the forward computes gets a *label* tensor: for each position, the
+global id of the channel it belongs to (``-1``: a position no channel owns, e.g.
+zero padding). Labels are stored compressed: a dim along which the ids do not vary
+has size 1. Producers (conv/linear outputs) create fresh ids; every other op maps
+labels the way it maps values, so shape ops (view, flatten, permute, cat, chunk,
+getitem, pad, channel shuffle) need no special cases: the same op runs on the labels.
+
+The trace collects three things that :mod:`pruning.graph` turns into groups:
+
+* members: (module or parameter, dim, position -> id): what to cut;
+* unions: ids that must be removed together (residual additions, SE gates, groups);
+* frozen ids: channels that cannot be removed (model outputs, ignored modules,
+  zero-padded shortcuts, fixed-size slices), each with the reason.
+
+A real forward (rather than symbolic tracing) gives exact shapes and follows
+control flow, so one tracer covers every model that runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from pruning.handlers import ChannelwiseHandler, FilterHandler, get_handler
+from pruning import oprules
+
+
+class ChannelMappingError(RuntimeError):
+    """An op or module whose channel mapping the engine does not know."""
+
+
+@dataclass
+class Member:
+    """Something to cut: a module along its output (dim 0) or input (dim 1) channels,
+    or a parameter/buffer along one of its dims. ``ids[p]`` is the channel of position p."""
+
+    name: str
+    kind: str  # "module" | "param"
+    dim: int
+    role: str  # "out" | "in" | "dw" | "norm" | "scale"
+    ids: Tensor
+    module: nn.Module
+    handler: Any = None
+    param: str | None = None
+    axis: int = 1  # activation dim of the channels (for activation statistics)
+
+
+@dataclass
+class ChannelTrace:
+    """Raw result of :func:`trace_channels` (see :mod:`pruning.graph` for groups)."""
+
+    n_ids: int = 0
+    spaces: list[tuple[int, int, str]] = field(default_factory=list)
+    members: list[Member] = field(default_factory=list)
+    unions: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    frozen: list[tuple[Tensor, str]] = field(default_factory=list)
+    inexact: list[Tensor] = field(default_factory=list)
+
+
+def _as_tuple(example_inputs: Any) -> tuple:
+    return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+
+
+def _ignored(name: str, ignore: tuple[str, ...]) -> bool:
+    return any(name == i or name.startswith(i + ".") for i in ignore)
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, tracer: "_Tracer"):
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        t = self.tracer
+        if t.busy or t.leaf_depth:
+            return out
+        t.busy = True
+        try:
+            t.on_op(func, args, kwargs, out)
+        finally:
+            t.busy = False
+        return out
+
+
+class _Tracer:
+    def __init__(self, model: nn.Module, ignore: tuple[str, ...]):
+        self.model = model
+        self.ignore = ignore
+        self.result = ChannelTrace()
+        self.labels: dict[int, Tensor | None] = {}
+        self.alive: list[Tensor] = []
+        self.busy = False
+        self.leaf_depth = 0
+        self.stack: list[tuple[str, nn.Module]] = []
+        self.params: dict[int, tuple[str, str, nn.Module]] = {}
+        self.seen: dict[tuple[str, int, int], Member] = {}
+        self.out_ids: dict[str, Tensor] = {}
+        for mname, module in model.named_modules():
+            for pname, p in list(module._parameters.items()) + list(module._buffers.items()):
+                if p is not None:
+                    self.params.setdefault(id(p), (mname, pname, module))
+
+    # ---- labels ---------------------------------------------------------------
+    def label(self, t: Tensor) -> Tensor | None:
+        return self.labels.get(id(t))
+
+    def set_label(self, t: Any, lab: Tensor | None) -> None:
+        if not isinstance(t, Tensor):
+            return
+        if lab is not None:
+            lab = oprules.compress(lab)
+            if bool((lab < 0).all()):
+                lab = None
+        self.labels[id(t)] = lab
+        self.alive.append(t)
+
+    def fresh(self, n: int, owner: str) -> Tensor:
+        r = self.result
+        ids = torch.arange(r.n_ids, r.n_ids + n)
+        r.spaces.append((r.n_ids, n, owner))
+        r.n_ids += n
+        return ids
+
+    def union(self, a: Tensor, b: Tensor, why: str) -> None:
+        a, b = a.reshape(-1), b.reshape(-1)
+        both = (a >= 0) & (b >= 0)
+        one = (a >= 0) ^ (b >= 0)
+        if bool(one.any()):
+            self.freeze(torch.where(a >= 0, a, b)[one], why)
+        if bool(both.any()):
+            self.result.unions.append((a[both], b[both]))
+
+    def freeze(self, ids: Tensor | None, why: str) -> None:
+        if ids is None:
+            return
+        ids = ids.reshape(-1)
+        ids = ids[ids >= 0]
+        if ids.numel():
+            self.result.frozen.append((ids.unique(), why))
+
+    def where(self) -> str:
+        if not self.stack:
+            return "the model's forward"
+        name, module = self.stack[-1]
+        return f"module {name!r} ({type(module).__name__})" if name else f"the model's forward ({type(module).__name__})"
+
+    def error(self, message: str) -> ChannelMappingError:
+        return ChannelMappingError(message)
+
+    def in_ignored(self) -> bool:
+        return any(_ignored(n, self.ignore) for n, _ in self.stack if n)
+
+    # ---- members --------------------------------------------------------------
+    def member(self, name: str, kind: str, dim: int, role: str, ids: Tensor, module: nn.Module,
+               handler: Any = None, param: str | None = None, axis: int = 1) -> Tensor:
+        """Add a member, or unite with the same member seen before (a module called twice)."""
+        key = (name if param is None else f"{name}.{param}", dim, 0 if kind == "module" else 1)
+        old = self.seen.get(key)
+        if old is not None:
+            if old.ids.shape == ids.shape:
+                self.union(old.ids, ids, f"{key[0]} is used twice")
+                return old.ids
+            raise ChannelMappingError(f"{key[0]} is used twice with different channel counts")
+        m = Member(name if param is None else (f"{name}.{param}" if name else param), kind, dim, role,
+                   ids.reshape(-1).clone(), module, handler, param, axis)
+        self.seen[key] = m
+        self.result.members.append(m)
+        if handler is not None and not handler.exact:
+            self.result.inexact.append(m.ids)
+        if dim == 0 and _ignored(name, self.ignore):
+            self.freeze(m.ids, f"{name!r} is in ignore")
+        return m.ids
+
+    def vector(self, lab: Tensor | None, axis: int, size: int, what: str) -> Tensor | None:
+        """The ids along ``axis`` (length ``size``) of a label; None if untracked."""
+        if lab is None:
+            return None
+        mixed = [d for d in range(lab.dim()) if d != axis % lab.dim() and lab.shape[d] != 1]
+        if mixed:
+            raise ChannelMappingError(
+                f"{what}: its channels (dim {axis}) are mixed with dims {mixed} of the input; "
+                f"this layout cannot be cut channel by channel"
+            )
+        v = lab.reshape(-1)
+        return v.expand(size) if v.numel() == 1 and size != 1 else v
+
+    # ---- modules ----------------------------------------------------------------
+    def on_module(self, name: str, module: nn.Module, handler: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)]
+        if not tensors or not isinstance(out, Tensor):
+            raise ChannelMappingError(f"module {name!r} ({type(module).__name__}): expected one tensor in and out")
+        x = tensors[0]
+        lab = self.label(x)
+        axis = handler.channel_axis(module, x)
+        what = f"module {name!r} ({type(module).__name__})"
+        if isinstance(handler, ChannelwiseHandler):
+            c = handler.channels(module)
+            ids = self.vector(lab, axis, c, what)
+            if ids is not None and c > 1:
+                self.member(name, "module", 0, "norm", ids, module, handler, axis=axis)
+            self.set_label(out, lab)
+            return
+        cin, cout, g = handler.in_channels(module), handler.out_channels(module), handler.groups(module)
+        in_ids = self.vector(lab, axis, cin, what)
+        out_axis = axis if axis >= 0 else out.dim() + axis
+        if g > 1 and g == cin:  # depthwise: output channel i*m+k is input channel i
+            if in_ids is None:
+                out_ids = None
+            else:
+                out_ids = self.member(name, "module", 0, "dw", in_ids.repeat_interleave(cout // cin),
+                                      module, handler, axis=out_axis)
+        else:
+            if in_ids is not None:
+                if g > 1:
+                    grid = in_ids.view(g, cin // g)
+                    self.union(grid[:1].expand(g - 1, -1), grid[1:], f"groups of {name!r}")
+                self.member(name, "module", 1, "in", in_ids, module, handler, axis=axis)
+            out_ids = self.out_ids.get(name)
+            if out_ids is None:
+                out_ids = self.fresh(cout // g, name).repeat(g)
+                self.out_ids[name] = out_ids
+                self.member(name, "module", 0, "out", out_ids, module, handler, axis=out_axis)
+        if out_ids is None:
+            self.set_label(out, None)
+            return
+        shape = [1] * out.dim()
+        shape[out_axis] = cout
+        self.set_label(out, out_ids.view(shape))
+
+    # ---- functional ops ------------------------------------------------------------
+    def on_op(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        outs = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
+        if not outs:
+            return
+        name = oprules.op_name(func)
+        ins = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)]
+        labs = [self.label(t) for t in ins]
+        foreign = [self.params[id(t)] for t in ins if id(t) in self.params and isinstance(t, nn.Parameter)]
+        if all(lab is None for lab in labs) and not foreign:
+            for t in outs:
+                self.set_label(t, None)
+            return
+        rule = oprules.RULES.get(name)
+        if rule is None or (foreign and name not in oprules.PARAM_OK):
+            if self.in_ignored():
+                for t, lab in zip(ins, labs):
+                    self.freeze(lab, f"op {name!r} inside an ignored module")
+                for t in outs:
+                    self.set_label(t, None)
+                return
+            if foreign and rule is not None:
+                mname, _, module = foreign[0]
+                raise ChannelMappingError(
+                    f"module {mname!r} ({type(module).__name__}) is not supported: its parameters are used by "
+                    f"op {name!r} and no pruning handler is registered for {type(module).__name__}. Register one "
+                    f"with pruning.register_handler({type(module).__name__}, handler) or pass ignore=[{mname!r}]"
+                )
+            raise ChannelMappingError(
+                f"cannot map channels through op {oprules.qualname(func)!r} in {self.where()}. Pass "
+                f"ignore=[<that module's name>] to leave its channels alone, or register a handler for its "
+                f"type with pruning.register_handler(...)"
+            )
+        rule(self, func, name, args, kwargs, ins, labs, out)
+
+
+def trace_channels(model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] | list[str] = ()) -> ChannelTrace:
+    """Run ``model`` once on ``example_inputs`` and record how channels flow.
+
+    The model runs in training mode (so train-only branches such as auxiliary heads
+    are seen) with every handled layer in eval mode (so BatchNorm statistics are not
+    touched); all modes are restored afterwards.
+    """
+    ignore = tuple(ignore)
+    tracer = _Tracer(model, ignore)
+    handles = []
+    modes = {m: m.training for m in model.modules()}
+
+    def pre(name: str, module: nn.Module, handler: Any):
+        def hook(mod, args, kwargs):
+            tracer.stack.append((name, module))
+            if handler is not None and handler.leaf:
+                tracer.leaf_depth += 1
+        return hook
+
+    def post(name: str, module: nn.Module, handler: Any):
+        def hook(mod, args, kwargs, out):
+            tracer.stack.pop()
+            if handler is not None and handler.leaf:
+                tracer.leaf_depth -= 1
+                if tracer.leaf_depth == 0:
+                    tracer.busy = True
+                    try:
+                        tracer.on_module(name, module, handler, args, kwargs, out)
+                    finally:
+                        tracer.busy = False
+        return hook
+
+    try:
+        for name, module in model.named_modules():
+            handler = get_handler(module)
+            module.training = handler is None
+            handles.append(module.register_forward_pre_hook(pre(name, module, handler), with_kwargs=True))
+            handles.append(module.register_forward_hook(post(name, module, handler), with_kwargs=True))
+        with torch.no_grad(), _Mode(tracer):
+            out = model(*_as_tuple(example_inputs))
+        tracer.busy = True
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, Tensor):
+                tracer.freeze(tracer.label(t), "model output")
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return tracer.result

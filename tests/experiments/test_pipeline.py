@@ -1,0 +1,99 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.pipeline import run
+from experiments.results import read_rows
+from experiments.validation import ConfigError
+from tests.experiments.conftest import FAST
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_one_run_all_phases_writes_row_wandb_and_curves(compose_cfg, tmp_path):
+    cfg = compose_cfg(*FAST, "strategy.ratio=0.5")
+    row = run(cfg)
+    m = row["metrics"]
+    for phase in ("baseline", "pruned", "retrained"):
+        for key in ("acc", "loss", "params", "macs", "macs_total", "dense_bytes", "latency_b1_ms", "latency_b64_ms", "wall_s"):
+            assert f"{phase}/{key}" in m, f"{phase}/{key}"
+        assert f"{phase}/acc_top5" in m  # 10 classes > 5
+    # physically smaller: params and MACs drop, as do bytes
+    assert m["pruned/params"] < m["baseline/params"]
+    assert m["pruned/macs"] < m["baseline/macs"]
+    assert m["retrained/dense_bytes"] < m["baseline/dense_bytes"]
+    assert m["ratio/params"] == pytest.approx(m["retrained/params"] / m["baseline/params"])
+    rows = read_rows(tmp_path / "results")
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["run_id"] == row["run_id"]
+    assert rows[0]["config"]["strategy"]["ratio"] == 0.5
+    out = tmp_path / "out"
+    assert list((out / "wandb").glob("offline-run-*")), "no offline W&B run"
+    assert (out / "curves" / "baseline" / "metrics.csv").exists()
+    records = json.loads((out / "pruning_records.json").read_text())
+    assert len(records) == 1
+
+
+def test_baseline_is_reused_from_cache(compose_cfg, tmp_path):
+    first = run(compose_cfg(*FAST))
+    second = run(compose_cfg(*FAST))
+    assert first["metrics"]["baseline/reused"] is False
+    assert second["metrics"]["baseline/reused"] is True
+    assert second["metrics"]["baseline/acc"] == pytest.approx(first["metrics"]["baseline/acc"])
+    assert len(list((tmp_path / ".cache" / "baselines").glob("*.pt"))) == 1
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("strategy.ratio=1.2", r"strategy.ratio=1.2: ratios must be in \[0, 1\)"),
+        ("strategy.ratio=-0.1", r"strategy.ratio=-0.1"),
+        ("strategy.ratio=0.99", r"would leave layer '.*' with 0 of its"),
+        ("strategy.retrain.epochs=-1", r"strategy.retrain.epochs=-1: must be an integer >= 0"),
+        ("baseline.epochs=-2", r"baseline.epochs=-2"),
+        ("baseline.lr_schedule=warm", r"baseline.lr_schedule='warm': allowed values are"),
+        ("strategy.ignore=[nope]", r"strategy.ignore names 'nope'"),
+    ],
+)
+def test_bad_config_is_rejected_before_training(compose_cfg, tmp_path, override, message):
+    overrides = [o for o in FAST if not o.startswith(override.split("=")[0])]
+    cfg = compose_cfg(*overrides, override)
+    with pytest.raises(ConfigError, match=message):
+        run(cfg)
+    assert not (tmp_path / ".cache").exists(), "training started before validation"
+    assert read_rows(tmp_path / "results") == []
+
+
+def test_unknown_dataset_root_is_rejected(compose_cfg, tmp_path):
+    cfg = compose_cfg("dataset=fashion_mnist", f"dataset.root={tmp_path}/missing")
+    with pytest.raises(ConfigError, match="dataset.root=.*no such directory"):
+        run(cfg)
+
+
+def _run_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_unknown_group_option_lists_options(tmp_path):
+    proc = _run_py("strategy=nope", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Could not find 'strategy/nope'" in proc.stderr and "l1_oneshot" in proc.stderr
+
+
+def test_multirun_two_ratios_two_seeds_writes_four_rows(tmp_path):
+    overrides = [o for o in FAST]
+    proc = _run_py("-m", *overrides, "strategy.ratio=0.3,0.6", "seed=0,1", f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_rows(tmp_path / "results")
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    assert sorted((r["config"]["strategy"]["ratio"], r["seed"]) for r in rows) == [(0.3, 0), (0.3, 1), (0.6, 0), (0.6, 1)]
+    # each job wrote under its own output dir, with its own W&B run
+    dirs = {r["output_dir"] for r in rows}
+    assert len(dirs) == 4
+    for d in dirs:
+        assert len(list((Path(d) / "wandb").glob("offline-run-*"))) == 1
