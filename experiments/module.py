@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Iterable
 
 import lightning as L
 import torch
@@ -25,7 +25,9 @@ class Classifier(L.LightningModule):
 
     ``penalty`` (optional) is a callable ``model -> Tensor`` added to the training loss
     (L1/L2 regularisation of connection pruning); ``after_step`` hooks run after every
-    optimizer step (mask enforcement keeps pruned weights exactly zero).
+    optimizer step (mask enforcement keeps pruned weights exactly zero); ``trainable``
+    returns the parameters to optimise (default: the model's that require grad; Deep
+    Compression's centroid fine-tuning passes the codebooks).
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class Classifier(L.LightningModule):
         lr_schedule: str = "constant",
         penalty: Callable[[nn.Module], torch.Tensor] | None = None,
         after_step: list[Callable[[nn.Module], None]] | None = None,
+        trainable: Callable[[], Iterable[nn.Parameter]] | None = None,
     ) -> None:
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
@@ -44,6 +47,7 @@ class Classifier(L.LightningModule):
         self.lr_schedule = lr_schedule
         self.penalty = penalty
         self.after_step = after_step or []
+        self.trainable = trainable
         self._sums: dict[str, dict[str, float]] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +104,7 @@ class Classifier(L.LightningModule):
         self._eval_end("test")
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = list(self.trainable()) if self.trainable else [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
         if self.lr_schedule == "constant":
             return optimizer

@@ -92,15 +92,58 @@ class RunContext:
             wandb.finish()
 
 
-def measure_model(model: nn.Module, example_inputs: torch.Tensor, cfg: DictConfig) -> dict[str, float]:
-    """Size, compute and latency of ``model`` (paper counts and totals kept apart)."""
+def measure_model(model: nn.Module, example_inputs: torch.Tensor, cfg: DictConfig, strategy=None) -> dict[str, float]:
+    """Size, compute and latency of ``model`` (paper counts and totals kept apart).
+
+    ``compressed_bytes`` is the real size of the model in our compact format with the
+    strategy's storage options (lossless fp32 CSR by default).
+    """
     counts = pruning.count(model, example_inputs)
     out: dict[str, float] = dict(counts.as_dict())
     out["dense_bytes"] = pruning.dense_bytes(model)
+    options = strategy.storage_options(model) if strategy is not None else {"values": "fp32"}
+    if options.get("values") == "codebook":  # not quantized yet: measure the lossless size
+        options = {k: v for k, v in options.items() if k != "bits"} | {"values": "fp32"}
+    out["compressed_bytes"] = pruning.compression_report(model, **options).file_bytes
     for batch in cfg.measure.latency_batch_sizes:
         seconds = pruning.measure_latency(model, example_inputs, batch_size=batch, repeats=cfg.measure.latency_repeats)
         out[f"latency_b{batch}_ms"] = seconds * 1e3
     return out
+
+
+def quantize_phase(ctx: RunContext, model: nn.Module, example: torch.Tensor, cfg: DictConfig,
+                   strategy, output_dir: Path) -> Phase:
+    """Deep Compression: share weights by k-means, fine-tune the centroids, store compactly.
+
+    The stored file is loaded back into a copy of the model and must reproduce its
+    outputs (``storage_max_abs_diff``), so the reported size is of a model that works.
+    """
+    start = time.perf_counter()
+    options = strategy.storage_options(model)
+    names = list(strategy.masks) if strategy.masks is not None else None
+    shared = pruning.share_weights(model, bits=options.get("bits"), include=names)
+    tuner = pruning.CentroidTuner(model, shared)
+    retrain = strategy.quantize_retrain
+    masks = strategy.masks
+    module = Classifier(model, retrain.optimizer, retrain.lr_schedule, trainable=tuner.parameters,
+                        after_step=[tuner.sync_] + ([masks.apply_] if masks is not None else []))
+    ctx.fit(module, "quantize", retrain.epochs)
+    for name, codebook in zip(tuner.names, tuner.codebooks):
+        shared[name].codebook = codebook.detach().clone()
+    path = output_dir / "model.pkdc"
+    report = pruning.save_compressed(model, path, shared=shared, **{k: v for k, v in options.items() if k != "bits"})
+    (output_dir / "storage_report.txt").write_text(str(report) + "\n")
+    reloaded = pruning.load_compressed(path, copy.deepcopy(model))
+    with torch.inference_mode():
+        diff = float((reloaded.eval()(example) - model.eval()(example)).abs().max())
+    total = report.total()
+    metrics = {
+        **ctx.test(Classifier(reloaded, None), "quantized"), **measure_model(model, example, cfg),
+        "compressed_bytes": report.file_bytes, "storage_pruned_bytes": total.pruned,
+        "storage_quantized_bytes": total.quantized, "storage_huffman_bytes": total.huffman,
+        "storage_max_abs_diff": diff, "wall_s": time.perf_counter() - start,
+    }
+    return Phase("quantized", metrics)
 
 
 def baseline_key(cfg: DictConfig) -> str:
@@ -166,22 +209,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # -- prune / retrain rounds ----------------------------------------------------
         records = []
         prune_wall = retrain_wall = 0.0
-        penalty, after_step = strategy.retrain_hooks()
         for round_index in range(strategy.rounds):
             start = time.perf_counter()
             records.append(strategy.prune(model, example, round_index))
             prune_wall += time.perf_counter() - start
             if round_index == 0:
                 phases["pruned"] = Phase("pruned", {**ctx.test(Classifier(model, None), "pruned"),
-                                                    **measure_model(model, example, cfg), "wall_s": prune_wall})
+                                                    **measure_model(model, example, cfg, strategy)})
+            penalty, after_step = strategy.retrain_hooks()
             retrain = strategy.retrain
             module = Classifier(model, retrain.optimizer, retrain.lr_schedule, penalty=penalty, after_step=after_step)
+            strategy.freeze_layers(model)
             retrain_wall += ctx.fit(module, f"retrain{round_index}", retrain.epochs)
+            strategy.unfreeze(model)
         phases["pruned"].metrics["wall_s"] = prune_wall
         phases["retrained"] = Phase("retrained", {
-            **ctx.test(Classifier(model, None), "retrained"), **measure_model(model, example, cfg),
+            **ctx.test(Classifier(model, None), "retrained"), **measure_model(model, example, cfg, strategy),
             "wall_s": retrain_wall,
         })
+        if getattr(strategy, "quantize_retrain", None) is not None:
+            phases["quantized"] = quantize_phase(ctx, model, example, cfg, strategy, output_dir)
 
         (output_dir / "pruning_records.json").write_text(json.dumps(records, indent=1))
         row.update(_row(cfg, run_id, phases, output_dir))
@@ -199,9 +246,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _row(cfg: DictConfig, run_id: str, phases: dict[str, Phase], output_dir: Path) -> dict[str, Any]:
     flat = {f"{p}/{k}": v for p, phase in phases.items() for k, v in phase.metrics.items()}
-    base, final = phases["baseline"].metrics, phases["retrained"].metrics
+    base, final = phases["baseline"].metrics, phases[list(phases)[-1]].metrics
     ratios = {
         "ratio/params": final["params"] / base["params"],
+        "ratio/nonzero_params": final["nonzero_params"] / base["nonzero_params"],
+        "ratio/compressed_bytes": final["compressed_bytes"] / base["dense_bytes"],
         "ratio/macs": final["macs"] / base["macs"],
         "ratio/latency_b1": final["latency_b1_ms"] / base["latency_b1_ms"] if "latency_b1_ms" in base else None,
         "delta/acc": final["acc"] - base["acc"],

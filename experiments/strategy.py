@@ -50,8 +50,37 @@ def step_ratio(final_ratio: float, round_index: int, rounds: int) -> float:
     return 1.0 - (1.0 - final_ratio) ** (1.0 / rounds)
 
 
+class Strategy:
+    """What the pipeline calls; defaults are no-ops so a strategy overrides only its parts."""
+
+    name: str
+    rounds: int
+    retrain: Retrain
+
+    def validate(self, model: nn.Module) -> None:
+        raise NotImplementedError
+
+    def prune(self, model: nn.Module, example_inputs: torch.Tensor, round_index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def retrain_hooks(self) -> tuple[Callable | None, list[Callable]]:
+        """(penalty added to the loss, hooks after each optimizer step) while retraining."""
+        return None, []
+
+    def freeze_layers(self, model: nn.Module) -> None:
+        """Called before each retraining; set ``requires_grad`` of frozen parameters."""
+
+    def unfreeze(self, model: nn.Module) -> None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+    def storage_options(self, model: nn.Module) -> dict[str, Any]:
+        """Options of ``pruning.save_compressed`` for the run's compressed-size measurement."""
+        return {"values": "fp32"}
+
+
 @dataclass
-class FilterPruning:
+class FilterPruning(Strategy):
     """Structured (filter) pruning: score, remove channels physically, retrain.
 
     ``ratio``: a float for every prunable layer, or {layer_name: ratio}. ``rounds`` > 1
@@ -117,7 +146,3 @@ class FilterPruning:
             model, example_inputs, ratio, criterion=self.criterion, ignore=tuple(self.ignore), round_to=self.round_to
         )
         return record.to_dict() if hasattr(record, "to_dict") else dict(record)
-
-    def retrain_hooks(self) -> tuple[Callable | None, list[Callable]]:
-        """(penalty added to the loss, hooks after each optimizer step) while retraining."""
-        return None, []

@@ -14,6 +14,7 @@ ROWS = (
     ("macs", "MACs (conv+fc)", "{:,.0f}"),
     ("macs_total", "MACs (all)", "{:,.0f}"),
     ("dense_bytes", "dense bytes", "{:,.0f}"),
+    ("compressed_bytes", "compressed bytes (file)", "{:,.0f}"),
     ("latency_b1_ms", "latency batch 1 (ms)", "{:.3f}"),
     ("latency_b64_ms", "latency batch 64 (ms)", "{:.3f}"),
     ("wall_s", "phase wall time (s)", "{:.1f}"),

@@ -8,6 +8,28 @@ Deep Compression storage, BatchNorm folding and honest measurement.
 from pruning.measure import Counts, count, dense_bytes, measure_latency, nonzero_params
 
 # --- structured pruning engine (graph.py, handlers.py, criteria.py, structured.py, record.py) ---
+from pruning.criteria import (
+    APoZ,
+    BNGamma,
+    FPGM,
+    L1,
+    L2,
+    ActivationMean,
+    ActivationStd,
+    Criterion,
+    LargestL1,
+    Random,
+    Taylor,
+    criterion_names,
+    get_criterion,
+    register_criterion,
+)
+from pruning.graph import ChannelGroup, GroupMember, dependency_groups
+from pruning.handlers import ChannelwiseHandler, FilterHandler, register_handler
+from pruning.oprules import register_op_rule
+from pruning.record import PruningRecord, apply_record, load_pruned, read_record, save_pruned
+from pruning.structured import kept_channels, prune_filters
+from pruning.trace import ChannelMappingError
 
 # --- connection pruning, Deep Compression, sparse inference, BN folding ---
 from pruning.compress import (

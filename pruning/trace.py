@@ -257,17 +257,19 @@ class _Tracer:
                 for t in outs:
                     self.set_label(t, None)
                 return
-            if foreign and rule is not None:
+            if foreign and name not in oprules.PARAM_OK:
                 mname, _, module = foreign[0]
                 raise ChannelMappingError(
                     f"module {mname!r} ({type(module).__name__}) is not supported: its parameters are used by "
                     f"op {name!r} and no pruning handler is registered for {type(module).__name__}. Register one "
                     f"with pruning.register_handler({type(module).__name__}, handler) or pass ignore=[{mname!r}]"
                 )
+            where = self.stack[-1][0] if self.stack and self.stack[-1][0] else None
             raise ChannelMappingError(
-                f"cannot map channels through op {oprules.qualname(func)!r} in {self.where()}. Pass "
-                f"ignore=[<that module's name>] to leave its channels alone, or register a handler for its "
-                f"type with pruning.register_handler(...)"
+                f"cannot map channels through op {oprules.qualname(func)!r} in {self.where()}. "
+                + (f"Pass ignore=[{where!r}] to leave its channels alone, or register" if where else "Register")
+                + " a handler for the module type with pruning.register_handler(...)"
+                + " or an op rule with pruning.register_op_rule(...)"
             )
         rule(self, func, name, args, kwargs, ins, labs, out)
 

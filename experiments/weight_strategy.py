@@ -1,0 +1,177 @@
+"""Connection (weight) pruning strategies: Han et al. 2015 and Deep Compression.
+
+A composition of pure parts from ``pruning/``: ``prune_weights`` (quality x std or target
+sparsity, per layer or global), ``sparsity_schedule`` (iterative rounds), ``Masks``
+(kept exactly zero after every optimizer step), optional L1/L2 penalty, Han's dropout
+adjustment, freezing conv or FC layers, and optionally weight sharing with centroid
+fine-tuning followed by compressed storage (CSR relative indices, codebooks, Huffman).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+import pruning
+from experiments.strategy import Retrain, Strategy
+from experiments.validation import ConfigError, check_choice, check_nonnegative_int, check_ratio
+
+FREEZE_CHOICES = (None, "conv", "fc")
+REGULARIZATION_CHOICES = (None, "l1", "l2")
+VALUE_FORMATS = ("fp32", "fp16", "codebook")
+
+
+@dataclass
+class Storage:
+    """How the final model is stored (see docs/compressed_format.md)."""
+
+    index_bits: int = 5
+    values: str = "fp32"  # fp32 | fp16 | codebook
+    conv_bits: int = 8
+    fc_bits: int = 5
+    huffman: bool = False
+
+    def validate(self, key: str = "strategy.storage") -> None:
+        check_choice(f"{key}.values", self.values, VALUE_FORMATS)
+        for name in ("index_bits", "conv_bits", "fc_bits"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
+                raise ConfigError(f"{key}.{name}={value!r}: bits must be an integer in [1, 16]")
+
+    def bits_for(self, model: nn.Module, names: Iterable[str]) -> dict[str, int]:
+        modules = dict(model.named_modules())
+        return {n: self.conv_bits if isinstance(modules[n.rsplit(".", 1)[0]], nn.Conv2d) else self.fc_bits
+                for n in names}
+
+
+@dataclass
+class WeightPruning(Strategy):
+    """Magnitude pruning of individual weights with masks, one-shot or iterative.
+
+    Exactly one of ``sparsity`` (fraction of zeros; float or {layer: float}) and
+    ``quality`` (Han: threshold = quality x std of the layer's weights) is set. With
+    ``rounds`` > 1 the target grows along ``schedule`` with retraining in between.
+    ``quantize_retrain`` > 0 epochs shares weights by k-means (``storage`` bits) and
+    fine-tunes the centroids (Deep Compression) after the last round.
+    """
+
+    name: str = "weight"
+    sparsity: float | Mapping[str, float] | None = None
+    quality: float | Mapping[str, float] | None = None
+    scope: str = "layer"
+    include: list[str] | None = None
+    rounds: int = 1
+    schedule: str = "geometric"
+    regularization: str | None = None
+    regularization_strength: float = 0.0
+    adjust_dropout: bool = False
+    freeze: str | None = None  # layers NOT retrained: "conv" (retrain FC only) or "fc"
+    retrain: Retrain = field(default_factory=Retrain)
+    storage: Storage = field(default_factory=Storage)
+    quantize_retrain: Retrain | None = None
+    masks: pruning.Masks | None = field(default=None, init=False, repr=False)
+
+    # -- validation ------------------------------------------------------------------------
+    def validate(self, model: nn.Module) -> None:
+        if (self.sparsity is None) == (self.quality is None):
+            raise ConfigError("strategy.sparsity / strategy.quality: set exactly one of them (the other null)")
+        check_choice("strategy.scope", self.scope, ("layer", "global"))
+        check_choice("strategy.schedule", self.schedule, ("linear", "geometric", "cubic"))
+        check_choice("strategy.regularization", self.regularization, REGULARIZATION_CHOICES)
+        check_choice("strategy.freeze", self.freeze, FREEZE_CHOICES)
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ConfigError(f"strategy.rounds={self.rounds!r}: must be an integer >= 1")
+        if self.regularization_strength < 0:
+            raise ConfigError(f"strategy.regularization_strength={self.regularization_strength}: must be >= 0")
+        params = dict(model.named_parameters())
+        modules = dict(model.named_modules())
+        for key, amount in (("sparsity", self.sparsity), ("quality", self.quality)):
+            if isinstance(amount, Mapping):
+                for layer, value in amount.items():
+                    if layer not in params and layer not in modules:
+                        raise ConfigError(f"strategy.{key} names {layer!r}, which is not a parameter or module of the model")
+                    if key == "sparsity":
+                        check_ratio(f"strategy.sparsity.{layer}", value)
+                    elif value < 0:
+                        raise ConfigError(f"strategy.quality.{layer}={value}: must be >= 0")
+            elif amount is not None:
+                if key == "sparsity":
+                    check_ratio("strategy.sparsity", amount)
+                elif amount < 0:
+                    raise ConfigError(f"strategy.quality={amount}: must be >= 0")
+        if self.scope == "global" and (self.quality is not None or isinstance(self.sparsity, Mapping)):
+            raise ConfigError("strategy.scope=global needs a single float strategy.sparsity (no quality, no dict)")
+        self.retrain.validate()
+        self.storage.validate()
+        if self.quantize_retrain is not None:
+            self.quantize_retrain.validate("strategy.quantize_retrain")
+
+    # -- pruning ----------------------------------------------------------------------------
+    def _amount_at(self, amount: Any, round_index: int) -> Any:
+        """This round's target: the schedule applied to each layer's final amount."""
+        def at(final: float) -> float:
+            if self.quality is not None:  # quality grows linearly to its final value
+                return final * (round_index + 1) / self.rounds
+            return pruning.sparsity_schedule(round_index + 1, self.rounds, float(final), kind=self.schedule)
+
+        return {k: at(v) for k, v in amount.items()} if isinstance(amount, Mapping) else at(amount)
+
+    def prune(self, model: nn.Module, example_inputs: torch.Tensor, round_index: int) -> dict[str, Any]:
+        original_dropout = {n: m.p for n, m in model.named_modules() if isinstance(m, nn.Dropout)}
+        if self.sparsity is not None:
+            new = pruning.prune_weights(model, sparsity=self._amount_at(self.sparsity, round_index),
+                                        scope=self.scope, include=self.include)
+        else:
+            new = pruning.prune_weights(model, quality=self._amount_at(self.quality, round_index),
+                                        scope=self.scope, include=self.include)
+        if self.masks is not None:  # pruned weights never come back
+            new = pruning.Masks({n: new[n] & self.masks[n] for n in new})
+            new.apply_(model)
+        self.masks = new
+        if self.adjust_dropout and round_index == 0:
+            self._adjust_dropout(model, original_dropout)
+        sparsity = new.sparsity()
+        return {"round": round_index, "kind": "weight",
+                "layers": {n: {"kept": c[0], "total": c[1]} for n, c in new.counts().items()},
+                "sparsity": float(sparsity.total) if hasattr(sparsity, "total") else None}
+
+    def _adjust_dropout(self, model: nn.Module, original: dict[str, float]) -> None:
+        """Han: D_r = D_o * sqrt(C_ir / C_io) for each Dropout feeding a masked Linear."""
+        assert self.masks is not None
+        pending: str | None = None
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Dropout):
+                pending = name
+            elif isinstance(module, nn.Linear) and pending is not None:
+                if f"{name}.weight" in self.masks:
+                    dropout = dict(model.named_modules())[pending]
+                    dropout.p = pruning.adjusted_dropout(original[pending], self.masks, f"{name}.weight")
+                pending = None
+
+    # -- retraining ---------------------------------------------------------------------------
+    def retrain_hooks(self) -> tuple[Callable | None, list[Callable]]:
+        masks = self.masks
+        penalty = None
+        if self.regularization is not None and self.regularization_strength > 0:
+            kind, strength = self.regularization, self.regularization_strength
+            penalty = lambda model: strength * masks.penalty(model, kind)  # noqa: E731
+        return penalty, [lambda model: masks.apply_(model)]
+
+    def freeze_layers(self, model: nn.Module) -> None:
+        """Stop gradients of the frozen layer kind (conv or fc) while retraining."""
+        kind = {"conv": nn.Conv2d, "fc": nn.Linear}.get(self.freeze)
+        for module in model.modules():
+            for p in module.parameters(recurse=False):
+                p.requires_grad_(kind is None or not isinstance(module, kind))
+
+    # -- final storage ----------------------------------------------------------------------
+    def storage_options(self, model: nn.Module) -> dict[str, Any]:
+        names = [n for n in (self.masks or {})]
+        options: dict[str, Any] = {"index_bits": self.storage.index_bits, "values": self.storage.values,
+                                   "huffman": self.storage.huffman}
+        if self.storage.values == "codebook":
+            options["bits"] = self.storage.bits_for(model, names) if names else None
+        return options

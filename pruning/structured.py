@@ -1,0 +1,160 @@
+"""Filter pruning that physically removes channels (Li et al. 2017 and friends).
+
+``prune_filters`` traces the model once, builds the channel-dependency groups, scores
+each group with a criterion, keeps ``floor(C * (1 - ratio))`` channels per group (at
+least one, or a multiple of ``round_to``) and cuts every member of the group through
+the layer handlers. The model's outputs are never cut.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pruning.criteria import Criterion, get_criterion
+from pruning.graph import ChannelGraph, ChannelGroup, build_graph
+from pruning.handlers import cut_tensor
+from pruning.record import PruningRecord, RecordEntry
+
+Ratio = float | Mapping[str, float]
+
+
+def check_ratio(where: str, ratio: Any) -> float:
+    """``ratio`` as a float in [0, 1), or a ValueError that says where it came from."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+        raise TypeError(f"ratio for {where} must be a number in [0, 1), got {ratio!r}")
+    if not 0.0 <= float(ratio) < 1.0 or math.isnan(ratio):
+        raise ValueError(f"ratio={ratio} for {where}: ratios must be in [0, 1)")
+    return float(ratio)
+
+
+def kept_channels(n: int, ratio: float, round_to: int = 1, frozen: int = 0) -> int:
+    """How many of ``n`` prunable channels to keep at ``ratio`` (``frozen`` more are kept anyway).
+
+    ``floor(n * (1 - ratio))`` (the rule of Li et al.'s reimplementations, computed
+    without float round-off), at least one channel in all; with ``round_to > 1`` the
+    total ``frozen + kept`` is rounded down to a multiple of ``round_to`` (at least
+    ``round_to``). Ratio 0 keeps everything.
+    """
+    if ratio == 0 or n == 0:
+        return n
+    keep = math.floor(round(n * (1.0 - ratio), 9))
+    if round_to > 1:
+        total = max(round_to, (frozen + keep) // round_to * round_to)
+        keep = min(n, max(0, total - frozen))
+    return max(keep, 1 - frozen, 0)
+
+
+def _group_ratios(model: nn.Module, groups: list[ChannelGroup], ratio: Ratio) -> dict[int, float]:
+    if not isinstance(ratio, Mapping):
+        r = check_ratio("every layer", ratio)
+        return {g.index: r for g in groups if g.n_prunable > 0}
+    by_name = {n: g for g in groups for n in g.names}
+    valid = [n for g in groups if g.n_prunable > 0 for n in g.names]
+    out: dict[int, float] = {}
+    named: dict[int, str] = {}
+    for name, r in ratio.items():
+        r = check_ratio(f"layer {name!r}", r)
+        g = by_name.get(name)
+        if g is None:
+            known = name in dict(model.named_modules())
+            shown = ", ".join(valid[:40]) + (f", ... ({len(valid)} in all)" if len(valid) > 40 else "")
+            raise ValueError(
+                f"ratio names {name!r}, which {'has no prunable output channels' if known else 'is not a module of the model'}; "
+                f"prunable layers: {shown}"
+            )
+        if g.n_prunable == 0 and r > 0:
+            raise ValueError(f"layer {name!r} cannot be pruned: {'; '.join(g.reasons) or 'all its channels are frozen'}")
+        if g.index in out and out[g.index] != r:
+            raise ValueError(
+                f"layers {named[g.index]!r} and {name!r} share one channel group (they lose the same channels) "
+                f"but have different ratios {out[g.index]} and {r}; give them one ratio"
+            )
+        out[g.index] = r
+        named[g.index] = name
+    return out
+
+
+def plan_removal(graph: ChannelGraph, ratios: dict[int, float], criterion: Criterion, round_to: int = 1) -> Tensor:
+    """Which channels to remove: a bool per global channel of ``graph``."""
+    removed = torch.zeros(graph.n_comps, dtype=torch.bool)
+    scores = torch.full((graph.n_comps,), -math.inf, dtype=torch.float64)
+    todo = [g for g in graph.groups if ratios.get(g.index, 0.0) > 0 and g.n_prunable > 0]
+    prepare = getattr(criterion, "prepare", None)
+    if prepare is not None and todo:
+        prepare(graph.model, todo)
+    for g in todo:
+        keep = kept_channels(g.n_prunable, ratios[g.index], round_to, g.n_channels - g.n_prunable)
+        if keep >= g.n_prunable:
+            continue
+        s = criterion(g)
+        if s is None:
+            continue
+        s = torch.as_tensor(s, dtype=torch.float64).flatten()
+        if s.shape != (g.n_channels,) or bool(torch.isnan(s).any()):
+            raise ValueError(f"criterion {criterion!r} returned {tuple(s.shape)} scores (NaN?) for group "
+                             f"{g.index} with {g.n_channels} channels")
+        comps = graph.comps(g)
+        scores[comps] = s
+        cand = (~g.frozen).nonzero().flatten()
+        order = torch.argsort(s[cand], descending=True, stable=True)
+        removed[comps[cand[order[keep:]]]] = True
+    _keep_one_per_layer(graph, removed, scores)
+    return removed
+
+
+def _keep_one_per_layer(graph: ChannelGraph, removed: Tensor, scores: Tensor) -> None:
+    """Never cut every channel of a layer: restore its best-scoring channel."""
+    for m in graph.trace.members:
+        if graph.keep(m, removed).numel() == 0 and m.ids.numel():
+            comps = graph.comp_of[m.ids[m.ids >= 0]].unique()
+            removed[comps[scores[comps].argmax()]] = False
+
+
+def cut(model: nn.Module, graph: ChannelGraph, removed: Tensor) -> PruningRecord:
+    """Cut the channels ``removed`` from every member, in place; return the record."""
+    entries = []
+    for m in graph.trace.members:
+        keep = graph.keep(m, removed)
+        if keep.numel() == len(m.ids):
+            continue
+        if m.kind == "param":
+            cut_tensor(m.module, m.param, keep, m.dim)
+        elif m.dim == 0:
+            m.handler.prune_out(m.module, keep)
+        else:
+            m.handler.prune_in(m.module, keep)
+        entries.append(RecordEntry(m.name, m.kind, m.dim, tuple(keep.tolist()), len(m.ids)))
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    return PruningRecord(entries, shapes)
+
+
+def prune_filters(model: nn.Module, example_inputs: Any, ratio: Ratio, criterion: str | Criterion = "l1",
+                  ignore: tuple[str, ...] | list[str] = (), round_to: int = 1) -> PruningRecord:
+    """Remove filters from ``model`` in place; return the record of what was removed.
+
+    ratio: a float for every prunable group, or ``{module_name: ratio}`` for the groups
+        of the named layers (others keep their channels).
+    criterion: a registered name (``pruning.criterion_names()``) or a criterion object.
+    ignore: module names (or prefixes) whose output channels are never pruned.
+    round_to: keep a multiple of this many channels per group.
+    """
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to={round_to!r}: must be a positive integer")
+    if isinstance(ignore, str):
+        ignore = (ignore,)
+    crit = get_criterion(criterion)
+    if not isinstance(ratio, Mapping):
+        check_ratio("every layer", ratio)
+    names = dict(model.named_modules())
+    unknown = [i for i in ignore if i not in names]
+    if unknown:
+        raise ValueError(f"ignore names {unknown}, which are not modules of the model")
+    graph = build_graph(model, example_inputs, tuple(ignore))
+    ratios = _group_ratios(model, graph.groups, ratio)
+    removed = plan_removal(graph, ratios, crit, round_to)
+    return cut(model, graph, removed)
