@@ -31,6 +31,8 @@ from experiments.summary import format_summary
 from experiments.validation import validate_config
 
 log = logging.getLogger(__name__)
+# Lightning repeats "GPU available / TPU / tips" for every Trainer; one run makes several.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class RunContext:
         """Train ``module`` for ``epochs``; returns wall seconds."""
         start = time.perf_counter()
         if epochs > 0:
+            log.info("%s: training %d epoch(s)", phase, epochs)
             self.trainer(phase, epochs).fit(module, datamodule=self.datamodule)
         return time.perf_counter() - start
 

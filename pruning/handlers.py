@@ -29,7 +29,7 @@ def cut_tensor(module: nn.Module, name: str, keep: Tensor, dim: int) -> None:
     old = getattr(module, name, None)
     if old is None:
         return
-    new = old.detach().index_select(dim, keep.to(old.device)).clone()
+    new = old.detach().index_select(dim, keep.to(old.device))
     if isinstance(old, nn.Parameter):
         setattr(module, name, nn.Parameter(new, requires_grad=old.requires_grad))
     else:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-Include = Union[None, str, Iterable[str], Callable[[str, nn.Parameter], bool]]
-PerLayer = Union[float, Mapping[str, float]]
+Include = None | str | Iterable[str] | Callable[[str, nn.Parameter], bool]
+PerLayer = float | Mapping[str, float]
 
 _PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -138,7 +138,7 @@ class Masks:
             if p.grad is not None:
                 p.grad.masked_fill_(~self._masks[name].to(p.grad.device), 0.0)
 
-    def hook_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> "HookHandles":
+    def hook_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> HookHandles:
         """Mask gradients before and weights after every ``optimizer.step()``."""
         pre = optimizer.register_step_pre_hook(lambda *_: self.mask_grads_(model))
         post = optimizer.register_step_post_hook(lambda *_: self.apply_(model))
@@ -177,7 +177,7 @@ class Masks:
         self.__init__({name: state[name] for name in state})
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, torch.Tensor]) -> "Masks":
+    def from_state_dict(cls, state: Mapping[str, torch.Tensor]) -> Masks:
         return cls(dict(state))
 
 

@@ -135,7 +135,7 @@ class _Tracer:
         both = (a >= 0) & (b >= 0)
         one = (a >= 0) ^ (b >= 0)
         if bool(one.any()):
-            self.freeze(torch.where(a >= 0, a, b)[one], why)
+            self.freeze(torch.where(a >= 0, a, b)[one], f"{why} meets zero padding or a fixed tensor")
         if bool(both.any()):
             self.result.unions.append((a[both], b[both]))
 

@@ -3,13 +3,15 @@
 Every builder takes the keyword arguments ``num_classes``, ``in_channels`` and
 ``input_size`` (side of the square input image) so a dataset can be swapped without
 touching the model config, plus its own options. Configs select a model with
-``_target_: experiments.models.build_model`` and ``name: <registered name>``.
+``_target_: experiments.models.build_model`` and ``name: <registered name>``
+(``tv.yaml`` targets its builder directly: there ``name`` is torchvision's model name).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
@@ -18,7 +20,6 @@ from torch import nn
 ModelBuilder = Callable[..., nn.Module]
 
 IO_ARGS = ("num_classes", "in_channels", "input_size")
-
 
 
 class UnknownModelError(KeyError):
@@ -42,7 +43,7 @@ def _check_io(name: str, kwargs: dict) -> None:
         )
     for key in IO_ARGS:
         value = kwargs[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"model '{name}': {key}={value!r} must be a positive int")
 
 

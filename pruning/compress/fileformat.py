@@ -7,6 +7,7 @@ before parsing, and every parse error is a :class:`CompressedFormatError`.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import sys
@@ -38,10 +39,20 @@ MAGIC = b"PKDC"
 VERSION = 1
 HEADER = struct.Struct("<4sBBQI")  # magic, version, flags, payload bytes, CRC32
 VALUE_FORMATS = ("fp32", "fp16", "codebook")
-MAX_NUMEL = 1 << 36
+MAX_NUMEL = 1 << 34  # per tensor; guards allocations requested by a damaged file
 
-_DTYPES = {1: torch.float32, 2: torch.float16, 3: torch.bfloat16, 4: torch.float64, 5: torch.int64,
-           6: torch.int32, 7: torch.int16, 8: torch.int8, 9: torch.uint8, 10: torch.bool}
+_DTYPES = {
+    1: torch.float32,
+    2: torch.float16,
+    3: torch.bfloat16,
+    4: torch.float64,
+    5: torch.int64,
+    6: torch.int32,
+    7: torch.int16,
+    8: torch.int8,
+    9: torch.uint8,
+    10: torch.bool,
+}
 _CODES = {dtype: code for code, dtype in _DTYPES.items()}
 RAW, SPARSE, DENSE_VALUES = 0, 1, 2  # record layouts
 VAL_RAW, VAL_CODEBOOK = 0, 1  # value block kinds
@@ -68,7 +79,13 @@ def save_compressed(
     index gaps and value codes where that is smaller. Everything else is stored raw.
     """
     payload, report = encode_state(
-        model, index_bits=index_bits, values=values, bits=bits, huffman=huffman, include=include, shared=shared
+        model,
+        index_bits=index_bits,
+        values=values,
+        bits=bits,
+        huffman=huffman,
+        include=include,
+        shared=shared,
     )
     blob = _header(payload) + payload
     path = Path(path)
@@ -86,7 +103,9 @@ def save_compressed(
     return report
 
 
-def load_compressed(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module | dict[str, torch.Tensor]:
+def load_compressed(
+    path: str | os.PathLike, model: nn.Module | None = None
+) -> nn.Module | dict[str, torch.Tensor]:
     """Read a file written by :func:`save_compressed`.
 
     Returns the state dict, or loads it into ``model`` (strict: names and shapes must
@@ -98,8 +117,11 @@ def load_compressed(path: str | os.PathLike, model: nn.Module | None = None) -> 
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or wrong:
         raise ValueError(
             f"{path} does not fit {type(model).__name__}: missing {missing}, unexpected {unexpected}, "
@@ -168,6 +190,8 @@ def _header(payload: bytes) -> bytes:
 def _write_meta(out: ByteWriter, name: str, tensor: torch.Tensor, layout: int) -> None:
     if tensor.dtype not in _CODES:
         raise TypeError(f"'{name}' has dtype {tensor.dtype}, which the format cannot store")
+    if tensor.layout != torch.strided:
+        raise TypeError(f"'{name}' is a {tensor.layout} tensor: save the dense model (before sparsify)")
     out.text(name)
     out.u8(_CODES[tensor.dtype])
     out.u8(tensor.dim())
@@ -198,66 +222,73 @@ def _write_weight(out, name, tensor, index_bits, values, use_huffman, sw: Shared
     has_zeros = nnz < tensor.numel()
     if sw is not None:
         if sw.mask.shape != tensor.shape:
-            raise ValueError(f"codebook for '{name}' has shape {tuple(sw.mask.shape)}, weight {tuple(tensor.shape)}")
+            raise ValueError(
+                f"codebook for '{name}' has shape {tuple(sw.mask.shape)}, weight {tuple(tensor.shape)}"
+            )
         quantized = (idx_fixed if has_zeros else 0) + fixed_nbytes(nnz, sw.bits) + 4 * sw.codebook.numel()
         block = ByteWriter()
-        _write_codebook_values(block, sw, use_huffman)
+        value_bytes = _write_codebook_values(block, sw, use_huffman)
         kind = f"cb{sw.bits}"
     elif values == "fp16":
         quantized = (idx_fixed if has_zeros else 0) + 2 * nnz
         block = ByteWriter()
-        _write_raw_values(block, tensor.reshape(-1)[torch.from_numpy(positions)].half())
+        value_bytes = _write_raw_values(block, tensor.reshape(-1)[torch.from_numpy(positions)].half())
         kind = "fp16"
     else:  # fp32: sparse only where it is smaller than raw
         if pruned >= dense:
             return _write_raw(out, name, tensor)
         quantized = pruned
         block = ByteWriter()
-        _write_raw_values(block, tensor.reshape(-1)[torch.from_numpy(positions)])
+        value_bytes = _write_raw_values(block, tensor.reshape(-1)[torch.from_numpy(positions)])
         kind = "fp32" if tensor.dtype == torch.float32 else str(tensor.dtype).replace("torch.", "")
     if has_zeros:
         _write_meta(out, name, tensor, SPARSE)
-        start = out.size
         out.u8(index_bits)
         out.varint(nnz)
         out.varint(codes.size)
-        method = _write_stream(out, codes, index_bits, use_huffman)
-        index_bytes = out.size - start
+        method, index_bytes = _write_stream(out, codes, index_bits, use_huffman)
         encoding = f"csr{index_bits}{'h' if method == HUFFMAN else ''}+{kind}"
     else:
         _write_meta(out, name, tensor, DENSE_VALUES)
         index_bytes, encoding = 0, f"dense+{kind}"
     out.raw(block.getvalue())
-    stored = index_bytes + block.size
-    return LayerSize(name, tensor.numel(), nnz, dense, pruned, quantized, stored if use_huffman else quantized, encoding)
+    stored = index_bytes + value_bytes  # stream data only: record fields count in file_bytes
+    return LayerSize(
+        name, tensor.numel(), nnz, dense, pruned, quantized, stored if use_huffman else quantized, encoding
+    )
 
 
-def _write_raw_values(out: ByteWriter, vals: torch.Tensor) -> None:
+def _write_raw_values(out: ByteWriter, vals: torch.Tensor) -> int:
+    """Write a raw value block; return its data bytes."""
+    data = _raw_bytes(vals)
     out.u8(VAL_RAW)
     out.u8(_CODES[vals.dtype])
-    out.raw(_raw_bytes(vals))
+    out.raw(data)
+    return len(data)
 
 
-def _write_codebook_values(out: ByteWriter, sw: SharedWeights, use_huffman: bool) -> None:
+def _write_codebook_values(out: ByteWriter, sw: SharedWeights, use_huffman: bool) -> int:
+    """Write a codebook value block; return its data bytes (codebook + code stream)."""
+    codebook = _raw_bytes(sw.codebook.float())
     out.u8(VAL_CODEBOOK)
     out.u8(_CODES[torch.float32])
     out.varint(sw.codebook.numel())
-    out.raw(_raw_bytes(sw.codebook.float()))
+    out.raw(codebook)
     out.u8(sw.bits)
-    _write_stream(out, sw.codes.numpy(), sw.bits, use_huffman)
+    return len(codebook) + _write_stream(out, sw.codes.numpy(), sw.bits, use_huffman)[1]
 
 
-def _write_stream(out: ByteWriter, symbols: np.ndarray, bits: int, use_huffman: bool) -> int:
-    """Write integers < 2**bits, Huffman-coded if asked and smaller; return the method."""
+def _write_stream(out: ByteWriter, symbols: np.ndarray, bits: int, use_huffman: bool) -> tuple[int, int]:
+    """Write integers < 2**bits, Huffman-coded if asked and smaller; return (method, data bytes)."""
     fixed = pack_fixed(symbols, bits)
     coded = huffman.encode(symbols, bits) if use_huffman and symbols.size else None
     if coded is not None and len(coded) < len(fixed):
         out.u8(HUFFMAN)
         out.raw(coded)
-        return HUFFMAN
+        return HUFFMAN, len(coded)
     out.u8(FIXED)
     out.raw(fixed)
-    return FIXED
+    return FIXED, len(fixed)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -265,22 +296,28 @@ def decode_file(blob: bytes) -> dict[str, torch.Tensor]:
     """Validate the header and checksum of a whole file, then decode its tensors."""
     if len(blob) < HEADER.size:
         raise CompressedFormatError(
-            f"file is {len(blob)} bytes, shorter than the {HEADER.size}-byte header: truncated or not a prunekit file"
+            f"file is {len(blob)} bytes, shorter than the {HEADER.size}-byte header: "
+            "truncated or not a prunekit file"
         )
     magic, version, flags, length, crc = HEADER.unpack_from(blob)
     if magic != MAGIC:
-        raise CompressedFormatError(f"bad magic {magic!r} (expected {MAGIC!r}): not a prunekit compressed file")
+        raise CompressedFormatError(
+            f"bad magic {magic!r} (expected {MAGIC!r}): not a prunekit compressed file"
+        )
     if version != VERSION:
         raise CompressedFormatError(
             f"format version {version} is not supported (this prunekit reads version {VERSION}); "
             "re-save the model with a matching prunekit"
         )
     if flags != 0:
-        raise CompressedFormatError(f"unknown header flags {flags:#x}: file corrupted or from a newer prunekit")
+        raise CompressedFormatError(
+            f"unknown header flags {flags:#x}: file corrupted or from a newer prunekit"
+        )
     payload = blob[HEADER.size :]
     if len(payload) != length:
         raise CompressedFormatError(
-            f"payload is {len(payload)} bytes but the header says {length}: the file is truncated or has trailing data"
+            f"payload is {len(payload)} bytes but the header says {length}: "
+            "the file is truncated or has trailing data"
         )
     if zlib.crc32(payload, zlib.crc32(blob[4:14])) != crc:
         raise CompressedFormatError("checksum mismatch (CRC32): the file is corrupted")
@@ -315,7 +352,7 @@ def _dtype(code: int) -> torch.dtype:
 def _read_record(reader: ByteReader) -> torch.Tensor:
     dtype = _dtype(reader.u8())
     shape = tuple(reader.varint(limit=MAX_NUMEL) for _ in range(reader.u8()))
-    numel = int(np.prod(shape, dtype=np.int64))
+    numel = math.prod(shape)  # Python ints: no overflow
     if numel > MAX_NUMEL:
         raise CompressedFormatError(f"tensor of shape {shape} is implausibly large")
     layout = reader.u8()

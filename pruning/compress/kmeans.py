@@ -43,7 +43,7 @@ class SharedWeights:
         return out
 
 
-def kmeans_1d(values: torch.Tensor, bits: int, iters: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans_1d(values: torch.Tensor, bits: int, iters: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster 1-D ``values`` into at most 2**bits centroids; return (codebook, codes).
 
     If the values already take at most 2**bits distinct values (e.g. after centroid
@@ -165,7 +165,9 @@ class CentroidTuner(nn.Module):
     def shared(self) -> dict[str, SharedWeights]:
         """The current codebooks as :class:`SharedWeights` (e.g. for ``save_compressed``)."""
         return {
-            n: SharedWeights(self.codebooks[i].detach().cpu().clone(), self._codes[i].cpu(), self._masks[i].cpu())
+            n: SharedWeights(
+                self.codebooks[i].detach().cpu().clone(), self._codes[i].cpu(), self._masks[i].cpu()
+            )
             for i, n in enumerate(self.names)
         }
 

@@ -26,7 +26,9 @@ class LayerSize:
     encoding: str  # e.g. "raw", "csr5+fp32", "csr5+cb5+huff"
 
     def ratios(self) -> dict[str, float]:
-        return {stage: _ratio(self.dense, getattr(self, stage)) for stage in ("pruned", "quantized", "huffman")}
+        return {
+            stage: _ratio(self.dense, getattr(self, stage)) for stage in ("pruned", "quantized", "huffman")
+        }
 
 
 @dataclass
@@ -38,7 +40,10 @@ class SizeReport:
 
     def total(self) -> LayerSize:
         """The sum over all layers."""
-        sums = {k: sum(getattr(layer, k) for layer in self.layers) for k in ("numel", "nnz", "dense", "pruned", "quantized", "huffman")}
+        sums = {
+            k: sum(getattr(layer, k) for layer in self.layers)
+            for k in ("numel", "nnz", "dense", "pruned", "quantized", "huffman")
+        }
         return LayerSize(name="total", encoding="", **sums)
 
     def ratio(self) -> float:
@@ -55,12 +60,22 @@ class SizeReport:
         return rows
 
     def __str__(self) -> str:
-        head = f"{'layer':<28} {'params':>10} {'kept':>7} {'dense B':>11} {'pruned B':>18} {'+quant B':>18} {'+huffman B':>18}  encoding"
+        head = (
+            f"{'layer':<28} {'params':>10} {'kept':>7} {'dense B':>11} "
+            f"{'pruned B':>18} {'+quant B':>18} {'+huffman B':>18}  encoding"
+        )
         lines = [head, "-" * len(head)]
         for layer in [*self.layers, self.total()]:
             kept = f"{layer.nnz / layer.numel:.1%}" if layer.numel else "-"
-            cells = [f"{getattr(layer, s):>10} {_ratio(layer.dense, getattr(layer, s)):>5.1f}x" for s in ("pruned", "quantized", "huffman")]
-            lines.append(f"{layer.name:<28} {layer.numel:>10} {kept:>7} {layer.dense:>11}  " + "  ".join(cells) + f"  {layer.encoding}")
+            cells = [
+                f"{getattr(layer, s):>10} {_ratio(layer.dense, getattr(layer, s)):>5.1f}x"
+                for s in ("pruned", "quantized", "huffman")
+            ]
+            lines.append(
+                f"{layer.name:<28} {layer.numel:>10} {kept:>7} {layer.dense:>11}  "
+                + "  ".join(cells)
+                + f"  {layer.encoding}"
+            )
         lines.append(f"file on disk: {self.file_bytes} bytes, {self.ratio():.1f}x smaller than dense")
         return "\n".join(lines)
 

@@ -16,12 +16,12 @@ from pruning.compress import (
     compression_report,
     csr_decode,
     csr_encode,
+    huffman,
     kmeans_1d,
     load_compressed,
     save_compressed,
     share_weights,
 )
-from pruning.compress import huffman
 from pruning.compress.bitstream import ByteReader, pack_fixed, unpack_fixed
 from pruning.compress.csr import absolute_positions, relative_indices
 from pruning.compress.fileformat import HEADER, decode_file
@@ -35,7 +35,9 @@ def seed():
 
 
 def lenet_300_100() -> nn.Sequential:
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)
+    )
 
 
 def random_pruned(model: nn.Module, keep: float) -> Masks:
@@ -46,8 +48,14 @@ def random_pruned(model: nn.Module, keep: float) -> Masks:
 
 def conv_bn_net() -> nn.Sequential:
     net = nn.Sequential(
-        nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, bias=False), nn.BatchNorm2d(8),
-        nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10),
+        nn.Conv2d(1, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 10),
     )
     net.train()
     with torch.no_grad():
@@ -107,7 +115,7 @@ def test_huffman_lengths_are_limited_to_16_bits():
     freqs = np.array([1, 1] + [int(1.6**i) for i in range(40)])  # would need ~40-bit codes
     lengths = huffman.code_lengths(freqs)
     assert lengths.max() <= 16
-    assert sum(2.0 ** -length for length in lengths if length) <= 1.0
+    assert sum(2.0**-length for length in lengths if length) <= 1.0
     symbols = np.repeat(np.arange(freqs.size), np.minimum(freqs, 50))
     data = huffman.encode(symbols, 6)
     assert np.array_equal(huffman.decode(ByteReader(data), 6, symbols.size), symbols)
@@ -140,7 +148,11 @@ def test_share_weights_defaults_conv8_fc5_and_keeps_zeros():
     net = conv_bn_net()
     prune_weights(net, sparsity=0.5)
     shared = share_weights(net)
-    assert {n: s.bits for n, s in shared.items()} == {"0.weight": 6, "3.weight": 8, "7.weight": 5}  # 0.weight: 36 values
+    assert {n: s.bits for n, s in shared.items()} == {
+        "0.weight": 6,
+        "3.weight": 8,
+        "7.weight": 5,
+    }  # 0.weight: 36 values
     for name, p in net.named_parameters():
         if name in shared:
             assert torch.equal(p.detach(), shared[name].weight())
@@ -160,13 +172,17 @@ def test_centroid_gradient_is_the_sum_of_its_weights_gradients():
     books = {n: s.codebook.clone().requires_grad_(True) for n, s in shared.items()}
     weights = {}
     for n, s in shared.items():
-        flat = torch.zeros(s.mask.numel()).index_put((torch.nonzero(s.mask.reshape(-1)).reshape(-1),), books[n][s.codes])
+        flat = torch.zeros(s.mask.numel()).index_put(
+            (torch.nonzero(s.mask.reshape(-1)).reshape(-1),), books[n][s.codes]
+        )
         weights[n] = flat.reshape(s.mask.shape)
     out = torch.func.functional_call(model, weights, (x,))
     nn.functional.cross_entropy(out, y).backward()
     for i, n in enumerate(tuner.names):
         torch.testing.assert_close(tuner.codebooks[i].grad, books[n].grad, rtol=1e-4, atol=1e-6)
-        manual = torch.zeros_like(books[n]).index_add_(0, shared[n].codes, dict(model.named_parameters())[n].grad[shared[n].mask])
+        manual = torch.zeros_like(books[n]).index_add_(
+            0, shared[n].codes, dict(model.named_parameters())[n].grad[shared[n].mask]
+        )
         torch.testing.assert_close(tuner.codebooks[i].grad, manual)
 
 
@@ -201,7 +217,9 @@ def test_pruned_round_trip_is_bit_exact_with_buffers(tmp_path, huff):
     state = load_compressed(tmp_path / "m.pkdc")
     for name, tensor in net.state_dict().items():
         assert state[name].dtype == tensor.dtype and state[name].shape == tensor.shape
-        assert torch.equal(state[name].reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)), name
+        assert torch.equal(state[name].reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)), (
+            name
+        )
     fresh = conv_bn_net()
     fresh.register_buffer("extra_bf16", torch.zeros(3, dtype=torch.bfloat16))
     fresh.register_buffer("extra_f64", torch.zeros(2, 2, dtype=torch.float64))
@@ -265,9 +283,34 @@ def test_size_report_stages_for_lenet_300_100_at_8_percent():
     assert "1.weight" in str(report) and "file on disk" in str(report)
 
 
+@pytest.mark.parametrize(
+    "options", [dict(), dict(huffman=True), dict(values="fp16"), dict(values="codebook", huffman=True)]
+)
+def test_empty_full_and_tiny_layers_in_every_mode(tmp_path, options):
+    model = nn.Sequential(nn.Linear(30, 20), nn.Linear(20, 1), nn.Linear(1, 1), nn.Conv2d(2, 2, 1))
+    with torch.no_grad():
+        model[0].weight.zero_()  # everything pruned
+        model[2].weight.fill_(0.5)  # a single weight
+    save_compressed(model, tmp_path / "e.pkdc", index_bits=1, **options)
+    state = load_compressed(tmp_path / "e.pkdc")
+    assert torch.equal(state["0.weight"], torch.zeros(20, 30))
+    assert torch.equal(state["2.weight"], torch.full((1, 1), 0.5))
+    if options.get("values", "fp32") == "fp32":
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_sparse_modules_cannot_be_saved(tmp_path):
+    from pruning.sparse import SparseLinear
+
+    with pytest.raises(TypeError, match="before sparsify"):
+        save_compressed(nn.Sequential(SparseLinear.from_dense(nn.Linear(4, 4))), tmp_path / "s.pkdc")
+
+
 def test_load_into_the_wrong_model_says_what_differs(tmp_path):
     save_compressed(lenet_300_100(), tmp_path / "m.pkdc")
-    wrong = nn.Sequential(nn.Flatten(), nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 100), nn.ReLU(), nn.Linear(100, 10))
+    wrong = nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 100), nn.ReLU(), nn.Linear(100, 10)
+    )
     with pytest.raises(ValueError, match="shape mismatches.*1.weight"):
         load_compressed(tmp_path / "m.pkdc", wrong)
     with pytest.raises(ValueError, match="missing"):
@@ -345,7 +388,11 @@ def test_fuzz_corruptions_never_crash_hang_or_load(good_file):
             blob[i : i + rng.randint(1, 16)] = bytes(rng.randrange(256) for _ in range(16))
         else:  # insert or delete bytes
             i = rng.randrange(n)
-            blob = blob[:i] + (bytes(rng.randint(1, 4)) if rng.random() < 0.5 else b"") + blob[i + rng.randint(1, 4) :]
+            blob = (
+                blob[:i]
+                + (bytes(rng.randint(1, 4)) if rng.random() < 0.5 else b"")
+                + blob[i + rng.randint(1, 4) :]
+            )
         if bytes(blob) == good_file:
             continue
         with pytest.raises(CompressedFormatError):

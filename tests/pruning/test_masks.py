@@ -11,7 +11,9 @@ from pruning.schedules import sparsity_schedule
 
 
 def lenet_300_100() -> nn.Sequential:
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)
+    )
 
 
 def small_cnn() -> nn.Sequential:
@@ -177,8 +179,12 @@ def test_penalty_over_masked_params():
     model = lenet_300_100()
     masks = prune_weights(model, sparsity=0.5)
     weights = [model[i].weight for i in (1, 3, 5)]
-    assert masks.penalty(model, "l1").item() == pytest.approx(sum(w.abs().sum().item() for w in weights), rel=1e-5)
-    assert masks.penalty(model, "l2").item() == pytest.approx(sum(w.pow(2).sum().item() for w in weights), rel=1e-5)
+    assert masks.penalty(model, "l1").item() == pytest.approx(
+        sum(w.abs().sum().item() for w in weights), rel=1e-5
+    )
+    assert masks.penalty(model, "l2").item() == pytest.approx(
+        sum(w.pow(2).sum().item() for w in weights), rel=1e-5
+    )
     masks.penalty(model, "l1").backward()
     assert torch.all(model[1].weight.grad[~masks["1.weight"]] == 0)
     with pytest.raises(ValueError, match="l1"):
