@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "multistep")  # multistep: /10 at 50% and 75%
 
 
 def topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
@@ -109,7 +109,9 @@ class Classifier(L.LightningModule):
         if self.lr_schedule == "constant":
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        cosine = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
+        if self.lr_schedule == "cosine":
+            factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
+        else:
+            factor = lambda step: 0.1 ** ((step >= total // 2) + (step >= 3 * total // 4))  # noqa: E731
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -83,8 +83,10 @@ class Strategy:
 class FilterPruning(Strategy):
     """Structured (filter) pruning: score, remove channels physically, retrain.
 
-    ``ratio``: a float for every prunable layer, or {layer_name: ratio}. ``rounds`` > 1
-    prunes iteratively in equal geometric steps with retraining in between.
+    ``ratio``: a float for every prunable layer, {layer_name: ratio}, or a ratio policy
+    (a callable ``model -> {layer_name: ratio}``, see ``experiments.ratio_policy``),
+    resolved once on the dense model. ``rounds`` > 1 prunes iteratively in equal
+    geometric steps with retraining in between.
     """
 
     name: str = "filter"
@@ -102,6 +104,8 @@ class FilterPruning(Strategy):
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"strategy.round_to={self.round_to!r}: must be an integer >= 1")
         self.retrain.validate()
+        if callable(self.ratio):
+            self.ratio = self.ratio(model)
         modules = dict(model.named_modules())
         for name in self.ignore:
             if name not in modules:
