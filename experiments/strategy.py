@@ -104,6 +104,8 @@ class FilterPruning(Strategy):
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"strategy.round_to={self.round_to!r}: must be an integer >= 1")
         self.retrain.validate()
+        if isinstance(self.criterion, str):
+            check_choice("strategy.criterion", self.criterion, pruning.criterion_names())
         if callable(self.ratio):
             self.ratio = self.ratio(model)
         modules = dict(model.named_modules())
