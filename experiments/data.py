@@ -158,7 +158,7 @@ class TensorDataModule(L.LightningDataModule):
         }
 
     def _to_tensors(self, images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.as_tensor(np.ascontiguousarray(images))
+        x = torch.from_numpy(np.array(images, copy=True))
         is_bytes = x.dtype == torch.uint8
         if x.dim() == 3:
             x = x.unsqueeze(1)
@@ -170,7 +170,7 @@ class TensorDataModule(L.LightningDataModule):
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         x = ((x - mean) / std).contiguous().to(self.device)
-        y = torch.as_tensor(np.asarray(labels)).long().to(self.device)
+        y = torch.from_numpy(np.array(labels, copy=True)).long().to(self.device)
         return x, y
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -85,7 +85,7 @@ class RunContext:
 
     def test(self, module: Classifier, phase: str) -> dict[str, float]:
         """Top-1/top-5 accuracy and loss on the test split."""
-        results = self.trainer(phase, 0).test(module, datamodule=self.datamodule, verbose=False)
+        results = self.trainer(f"{phase}-test", 0).test(module, datamodule=self.datamodule, verbose=False)
         return {k.removeprefix("test/"): float(v) for k, v in results[0].items()}
 
     def finish(self) -> None:

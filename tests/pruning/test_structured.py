@@ -251,3 +251,45 @@ def test_unmappable_op_error_names_op():
     net = nn.Sequential(nn.Conv2d(3, 8, 3), Shuffle(), nn.Conv2d(2, 4, 3))
     with pytest.raises(pruning.ChannelMappingError, match=r"pixel_shuffle.*module '1' \(Shuffle\)"):
         pruning.prune_filters(net, torch.randn(1, 3, 8, 8), 0.5)
+
+
+# ---- Li et al. 2017, Table 1, with the zoo models ----------------------------------------------
+def _li_resnet_ratios(model: nn.Module, stage_ratio: tuple[float, float, float], skip: set[int]) -> dict[str, float]:
+    """Only the first conv of each block (conv layer 2 + 2k), one ratio per stage."""
+    from experiments.models.registry import conv_layers
+
+    convs = conv_layers(model)
+    n = (len(convs) - 1) // 6
+    return {convs[1 + 2 * k]: stage_ratio[k // n] for k in range(3 * n)
+            if 2 + 2 * k not in skip and stage_ratio[k // n] > 0}
+
+
+@pytest.mark.parametrize("depth,stage_ratio,skip,flops,params", [
+    (56, (0.1, 0.1, 0.1), {16, 20, 38, 54}, 0.104, 0.094),
+    (56, (0.6, 0.3, 0.1), {16, 18, 20, 34, 38, 54}, 0.276, 0.137),
+    (110, (0.5, 0.0, 0.0), {36}, 0.159, 0.023),
+    (110, (0.5, 0.4, 0.3), {36, 38, 74}, 0.386, 0.324),
+])
+def test_li_table1_resnets(depth, stage_ratio, skip, flops, params):
+    registry = pytest.importorskip("experiments.models.registry")
+    model = registry.build_model(f"resnet{depth}", num_classes=10, in_channels=3, input_size=32)
+    x = torch.randn(1, 3, 32, 32)
+    before = pruning.count(model, x)
+    pruning.prune_filters(model, x, _li_resnet_ratios(model, stage_ratio, skip))
+    after = pruning.count(model, x)
+    assert abs((1 - after.macs / before.macs) - flops) < 0.001 + 1e-9
+    assert abs((1 - after.params / before.params) - params) < 0.0015
+
+
+def test_li_table1_vgg16_a():
+    registry = pytest.importorskip("experiments.models.registry")
+    model = registry.build_model("vgg16_cifar", num_classes=10, in_channels=3, input_size=32)
+    x = torch.randn(1, 3, 32, 32)
+    convs = registry.conv_layers(model)
+    before = pruning.count(model, x)
+    pruning.prune_filters(model, x, {convs[i]: 0.5 for i in (0, 7, 8, 9, 10, 11, 12)})
+    after = pruning.count(model, x)
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert widths == [32, 64, 128, 128, 256, 256, 256, 256, 256, 256, 256, 256, 256]
+    assert round(after.macs / 1e8, 2) == 2.06 and round(1 - after.macs / before.macs, 3) == 0.342
+    assert round(after.params / 1e6, 1) == 5.4 and round(1 - after.params / before.params, 3) == 0.640
