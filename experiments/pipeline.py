@@ -149,6 +149,14 @@ def quantize_phase(ctx: RunContext, model: nn.Module, example: torch.Tensor, cfg
     return Phase("quantized", metrics)
 
 
+def save_model(model: nn.Module, strategy, path: Path) -> None:
+    """The final model as weights + the record that rebuilds its shapes, written atomically.
+    Load with ``pruning.load_pruned(lambda: build_model(...), path)`` (weights_only)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    pruning.save_pruned(model, strategy.structure_record(), tmp)
+    os.replace(tmp, path)
+
+
 def baseline_key(cfg: DictConfig) -> str:
     """Everything that determines the baseline weights, hashed."""
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
@@ -234,6 +242,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             phases["quantized"] = quantize_phase(ctx, model, example, cfg, strategy, output_dir)
 
         (output_dir / "pruning_records.json").write_text(json.dumps(records, indent=1))
+        save_model(model, strategy, output_dir / "model.pt")
         row.update(_row(cfg, run_id, phases, output_dir))
         row["status"] = "ok"
         _log_summary(ctx, phases)

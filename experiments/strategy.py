@@ -78,6 +78,10 @@ class Strategy:
         """Options of ``pruning.save_compressed`` for the run's compressed-size measurement."""
         return {"values": "fp32"}
 
+    def structure_record(self) -> pruning.PruningRecord:
+        """What was physically removed so far (replayable on a fresh dense model)."""
+        return pruning.PruningRecord()
+
 
 @dataclass
 class FilterPruning(Strategy):
@@ -96,6 +100,7 @@ class FilterPruning(Strategy):
     round_to: int = 1
     rounds: int = 1
     retrain: Retrain = field(default_factory=Retrain)
+    record: pruning.PruningRecord = field(default_factory=pruning.PruningRecord, init=False, repr=False)
 
     def validate(self, model: nn.Module) -> None:
         """Reject bad values before training: ratios, rounds, unknown layers, empty layers."""
@@ -151,4 +156,8 @@ class FilterPruning(Strategy):
         record = pruning.prune_filters(
             model, example_inputs, ratio, criterion=self.criterion, ignore=tuple(self.ignore), round_to=self.round_to
         )
-        return record.to_dict() if hasattr(record, "to_dict") else dict(record)
+        self.record = self.record + record
+        return record.to_dict()
+
+    def structure_record(self) -> pruning.PruningRecord:
+        return self.record

@@ -75,8 +75,15 @@ def get_criterion(criterion: "str | Criterion") -> "Criterion":
     raise TypeError(f"criterion must be a name ({', '.join(criterion_names())}) or a callable, got {criterion!r}")
 
 
+_ALL = torch.ones(1, dtype=torch.bool)
+
+
 def combine_scores(scores: Sequence[tuple[Tensor, Tensor]], how: str) -> Tensor:
     """Combine per-member ``(score, present)`` pairs into one score per channel."""
+    if how not in COMBINE:
+        raise ValueError(f"unknown combine {how!r}; valid choices: {', '.join(COMBINE)}")
+    if len(scores) == 1 and bool(scores[0][1].all()):
+        return scores[0][0].double()
     s = torch.stack([x for x, _ in scores]).double()
     p = torch.stack([y for _, y in scores])
     if how == "sum":
@@ -95,6 +102,8 @@ def combine_scores(scores: Sequence[tuple[Tensor, Tensor]], how: str) -> Tensor:
 def per_channel(group: ChannelGroup, member: GroupMember, values: Tensor, reduce: str = "sum") -> tuple[Tensor, Tensor]:
     """Scatter per-position ``values`` (length ``member.size``) onto group channels."""
     n = group.n_channels
+    if member.identity:
+        return values.double(), _ALL.expand(n)
     out = torch.zeros(n, dtype=torch.float64).index_add_(0, member.channels, values[member.positions].double())
     present = torch.zeros(n, dtype=torch.bool)
     present[member.channels] = True

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pruning.trace import ChannelTrace, Member, trace_channels
+from pruning.trace import ChannelTrace, trace_channels
 
 
 @dataclass
@@ -40,6 +40,7 @@ class GroupMember:
     handler: Any = field(default=None, repr=False)
     param: str | None = None
     axis: int = 1
+    identity: bool = False  # positions == channels == 0..size-1
 
     def tensor(self) -> Tensor:
         """The parameter this member's view reads (for gradients)."""
@@ -161,34 +162,74 @@ class ChannelGraph:
             inexact[group_of_comp[comp_of[ids]]] = True
 
         members: list[list[GroupMember]] = [[] for _ in range(len(group_ids))]
-        for m in trace.members:
-            valid = m.ids >= 0
-            positions = valid.nonzero().flatten()
-            comps = comp_of[m.ids[valid]]
-            grp = group_of_comp[comps]
-            for g in grp.unique().tolist():
-                sel = grp == g
-                members[g].append(GroupMember(m.name, m.kind, m.dim, m.role, positions[sel], local[comps[sel]],
-                                              len(m.ids), m.module, m.handler, m.param, m.axis))
-        self.groups = [
-            ChannelGroup(g, int(counts[g]), members[g], frozen[order[starts[g]:starts[g] + counts[g]]],
-                         reasons[g], not bool(inexact[g]))
-            for g in range(len(group_ids))
-        ]
-        self._comp_of_group_local = [order[starts[g]:starts[g] + counts[g]] for g in range(len(group_ids))]
+        sentinel = self.n_comps  # the channel of positions no channel owns (never removed)
+        ms = trace.members
+        lens = [m.ids.numel() for m in ms]
+        self.member_sizes = torch.tensor(lens, dtype=torch.long)
+        if ms:
+            ids = torch.cat([m.ids for m in ms])
+            valid = ids >= 0
+            comps_all = torch.where(valid, comp_of[ids.clamp(min=0)], sentinel)
+            grp_all = torch.where(valid, group_of_comp[comps_all.clamp(max=max(sentinel - 1, 0))], -1)
+            local_all = torch.where(valid, local[comps_all.clamp(max=max(sentinel - 1, 0))], -1)
+            seg = torch.repeat_interleave(torch.arange(len(ms)), self.member_sizes)
+            offsets = torch.cumsum(self.member_sizes, 0) - self.member_sizes
+            big = len(group_ids) + 1
+            gmin = torch.full((len(ms),), big).scatter_reduce_(0, seg, torch.where(valid, grp_all, big), "amin")
+            gmax = torch.full((len(ms),), -1).scatter_reduce_(0, seg, grp_all, "amax")
+            ident = (local_all == torch.arange(len(ids)) - offsets[seg]).long()
+            ident = torch.ones(len(ms), dtype=torch.long).scatter_reduce_(0, seg, ident, "amin")
+            self._seg, self._comps_all = seg, comps_all
+            self.member_comps = list(torch.split(comps_all, lens))
+            grp_split, local_split = torch.split(grp_all, lens), torch.split(local_all, lens)
+            single = ((gmin == gmax) & (gmin < big)).tolist()
+            gmin, gmax, ident = gmin.tolist(), gmax.tolist(), ident.tolist()
+            counts_l = counts.tolist()
+            aranges: dict[int, Tensor] = {}
+            for i, m in enumerate(ms):
+                size = lens[i]
+                if gmax[i] < 0:
+                    continue
+                if single[i] and bool(ident[i]) and size == counts_l[gmin[i]]:
+                    pos = aranges.get(size)
+                    if pos is None:
+                        pos = aranges[size] = torch.arange(size)
+                    parts = [(gmin[i], pos, pos, True)]
+                else:
+                    grp = grp_split[i]
+                    parts = []
+                    for g in [gmin[i]] if gmin[i] == gmax[i] else grp[grp >= 0].unique().tolist():
+                        pos = (grp == g).nonzero().flatten()
+                        parts.append((g, pos, local_split[i][pos], False))
+                for g, pos, chans, identity in parts:
+                    members[g].append(GroupMember(m.name, m.kind, m.dim, m.role, pos, chans, size, m.module,
+                                                  m.handler, m.param, m.axis, identity))
+        else:
+            self._seg = self._comps_all = torch.empty(0, dtype=torch.long)
+            self.member_comps = []
+        slices = torch.split(order, counts.tolist())
+        frozen_slices = torch.split(frozen[order], counts.tolist())
+        self.groups = [ChannelGroup(g, int(counts[g]), members[g], frozen_slices[g], reasons[g], not bool(inexact[g]))
+                       for g in range(len(group_ids))]
+        self._comp_of_group_local = slices
+
+    def removed_per_member(self, removed: Tensor) -> Tensor:
+        """How many positions of each member (of ``trace.members``) ``removed`` cuts."""
+        out = torch.zeros(len(self.trace.members), dtype=torch.long)
+        return out.index_add_(0, self._seg, removed[self._comps_all].long())
 
     def comps(self, group: ChannelGroup) -> Tensor:
         """Global channel index of each of ``group``'s channels."""
         return self._comp_of_group_local[group.index]
 
-    def keep(self, member: Member, removed: Tensor) -> Tensor:
-        """Positions of ``member`` that survive when the channels ``removed`` (bool per
-        global channel) are cut."""
-        ids = member.ids
-        gone = torch.zeros(len(ids), dtype=torch.bool)
-        valid = ids >= 0
-        gone[valid] = removed[self.comp_of[ids[valid]]]
-        return (~gone).nonzero().flatten()
+    def removal_mask(self) -> Tensor:
+        """All False: one entry per channel, plus a last one for positions no channel owns."""
+        return torch.zeros(self.n_comps + 1, dtype=torch.bool)
+
+    def gone(self, index: int, removed: Tensor) -> Tensor:
+        """Bool per position of member ``index`` (of ``trace.members``): cut by ``removed``
+        (a :meth:`removal_mask`)."""
+        return removed[self.member_comps[index]]
 
 
 def build_graph(model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] | list[str] = ()) -> ChannelGraph:

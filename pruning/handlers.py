@@ -31,7 +31,11 @@ def cut_tensor(module: nn.Module, name: str, keep: Tensor, dim: int) -> None:
         return
     new = old.detach().index_select(dim, keep.to(old.device))
     if isinstance(old, nn.Parameter):
-        setattr(module, name, nn.Parameter(new, requires_grad=old.requires_grad))
+        new = nn.Parameter(new, requires_grad=old.requires_grad)
+    if name in module._parameters:
+        module._parameters[name] = new
+    elif name in module._buffers:
+        module._buffers[name] = new
     else:
         setattr(module, name, new)
 

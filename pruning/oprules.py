@@ -16,13 +16,28 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils._pytree import tree_flatten
 
 _ARITH = {"add", "sub", "mul", "div", "truediv", "floordiv", "mod", "pow", "and", "or", "xor", "matmul"}
 
 
+_NAMES: dict[Any, str] = {}
+
+
 def op_name(func: Any) -> str:
     """A short, normalised name: ``Tensor.__iadd__`` -> ``add``, ``relu_`` -> ``relu``."""
+    try:
+        return _NAMES[func]
+    except (KeyError, TypeError):
+        pass
+    name = _op_name(func)
+    try:
+        _NAMES[func] = name
+    except TypeError:
+        pass
+    return name
+
+
+def _op_name(func: Any) -> str:
     n = getattr(func, "__name__", None) or str(func)
     if n == "__get__":
         n = getattr(getattr(func, "__self__", None), "__name__", n)
@@ -63,13 +78,29 @@ def _align(lab: Tensor, nd: int) -> Tensor:
     return lab.reshape((1,) * (nd - lab.dim()) + tuple(lab.shape)) if lab.dim() < nd else lab
 
 
-def _outs(out: Any) -> list[Tensor]:
-    return [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
+def tensors_in(obj: Any) -> list[Tensor]:
+    """The tensors in (nested lists/tuples/dicts of) ``obj``, in order."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        out = []
+        for o in obj:
+            if isinstance(o, Tensor):
+                out.append(o)
+            elif isinstance(o, (tuple, list, dict)):
+                out += tensors_in(o)
+        return out
+    if isinstance(obj, dict):
+        return tensors_in(list(obj.values()))
+    return []
 
 
-def _set_all(tr, out: Any, lab: Tensor | None) -> None:
+_outs = tensors_in
+
+
+def _set_all(tr, out: Any, lab: Tensor | None, compressed: bool = False) -> None:
     for o in _outs(out):
-        tr.set_label(o, lab if lab is not None and lab.dim() == o.dim() else None)
+        tr.set_label(o, lab if lab is not None and lab.dim() == o.dim() else None, compressed)
 
 
 def _arg(args: tuple, kwargs: dict, pos: int, key: str, default: Any = None) -> Any:
@@ -84,6 +115,7 @@ def elementwise(tr, func, name, args, kwargs, ins, labs, out) -> None:
     outs = _outs(out)
     nd = outs[0].dim()
     result = None
+    merged = False
     for lab in labs:
         if lab is None or lab.dim() > nd:
             continue
@@ -94,6 +126,7 @@ def elementwise(tr, func, name, args, kwargs, ins, labs, out) -> None:
         a, b = torch.broadcast_tensors(result, lab)
         tr.union(a, b, f"op {name!r}")
         result = compress(torch.maximum(a, b))
+        merged = True
     if result is None:
         _set_all(tr, out, None)
         return
@@ -111,7 +144,7 @@ def elementwise(tr, func, name, args, kwargs, ins, labs, out) -> None:
             tr.member(mname, "param", d - (nd - t.dim()), "scale", result.reshape(-1), module, param=pname, axis=d)
         else:
             tr.freeze(result, f"a fixed-size tensor meets the channels in op {name!r} ({tr.where()})")
-    _set_all(tr, out, result)
+    _set_all(tr, out, result, compressed=not merged)
 
 
 def first_only(tr, func, name, args, kwargs, ins, labs, out) -> None:

@@ -80,17 +80,19 @@ def _group_ratios(model: nn.Module, groups: list[ChannelGroup], ratio: Ratio) ->
 
 
 def plan_removal(graph: ChannelGraph, ratios: dict[int, float], criterion: Criterion, round_to: int = 1) -> Tensor:
-    """Which channels to remove: a bool per global channel of ``graph``."""
-    removed = torch.zeros(graph.n_comps, dtype=torch.bool)
-    scores = torch.full((graph.n_comps,), -math.inf, dtype=torch.float64)
-    todo = [g for g in graph.groups if ratios.get(g.index, 0.0) > 0 and g.n_prunable > 0]
+    """Which channels to remove: a :meth:`ChannelGraph.removal_mask` with True where cut."""
+    removed = graph.removal_mask()
+    scores = torch.full((graph.n_comps + 1,), -math.inf, dtype=torch.float64)
+    todo = []
+    for g in graph.groups:
+        if ratios.get(g.index, 0.0) > 0 and g.n_prunable > 0:
+            keep = kept_channels(g.n_prunable, ratios[g.index], round_to, g.n_channels - g.n_prunable)
+            if keep < g.n_prunable:
+                todo.append((g, keep))
     prepare = getattr(criterion, "prepare", None)
     if prepare is not None and todo:
-        prepare(graph.model, todo)
-    for g in todo:
-        keep = kept_channels(g.n_prunable, ratios[g.index], round_to, g.n_channels - g.n_prunable)
-        if keep >= g.n_prunable:
-            continue
+        prepare(graph.model, [g for g, _ in todo])
+    for g, keep in todo:
         s = criterion(g)
         if s is None:
             continue
@@ -100,37 +102,56 @@ def plan_removal(graph: ChannelGraph, ratios: dict[int, float], criterion: Crite
                              f"{g.index} with {g.n_channels} channels")
         comps = graph.comps(g)
         scores[comps] = s
-        cand = (~g.frozen).nonzero().flatten()
-        order = torch.argsort(s[cand], descending=True, stable=True)
-        removed[comps[cand[order[keep:]]]] = True
-    _keep_one_per_layer(graph, removed, scores)
+        if g.n_prunable == g.n_channels:
+            order = torch.argsort(s, descending=True, stable=True)
+            removed[comps[order[keep:]]] = True
+        else:
+            cand = (~g.frozen).nonzero().flatten()
+            order = torch.argsort(s[cand], descending=True, stable=True)
+            removed[comps[cand[order[keep:]]]] = True
+    if todo:
+        _keep_one_per_layer(graph, removed, scores)
     return removed
 
 
 def _keep_one_per_layer(graph: ChannelGraph, removed: Tensor, scores: Tensor) -> None:
     """Never cut every channel of a layer: restore its best-scoring channel."""
-    for m in graph.trace.members:
-        if graph.keep(m, removed).numel() == 0 and m.ids.numel():
-            comps = graph.comp_of[m.ids[m.ids >= 0]].unique()
+    emptied = (graph.removed_per_member(removed) == graph.member_sizes) & (graph.member_sizes > 0)
+    for i in emptied.nonzero().flatten().tolist():
+        comps = graph.member_comps[i]
+        if bool(removed[comps].all()):
             removed[comps[scores[comps].argmax()]] = False
 
 
 def cut(model: nn.Module, graph: ChannelGraph, removed: Tensor) -> PruningRecord:
     """Cut the channels ``removed`` from every member, in place; return the record."""
     entries = []
-    for m in graph.trace.members:
-        keep = graph.keep(m, removed)
-        if keep.numel() == len(m.ids):
-            continue
+    members = graph.trace.members
+    for i in (graph.removed_per_member(removed) > 0).nonzero().flatten().tolist():
+        m = members[i]
+        keep = (~graph.gone(i, removed)).nonzero().flatten()
         if m.kind == "param":
             cut_tensor(m.module, m.param, keep, m.dim)
         elif m.dim == 0:
             m.handler.prune_out(m.module, keep)
         else:
             m.handler.prune_in(m.module, keep)
-        entries.append(RecordEntry(m.name, m.kind, m.dim, tuple(keep.tolist()), len(m.ids)))
-    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    return PruningRecord(entries, shapes)
+        entries.append(RecordEntry(m.name, m.kind, m.dim, tuple(keep.tolist()), m.ids.numel()))
+    return PruningRecord(entries, state_shapes(model))
+
+
+def state_shapes(model: nn.Module) -> dict[str, list[int]]:
+    """``{name: shape}`` of every parameter and persistent buffer (the state dict's keys)."""
+    shapes = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        prefix = mname + "." if mname else ""
+        for k, v in module._parameters.items():
+            if v is not None:
+                shapes[prefix + k] = list(v.shape)
+        for k, v in module._buffers.items():
+            if v is not None and k not in module._non_persistent_buffers_set:
+                shapes[prefix + k] = list(v.shape)
+    return shapes
 
 
 def prune_filters(model: nn.Module, example_inputs: Any, ratio: Ratio, criterion: str | Criterion = "l1",

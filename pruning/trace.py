@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
 
 from pruning.handlers import ChannelwiseHandler, FilterHandler, get_handler
 from pruning import oprules
+from pruning.oprules import tensors_in
 
 
 class ChannelMappingError(RuntimeError):
@@ -72,6 +72,32 @@ def _ignored(name: str, ignore: tuple[str, ...]) -> bool:
     return any(name == i or name.startswith(i + ".") for i in ignore)
 
 
+class _NeedsValues(Exception):
+    """The model reads activation values (control flow, ``.item()``...): trace with real values."""
+
+
+_VALUE_READS = {"__bool__", "__int__", "__float__", "__index__", "__complex__", "__array__", "item", "tolist",
+                "numpy", "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "bincount",
+                "equal", "allclose", "topk", "sort", "argsort", "argmax", "argmin", "multinomial",
+                "repeat_interleave", "masked_scatter", "histc"}
+_READS_VALUES: dict[Any, bool] = {}
+
+
+def _reads_values(func: Any, args: tuple) -> bool:
+    """Does this op look at tensor values (not only shapes)?"""
+    try:
+        hit = _READS_VALUES[func]
+    except (KeyError, TypeError):
+        hit = getattr(func, "__name__", "") in _VALUE_READS
+        try:
+            _READS_VALUES[func] = hit
+        except TypeError:
+            pass
+    if not hit and len(args) > 1 and getattr(func, "__name__", "") == "__getitem__":
+        return bool(tensors_in(args[1]))  # indexing with a tensor: positions depend on values
+    return hit
+
+
 class _Mode(TorchFunctionMode):
     def __init__(self, tracer: "_Tracer"):
         super().__init__()
@@ -79,8 +105,10 @@ class _Mode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         t = self.tracer
+        if t.shapes_only and not t.busy and not t.leaf_depth and _reads_values(func, args):
+            raise _NeedsValues(getattr(func, "__name__", str(func)))
+        out = func(*args, **kwargs)
         if t.busy or t.leaf_depth:
             return out
         t.busy = True
@@ -99,27 +127,34 @@ class _Tracer:
         self.labels: dict[int, Tensor | None] = {}
         self.alive: list[Tensor] = []
         self.busy = False
+        self.shapes_only = False
         self.leaf_depth = 0
         self.stack: list[tuple[str, nn.Module]] = []
         self.params: dict[int, tuple[str, str, nn.Module]] = {}
         self.seen: dict[tuple[str, int, int], Member] = {}
         self.out_ids: dict[str, Tensor] = {}
-        for mname, module in model.named_modules():
-            for pname, p in list(module._parameters.items()) + list(module._buffers.items()):
-                if p is not None:
-                    self.params.setdefault(id(p), (mname, pname, module))
+
+    def add_params(self, mname: str, module: nn.Module) -> None:
+        for store in (module._parameters, module._buffers):
+            for pname, p in store.items():
+                if p is not None and id(p) not in self.params:
+                    self.params[id(p)] = (mname, pname, module)
 
     # ---- labels ---------------------------------------------------------------
     def label(self, t: Tensor) -> Tensor | None:
         return self.labels.get(id(t))
 
-    def set_label(self, t: Any, lab: Tensor | None) -> None:
+    def set_label(self, t: Any, lab: Tensor | None, compressed: bool = False) -> None:
+        """Label ``t``; ``compressed``: ``lab`` is known compressed with some id >= 0."""
         if not isinstance(t, Tensor):
             return
-        if lab is not None:
+        if lab is not None and not compressed:
             lab = oprules.compress(lab)
             if bool((lab < 0).all()):
                 lab = None
+        if lab is None:
+            self.labels.pop(id(t), None)
+            return
         self.labels[id(t)] = lab
         self.alive.append(t)
 
@@ -132,6 +167,9 @@ class _Tracer:
 
     def union(self, a: Tensor, b: Tensor, why: str) -> None:
         a, b = a.reshape(-1), b.reshape(-1)
+        if int(torch.minimum(a.min(), b.min())) >= 0:
+            self.result.unions.append((a, b))
+            return
         both = (a >= 0) & (b >= 0)
         one = (a >= 0) ^ (b >= 0)
         if bool(one.any()):
@@ -171,7 +209,7 @@ class _Tracer:
                 return old.ids
             raise ChannelMappingError(f"{key[0]} is used twice with different channel counts")
         m = Member(name if param is None else (f"{name}.{param}" if name else param), kind, dim, role,
-                   ids.reshape(-1).clone(), module, handler, param, axis)
+                   ids.reshape(-1), module, handler, param, axis)
         self.seen[key] = m
         self.result.members.append(m)
         if handler is not None and not handler.exact:
@@ -184,8 +222,10 @@ class _Tracer:
         """The ids along ``axis`` (length ``size``) of a label; None if untracked."""
         if lab is None:
             return None
-        mixed = [d for d in range(lab.dim()) if d != axis % lab.dim() and lab.shape[d] != 1]
-        if mixed:
+        shape = lab.shape
+        axis = axis % len(shape)
+        mixed = [d for d in range(len(shape)) if d != axis and shape[d] != 1]
+        if mixed or shape[axis] not in (1, size):
             raise ChannelMappingError(
                 f"{what}: its channels (dim {axis}) are mixed with dims {mixed} of the input; "
                 f"this layout cannot be cut channel by channel"
@@ -195,7 +235,7 @@ class _Tracer:
 
     # ---- modules ----------------------------------------------------------------
     def on_module(self, name: str, module: nn.Module, handler: Any, args: tuple, kwargs: dict, out: Any) -> None:
-        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)]
+        tensors = tensors_in(args) or tensors_in(kwargs)
         if not tensors or not isinstance(out, Tensor):
             raise ChannelMappingError(f"module {name!r} ({type(module).__name__}): expected one tensor in and out")
         x = tensors[0]
@@ -207,7 +247,7 @@ class _Tracer:
             ids = self.vector(lab, axis, c, what)
             if ids is not None and c > 1:
                 self.member(name, "module", 0, "norm", ids, module, handler, axis=axis)
-            self.set_label(out, lab)
+            self.set_label(out, lab, compressed=True)
             return
         cin, cout, g = handler.in_channels(module), handler.out_channels(module), handler.groups(module)
         in_ids = self.vector(lab, axis, cin, what)
@@ -226,7 +266,9 @@ class _Tracer:
                 self.member(name, "module", 1, "in", in_ids, module, handler, axis=axis)
             out_ids = self.out_ids.get(name)
             if out_ids is None:
-                out_ids = self.fresh(cout // g, name).repeat(g)
+                out_ids = self.fresh(cout // g, name)
+                if g > 1:
+                    out_ids = out_ids.repeat(g)
                 self.out_ids[name] = out_ids
                 self.member(name, "module", 0, "out", out_ids, module, handler, axis=out_axis)
         if out_ids is None:
@@ -234,21 +276,25 @@ class _Tracer:
             return
         shape = [1] * out.dim()
         shape[out_axis] = cout
-        self.set_label(out, out_ids.view(shape))
+        self.set_label(out, out_ids.view(shape), compressed=bool((out_ids >= 0).any()))
 
     # ---- functional ops ------------------------------------------------------------
     def on_op(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
-        outs = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
+        outs = tensors_in(out)
         if not outs:
             return
-        name = oprules.op_name(func)
-        ins = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)]
-        labs = [self.label(t) for t in ins]
-        foreign = [self.params[id(t)] for t in ins if id(t) in self.params and isinstance(t, nn.Parameter)]
-        if all(lab is None for lab in labs) and not foreign:
+        ins = tensors_in(args)
+        if kwargs:
+            ins += tensors_in(kwargs)
+        labels, params = self.labels, self.params
+        labs = [labels.get(id(t)) for t in ins]
+        foreign = [params[id(t)] for t in ins if id(t) in params and isinstance(t, nn.Parameter)]
+        if not foreign and all(lab is None for lab in labs):
             for t in outs:
-                self.set_label(t, None)
+                if id(t) in labels:
+                    del labels[id(t)]
             return
+        name = oprules.op_name(func)
         rule = oprules.RULES.get(name)
         if rule is None or (foreign and name not in oprules.PARAM_OK):
             if self.in_ignored():
@@ -274,53 +320,132 @@ class _Tracer:
         rule(self, func, name, args, kwargs, ins, labs, out)
 
 
-def trace_channels(model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] | list[str] = ()) -> ChannelTrace:
+def _meta(t: Any) -> Any:
+    return torch.empty(t.shape, dtype=t.dtype, device="meta") if isinstance(t, Tensor) else t
+
+
+def _shapes_only(module: nn.Module, forward: Any, tracer: "_Tracer") -> Any:
+    """``forward`` that computes the output's shape on the meta device and returns zeros:
+    the trace needs shapes, not the (costly) convolutions. Falls back to ``forward``."""
+
+    if isinstance(get_handler(module), ChannelwiseHandler):  # output shape = input shape
+
+        def same(*args: Any, **kwargs: Any) -> Any:
+            x = tensors_in(args) or tensors_in(kwargs)
+            return torch.zeros_like(x[0]) if x else forward(*args, **kwargs)
+
+        return same
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        d = module.__dict__
+        params, buffers = d["_parameters"], d["_buffers"]
+        depth = tracer.leaf_depth
+        try:
+            d["_parameters"] = {k: None if v is None else _meta(v) for k, v in params.items()}
+            d["_buffers"] = {k: None if v is None else _meta(v) for k, v in buffers.items()}
+            out = forward(*[_meta(a) for a in args], **{k: _meta(v) for k, v in kwargs.items()})
+        except Exception:
+            out = None
+        finally:
+            d["_parameters"], d["_buffers"] = params, buffers
+            tracer.leaf_depth = depth
+        ref = tensors_in(args)
+        if not isinstance(out, Tensor) or not ref:
+            return forward(*args, **kwargs)
+        return torch.zeros(out.shape, dtype=out.dtype, device=ref[0].device)
+
+    return run
+
+
+def trace_channels(model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] | list[str] = (),
+                   values: bool = False) -> ChannelTrace:
     """Run ``model`` once on ``example_inputs`` and record how channels flow.
 
     The model runs in training mode (so train-only branches such as auxiliary heads
     are seen) with every handled layer in eval mode (so BatchNorm statistics are not
-    touched); all modes are restored afterwards.
+    touched); all modes are restored afterwards. Handled layers compute only their
+    output shapes (zeros come out) unless ``values`` is True; a model that reads
+    activation values (data-dependent control flow, ``.item()``, tensor indices) is
+    traced again with real values automatically.
     """
-    ignore = tuple(ignore)
+    if not values:
+        try:
+            return _trace(model, example_inputs, tuple(ignore), shapes_only=True)
+        except _NeedsValues:
+            pass
+    return _trace(model, example_inputs, tuple(ignore), shapes_only=False)
+
+
+def _trace(model: nn.Module, example_inputs: Any, ignore: tuple[str, ...], shapes_only: bool) -> ChannelTrace:
     tracer = _Tracer(model, ignore)
-    handles = []
-    modes = {m: m.training for m in model.modules()}
+    tracer.shapes_only = shapes_only
+    patched: list[tuple[nn.Module, Any]] = []
+    handlers: dict[type, Any] = {}
+    mods: dict[int, tuple[str, nn.Module, Any]] = {}
+    modes = []
+    for name, module in model.named_modules():
+        kind = type(module)
+        if kind not in handlers:
+            handlers[kind] = get_handler(module)
+        handler = handlers[kind]
+        mods[id(module)] = (name, module, handler)
+        tracer.add_params(name, module)
+        modes.append((module, module.training))
+        module.__dict__["training"] = handler is None
+        if shapes_only and handler is not None and handler.leaf:
+            patched.append((module, module.__dict__.get("forward")))
+            module.__dict__["forward"] = _shapes_only(module, module.forward, tracer)
+    disable: list[Any] = []
 
-    def pre(name: str, module: nn.Module, handler: Any):
-        def hook(mod, args, kwargs):
-            tracer.stack.append((name, module))
-            if handler is not None and handler.leaf:
-                tracer.leaf_depth += 1
-        return hook
+    def pre(module: nn.Module, args: tuple) -> None:
+        info = mods.get(id(module))
+        if info is None:
+            return
+        if tracer.leaf_depth:  # inside a handled layer: nothing to record
+            tracer.leaf_depth += 1
+            return
+        tracer.stack.append(info[:2])
+        handler = info[2]
+        if handler is not None and handler.leaf:
+            tracer.leaf_depth = 1
+            ctx = torch._C.DisableTorchFunction()  # the layer is one op: skip its internals
+            ctx.__enter__()
+            disable.append(ctx)
 
-    def post(name: str, module: nn.Module, handler: Any):
-        def hook(mod, args, kwargs, out):
-            tracer.stack.pop()
-            if handler is not None and handler.leaf:
-                tracer.leaf_depth -= 1
-                if tracer.leaf_depth == 0:
-                    tracer.busy = True
-                    try:
-                        tracer.on_module(name, module, handler, args, kwargs, out)
-                    finally:
-                        tracer.busy = False
-        return hook
+    def post(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+        info = mods.get(id(module))
+        if info is None:
+            return
+        if tracer.leaf_depth > 1:
+            tracer.leaf_depth -= 1
+            return
+        tracer.stack.pop()
+        if tracer.leaf_depth == 1:
+            tracer.leaf_depth = 0
+            try:  # still without torch-function dispatch: the tracer's own ops are not the model's
+                tracer.on_module(info[0], module, info[2], args, kwargs, out)
+            finally:
+                disable.pop().__exit__(None, None, None)
 
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+    handles = [register_module_forward_pre_hook(pre), register_module_forward_hook(post, with_kwargs=True)]
     try:
-        for name, module in model.named_modules():
-            handler = get_handler(module)
-            module.training = handler is None
-            handles.append(module.register_forward_pre_hook(pre(name, module, handler), with_kwargs=True))
-            handles.append(module.register_forward_hook(post(name, module, handler), with_kwargs=True))
         with torch.no_grad(), _Mode(tracer):
             out = model(*_as_tuple(example_inputs))
         tracer.busy = True
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, Tensor):
-                tracer.freeze(tracer.label(t), "model output")
+        for t in tensors_in(out):
+            tracer.freeze(tracer.label(t), "model output")
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes.items():
-            m.training = mode
+        while disable:
+            disable.pop().__exit__(None, None, None)
+        for m, mode in modes:
+            m.__dict__["training"] = mode
+        for m, forward in patched:
+            if forward is None:
+                del m.__dict__["forward"]
+            else:
+                m.__dict__["forward"] = forward
     return tracer.result

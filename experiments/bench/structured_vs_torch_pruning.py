@@ -164,8 +164,8 @@ def width_differences(a: nn.Module, b: nn.Module, limit: int = 6) -> list[str]:
     return diffs[:limit] + ([f"... {len(diffs) - limit} more"] if len(diffs) > limit else [])
 
 
-def bench_model(name: str, *, ratio: float = 0.3, round_to: int = 8, repeats: int = 3, latency_repeats: int = 7,
-                latency_rounds: int = 2, batches: Sequence[int] = (1, 32), tv_size: int = 224,
+def bench_model(name: str, *, ratio: float = 0.3, round_to: int = 8, repeats: int = 3, latency_repeats: int = 5,
+                latency_rounds: int = 3, batches: Sequence[int] = (1, 32), tv_size: int = 224,
                 cifar_size: int = 32, seed: int = 0, torch_pruning: bool = True) -> tuple[list[dict], list[str]]:
     """Rows (dense, ours, ours round_to, TP) for one model, and notes on width differences."""
     base, x = build(name, tv_size, cifar_size, seed)
@@ -217,6 +217,15 @@ def bench_model(name: str, *, ratio: float = 0.3, round_to: int = 8, repeats: in
     return list(rows.values()), notes
 
 
+def _warm_up(torch_pruning: bool) -> None:
+    """Pay first-call costs (lazy imports, dispatcher caches) outside the timed runs."""
+    base, x = build("vgg_small", 32, 32, 0)
+    ignore = output_layer(base, x)
+    time_ours(base, x, ignore, 0.3, 1, 1)
+    if torch_pruning:
+        time_torch_pruning(base, x, ignore, 0.3, 1)
+
+
 def run_benchmark(models: Sequence[str], **options) -> tuple[list[dict], list[str]]:
     """All rows and notes for ``models`` (options as in ``bench_model``)."""
     if options.get("torch_pruning", True):
@@ -224,8 +233,10 @@ def run_benchmark(models: Sequence[str], **options) -> tuple[list[dict], list[st
             import torch_pruning  # noqa: F401
         except ImportError as e:
             raise ImportError("Torch-Pruning is not installed: pip install -e .[bench] (torch-pruning==1.6.1)") from e
+    _warm_up(options.get("torch_pruning", True))
     rows, notes = [], []
-    for name in models:
+    for i, name in enumerate(models, 1):
+        print(f"[{i}/{len(models)}] {name} ...", file=sys.stderr, flush=True)
         r, n = bench_model(name, **options)
         rows += r
         notes += n
@@ -293,8 +304,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--ratio", type=float, default=0.3)
     parser.add_argument("--round-to", type=int, default=8, help="our extra row's round_to (1: no extra row)")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats of group build / prune")
-    parser.add_argument("--latency-repeats", type=int, default=7, help="forward passes per latency median")
-    parser.add_argument("--latency-rounds", type=int, default=2, help="interleaved rounds; best median kept")
+    parser.add_argument("--latency-repeats", type=int, default=5, help="forward passes per latency median")
+    parser.add_argument("--latency-rounds", type=int, default=3, help="interleaved rounds; best median kept")
     parser.add_argument("--batches", default="1,32", help="latency batch sizes")
     parser.add_argument("--tv-size", type=int, default=224, help="input side of torchvision models")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")

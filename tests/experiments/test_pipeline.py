@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from experiments.pipeline import run
 from experiments.results import read_rows
@@ -37,6 +38,16 @@ def test_one_run_all_phases_writes_row_wandb_and_curves(compose_cfg, tmp_path):
     assert "test/acc" in (out / "curves" / "retrained-test" / "metrics.csv").read_text().splitlines()[0]
     records = json.loads((out / "pruning_records.json").read_text())
     assert len(records) == 1
+    # the shipped model: dense build + record replay + strict load (weights_only) reproduces it
+    from hydra.utils import instantiate
+
+    import pruning
+
+    loaded = pruning.load_pruned(lambda: instantiate(cfg.model, num_classes=10, in_channels=1, input_size=16),
+                                 out / "model.pt").eval()
+    assert pruning.count(loaded, torch.zeros(1, 1, 16, 16)).params == m["retrained/params"]
+    state = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
 
 
 def test_baseline_is_reused_from_cache(compose_cfg, tmp_path):

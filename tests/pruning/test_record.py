@@ -29,6 +29,11 @@ def test_record_entries_say_what_was_cut():
     assert record.channels()["a"] == (2, 4)
 
 
+def test_record_shapes_are_the_state_dict_shapes():
+    model, record = pruned(OptionA)
+    assert record.shapes == {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
 def test_json_roundtrip_is_lossless():
     _, record = pruned(OptionA)
     text = json.dumps(record.to_dict())
