@@ -177,6 +177,8 @@ def baseline_key(cfg: DictConfig) -> str:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured study once and return its results row."""
     validate_config(cfg)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

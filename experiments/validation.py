@@ -36,6 +36,8 @@ def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> Any:
 def validate_config(cfg: DictConfig) -> None:
     """Checks that need no model: numbers in range, paths that exist, known choices."""
     check_nonnegative_int("seed", cfg.seed)
+    if cfg.get("threads") is not None and check_nonnegative_int("threads", cfg.threads) < 1:
+        raise ConfigError(f"threads={cfg.threads}: must be null or an integer >= 1")
     check_nonnegative_int("baseline.epochs", cfg.baseline.epochs)
     from experiments.module import LR_SCHEDULES
 

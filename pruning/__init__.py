@@ -7,7 +7,7 @@ Deep Compression storage, BatchNorm folding and honest measurement.
 # --- measurement (measure.py) ---
 from pruning.measure import Counts, count, dense_bytes, measure_latency, nonzero_params
 
-# --- structured pruning engine (graph.py, handlers.py, criteria.py, structured.py, record.py) ---
+# --- structured pruning engine (trace, oprules, dryrun, graph, handlers, criteria, structured, record) ---
 from pruning.criteria import (
     APoZ,
     BNGamma,

@@ -102,9 +102,10 @@ def combine_scores(scores: Sequence[tuple[Tensor, Tensor]], how: str) -> Tensor:
 def per_channel(group: ChannelGroup, member: GroupMember, values: Tensor, reduce: str = "sum") -> tuple[Tensor, Tensor]:
     """Scatter per-position ``values`` (length ``member.size``) onto group channels."""
     n = group.n_channels
+    values = values.detach().to("cpu", torch.float64)
     if member.identity:
-        return values.double(), _ALL.expand(n)
-    out = torch.zeros(n, dtype=torch.float64).index_add_(0, member.channels, values[member.positions].double())
+        return values, _ALL.expand(n)
+    out = torch.zeros(n, dtype=torch.float64).index_add_(0, member.channels, values[member.positions])
     present = torch.zeros(n, dtype=torch.bool)
     present[member.channels] = True
     if reduce == "mean":

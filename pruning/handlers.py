@@ -70,6 +70,11 @@ class FilterHandler:
         """The activation dim that holds channels, for input ``x`` (and the output)."""
         return 1
 
+    def output_shape(self, module: nn.Module, x: Tensor) -> tuple[int, ...] | None:
+        """The output shape for input ``x`` if cheap to tell (else None: the tracer asks the
+        meta device). Lets the graph trace skip the actual computation."""
+        return None
+
     def prune_out(self, module: nn.Module, keep: Tensor) -> None:
         raise NotImplementedError
 
@@ -94,6 +99,10 @@ class ChannelwiseHandler:
 
     def channels(self, module: nn.Module) -> int:
         raise NotImplementedError
+
+    def groups(self, module: nn.Module) -> int:
+        """Channels come in this many equal groups that must stay equal (GroupNorm)."""
+        return 1
 
     def channel_axis(self, module: nn.Module, x: Tensor) -> int:
         return 1
@@ -131,6 +140,16 @@ class ConvHandler(FilterHandler):
 
     def channel_axis(self, module: nn.Module, x: Tensor) -> int:
         return x.dim() - len(module.kernel_size) - 1
+
+    def output_shape(self, module: nn.Module, x: Tensor) -> tuple[int, ...] | None:
+        n = len(module.kernel_size)
+        if isinstance(module.padding, str) or x.dim() < n + 1:
+            return None if module.padding != "same" else (*x.shape[:-n - 1], module.out_channels, *x.shape[-n:])
+        sizes = [
+            (size + 2 * p - d * (k - 1) - 1) // s + 1
+            for size, p, d, k, s in zip(x.shape[-n:], module.padding, module.dilation, module.kernel_size, module.stride)
+        ]
+        return (*x.shape[:-n - 1], module.out_channels, *sizes)
 
     def _depthwise(self, module: nn.Module) -> bool:
         return module.groups > 1 and module.groups == module.in_channels
@@ -229,6 +248,9 @@ class LinearHandler(FilterHandler):
     def channel_axis(self, module: nn.Module, x: Tensor) -> int:
         return x.dim() - 1
 
+    def output_shape(self, module: nn.Module, x: Tensor) -> tuple[int, ...] | None:
+        return (*x.shape[:-1], module.out_features)
+
     def prune_out(self, module: nn.Module, keep: Tensor) -> None:
         cut_tensor(module, "weight", keep, 0)
         cut_tensor(module, "bias", keep, 0)
@@ -288,6 +310,29 @@ class LayerNormHandler(ChannelwiseHandler):
     def out_view(self, module: nn.Module, t: Tensor | None = None) -> Tensor:
         if t is None:
             t = module.weight if module.weight is not None else torch.ones(self.channels(module))
+        return t.reshape(-1, 1)
+
+
+class GroupNormHandler(ChannelwiseHandler):
+    """nn.GroupNorm: the same offsets are cut in every group, so the groups stay equal.
+    Inexact: statistics are taken over each group's channels."""
+
+    exact = False
+
+    def channels(self, module: nn.Module) -> int:
+        return module.num_channels
+
+    def groups(self, module: nn.Module) -> int:
+        return module.num_groups
+
+    def prune_out(self, module: nn.Module, keep: Tensor) -> None:
+        cut_tensor(module, "weight", keep, 0)
+        cut_tensor(module, "bias", keep, 0)
+        module.num_channels = len(keep)
+
+    def out_view(self, module: nn.Module, t: Tensor | None = None) -> Tensor:
+        if t is None:
+            t = module.weight if module.weight is not None else torch.ones(module.num_channels)
         return t.reshape(-1, 1)
 
 
@@ -354,6 +399,7 @@ def _register_builtins(register: Callable[[type, Handler], None]) -> None:
               nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d):
         register(t, BatchNormHandler())
     register(nn.LayerNorm, LayerNormHandler())
+    register(nn.GroupNorm, GroupNormHandler())
     register(nn.PReLU, PReLUHandler())
 
 

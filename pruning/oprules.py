@@ -340,6 +340,37 @@ def cat(tr, func, name, args, kwargs, ins, labs, out) -> None:
     _set_all(tr, out, torch.cat(parts, dim))
 
 
+def shuffle(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """``channel_shuffle(x, g)``: keep ``g`` groups by cutting the same offset in each."""
+    x, lab = args[0], labs[0]
+    if lab is None:
+        return _set_all(tr, out, None)
+    g = int(_arg(args, kwargs, 1, "groups"))
+    ids = tr.vector(lab, 1, x.shape[1], f"op {name!r} in {tr.where()}")
+    grid = ids.view(g, -1)
+    tr.union(grid[:1].expand(g - 1, -1), grid[1:], f"op {name!r} keeps {g} groups")
+    _set_all(tr, out, grid.t().reshape([1, -1] + [1] * (x.dim() - 2)), compressed=True)
+
+
+def pixel_shuffle(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """``pixel_shuffle``: each block of r*r channels becomes one channel (cut as a whole);
+    ``pixel_unshuffle``: each channel becomes r*r channels (all the same channel)."""
+    x, lab = args[0], labs[0]
+    if lab is None:
+        return _set_all(tr, out, None)
+    r = int(_arg(args, kwargs, 1, "upscale_factor" if name == "pixel_shuffle" else "downscale_factor"))
+    ids = tr.vector(lab, x.dim() - 3, x.shape[-3], f"op {name!r} in {tr.where()}")
+    if name == "pixel_shuffle":
+        blocks = ids.view(-1, r * r)
+        tr.union(blocks[:, :1].expand(-1, r * r - 1), blocks[:, 1:], f"op {name!r} merges {r * r} channels")
+        ids = blocks[:, 0]
+    else:
+        ids = ids.repeat_interleave(r * r)
+    shape = [1] * out.dim()
+    shape[-3] = ids.numel()
+    _set_all(tr, out, ids.view(shape), compressed=True)
+
+
 RULES: dict[str, Callable] = {}
 PARAM_OK: set[str] = set()
 
@@ -387,5 +418,7 @@ register_op_rule(tuple(_RESHAPE), reshape, params_ok=True)
 register_op_rule(("chunk", "split", "tensor_split", "unbind"), chunk)
 register_op_rule(tuple(_POSITIONAL), positional)
 register_op_rule("pad", pad)
+register_op_rule(("channel_shuffle", "native_channel_shuffle"), shuffle)
+register_op_rule(("pixel_shuffle", "pixel_unshuffle"), pixel_shuffle)
 register_op_rule(("cat", "concat", "concatenate", "stack"), cat)
 register_op_rule("layer_norm", layer_norm, params_ok=True)

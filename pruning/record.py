@@ -3,7 +3,7 @@
 ``PruningRecord.entries`` lists, in order, every cut: (module or parameter name, dim,
 kept indices, size before). ``dim`` is 0 for output channels (or the channels of a
 BatchNorm/LayerNorm/depthwise conv), 1 for input channels; for a bare parameter it is
-the tensor dim. ``shapes`` holds the state-dict shapes after the cut, checked on replay.
+the tensor dim. ``shapes`` holds the state-dict shapes of every cut module after the cut, checked on replay.
 
 Loading a pruned model = build the dense model, replay the record, load the weights
 with ``strict=True``; the file is read with ``torch.load(weights_only=True)``.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import torch
 from torch import nn
@@ -135,25 +135,25 @@ def apply_record(model: nn.Module, record: PruningRecord | dict[str, Any]) -> nn
     return model
 
 
-def save_pruned(model: nn.Module, record: PruningRecord, path: str | os.PathLike) -> None:
+def save_pruned(model: nn.Module, record: PruningRecord, path: str | os.PathLike | BinaryIO) -> None:
     """Save the pruned weights and the record that rebuilds their shapes (no pickled model)."""
     torch.save({"format": FORMAT, "version": VERSION, "record": record.to_dict(), "state_dict": model.state_dict()},
                path)
 
 
-def read_record(path: str | os.PathLike) -> PruningRecord:
+def read_record(path: str | os.PathLike | BinaryIO) -> PruningRecord:
     """The record stored in a file written by :func:`save_pruned`."""
     return PruningRecord.from_dict(_load(path)["record"])
 
 
-def _load(path: str | os.PathLike) -> dict[str, Any]:
+def _load(path: str | os.PathLike | BinaryIO) -> dict[str, Any]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a prunekit pruned-model file (expected format {FORMAT!r})")
     return payload
 
 
-def load_pruned(builder: Callable[[], nn.Module], path: str | os.PathLike) -> nn.Module:
+def load_pruned(builder: Callable[[], nn.Module], path: str | os.PathLike | BinaryIO) -> nn.Module:
     """Build the dense model with ``builder()``, replay the saved record, load the weights strictly."""
     payload = _load(path)
     model = apply_record(builder(), PruningRecord.from_dict(payload["record"]))

@@ -9,6 +9,7 @@ the layer handlers. The model's outputs are never cut.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +26,7 @@ Ratio = float | Mapping[str, float]
 
 def check_ratio(where: str, ratio: Any) -> float:
     """``ratio`` as a float in [0, 1), or a ValueError that says where it came from."""
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
         raise TypeError(f"ratio for {where} must be a number in [0, 1), got {ratio!r}")
     if not 0.0 <= float(ratio) < 1.0 or math.isnan(ratio):
         raise ValueError(f"ratio={ratio} for {where}: ratios must be in [0, 1)")
@@ -96,7 +97,7 @@ def plan_removal(graph: ChannelGraph, ratios: dict[int, float], criterion: Crite
         s = criterion(g)
         if s is None:
             continue
-        s = torch.as_tensor(s, dtype=torch.float64).flatten()
+        s = torch.as_tensor(s).detach().to("cpu", torch.float64).flatten()
         if s.shape != (g.n_channels,) or bool(torch.isnan(s).any()):
             raise ValueError(f"criterion {criterion!r} returned {tuple(s.shape)} scores (NaN?) for group "
                              f"{g.index} with {g.n_channels} channels")
@@ -126,6 +127,7 @@ def _keep_one_per_layer(graph: ChannelGraph, removed: Tensor, scores: Tensor) ->
 def cut(model: nn.Module, graph: ChannelGraph, removed: Tensor) -> PruningRecord:
     """Cut the channels ``removed`` from every member, in place; return the record."""
     entries = []
+    touched: dict[str, nn.Module] = {}
     members = graph.trace.members
     for i in (graph.removed_per_member(removed) > 0).nonzero().flatten().tolist():
         m = members[i]
@@ -137,13 +139,15 @@ def cut(model: nn.Module, graph: ChannelGraph, removed: Tensor) -> PruningRecord
         else:
             m.handler.prune_in(m.module, keep)
         entries.append(RecordEntry(m.name, m.kind, m.dim, tuple(keep.tolist()), m.ids.numel()))
-    return PruningRecord(entries, state_shapes(model))
+        touched[m.name if m.kind == "module" else m.name.rpartition(".")[0]] = m.module
+    return PruningRecord(entries, state_shapes(touched))
 
 
-def state_shapes(model: nn.Module) -> dict[str, list[int]]:
-    """``{name: shape}`` of every parameter and persistent buffer (the state dict's keys)."""
+def state_shapes(modules: dict[str, nn.Module]) -> dict[str, list[int]]:
+    """``{state-dict key: shape}`` of the parameters and persistent buffers of ``modules``
+    (``{qualified name: module}``)."""
     shapes = {}
-    for mname, module in model.named_modules(remove_duplicate=False):
+    for mname, module in modules.items():
         prefix = mname + "." if mname else ""
         for k, v in module._parameters.items():
             if v is not None:
@@ -169,9 +173,12 @@ def prune_filters(model: nn.Module, example_inputs: Any, ratio: Ratio, criterion
     if isinstance(ignore, str):
         ignore = (ignore,)
     crit = get_criterion(criterion)
-    if not isinstance(ratio, Mapping):
+    if isinstance(ratio, Mapping):
+        for name, r in ratio.items():
+            check_ratio(f"layer {name!r}", r)
+    else:
         check_ratio("every layer", ratio)
-    names = dict(model.named_modules())
+    names = set(dict(model.named_modules())) if ignore else set()
     unknown = [i for i in ignore if i not in names]
     if unknown:
         raise ValueError(f"ignore names {unknown}, which are not modules of the model")

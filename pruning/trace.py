@@ -1,4 +1,4 @@
-"""Trace a model's channel flow with one real forward pass.
+"""Trace a model's channel flow with one forward pass.
 
 Every tensor the forward computes gets a *label* tensor: for each position, the
 global id of the channel it belongs to (``-1``: a position no channel owns, e.g.
@@ -14,8 +14,9 @@ The trace collects three things that :mod:`pruning.graph` turns into groups:
 * frozen ids: channels that cannot be removed (model outputs, ignored modules,
   zero-padded shortcuts, fixed-size slices), each with the reason.
 
-A real forward (rather than symbolic tracing) gives exact shapes and follows
-control flow, so one tracer covers every model that runs.
+Running the forward (rather than symbolic tracing) gives exact shapes and follows
+control flow, so one tracer covers every model that runs; handled layers compute
+only their output shapes (:mod:`pruning.dryrun`), which keeps the trace cheap.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from pruning.handlers import ChannelwiseHandler, FilterHandler, get_handler
+from pruning.handlers import ChannelwiseHandler, get_handler
 from pruning import oprules
+from pruning import dryrun
 from pruning.oprules import tensors_in
 
 
@@ -72,32 +74,6 @@ def _ignored(name: str, ignore: tuple[str, ...]) -> bool:
     return any(name == i or name.startswith(i + ".") for i in ignore)
 
 
-class _NeedsValues(Exception):
-    """The model reads activation values (control flow, ``.item()``...): trace with real values."""
-
-
-_VALUE_READS = {"__bool__", "__int__", "__float__", "__index__", "__complex__", "__array__", "item", "tolist",
-                "numpy", "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "bincount",
-                "equal", "allclose", "topk", "sort", "argsort", "argmax", "argmin", "multinomial",
-                "repeat_interleave", "masked_scatter", "histc"}
-_READS_VALUES: dict[Any, bool] = {}
-
-
-def _reads_values(func: Any, args: tuple) -> bool:
-    """Does this op look at tensor values (not only shapes)?"""
-    try:
-        hit = _READS_VALUES[func]
-    except (KeyError, TypeError):
-        hit = getattr(func, "__name__", "") in _VALUE_READS
-        try:
-            _READS_VALUES[func] = hit
-        except TypeError:
-            pass
-    if not hit and len(args) > 1 and getattr(func, "__name__", "") == "__getitem__":
-        return bool(tensors_in(args[1]))  # indexing with a tensor: positions depend on values
-    return hit
-
-
 class _Mode(TorchFunctionMode):
     def __init__(self, tracer: "_Tracer"):
         super().__init__()
@@ -106,8 +82,8 @@ class _Mode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         t = self.tracer
-        if t.shapes_only and not t.busy and not t.leaf_depth and _reads_values(func, args):
-            raise _NeedsValues(getattr(func, "__name__", str(func)))
+        if t.shapes_only and not t.busy and not t.leaf_depth and dryrun.reads_values(func, args):
+            raise dryrun.NeedsValues(getattr(func, "__name__", str(func)))
         out = func(*args, **kwargs)
         if t.busy or t.leaf_depth:
             return out
@@ -243,8 +219,11 @@ class _Tracer:
         axis = handler.channel_axis(module, x)
         what = f"module {name!r} ({type(module).__name__})"
         if isinstance(handler, ChannelwiseHandler):
-            c = handler.channels(module)
+            c, g = handler.channels(module), handler.groups(module)
             ids = self.vector(lab, axis, c, what)
+            if ids is not None and g > 1:
+                grid = ids.view(g, c // g)
+                self.union(grid[:1].expand(g - 1, -1), grid[1:], f"groups of {name!r}")
             if ids is not None and c > 1:
                 self.member(name, "module", 0, "norm", ids, module, handler, axis=axis)
             self.set_label(out, lab, compressed=True)
@@ -304,7 +283,15 @@ class _Tracer:
                     self.set_label(t, None)
                 return
             if foreign and name not in oprules.PARAM_OK:
-                mname, _, module = foreign[0]
+                mname, pname, module = foreign[0]
+                if get_handler(module) is not None:
+                    caller = self.stack[-1][0] if self.stack else ""
+                    raise ChannelMappingError(
+                        f"parameter {pname!r} of {type(module).__name__} {mname!r} is used outside that module, by "
+                        f"op {name!r} in {self.where()}; the engine cannot follow it there. Pass "
+                        f"ignore=[{caller!r}] to leave that code's channels alone, or register a handler for "
+                        f"{type(self.stack[-1][1]).__name__ if self.stack else 'it'} with pruning.register_handler"
+                    )
                 raise ChannelMappingError(
                     f"module {mname!r} ({type(module).__name__}) is not supported: its parameters are used by "
                     f"op {name!r} and no pruning handler is registered for {type(module).__name__}. Register one "
@@ -318,43 +305,6 @@ class _Tracer:
                 + " or an op rule with pruning.register_op_rule(...)"
             )
         rule(self, func, name, args, kwargs, ins, labs, out)
-
-
-def _meta(t: Any) -> Any:
-    return torch.empty(t.shape, dtype=t.dtype, device="meta") if isinstance(t, Tensor) else t
-
-
-def _shapes_only(module: nn.Module, forward: Any, tracer: "_Tracer") -> Any:
-    """``forward`` that computes the output's shape on the meta device and returns zeros:
-    the trace needs shapes, not the (costly) convolutions. Falls back to ``forward``."""
-
-    if isinstance(get_handler(module), ChannelwiseHandler):  # output shape = input shape
-
-        def same(*args: Any, **kwargs: Any) -> Any:
-            x = tensors_in(args) or tensors_in(kwargs)
-            return torch.zeros_like(x[0]) if x else forward(*args, **kwargs)
-
-        return same
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        d = module.__dict__
-        params, buffers = d["_parameters"], d["_buffers"]
-        depth = tracer.leaf_depth
-        try:
-            d["_parameters"] = {k: None if v is None else _meta(v) for k, v in params.items()}
-            d["_buffers"] = {k: None if v is None else _meta(v) for k, v in buffers.items()}
-            out = forward(*[_meta(a) for a in args], **{k: _meta(v) for k, v in kwargs.items()})
-        except Exception:
-            out = None
-        finally:
-            d["_parameters"], d["_buffers"] = params, buffers
-            tracer.leaf_depth = depth
-        ref = tensors_in(args)
-        if not isinstance(out, Tensor) or not ref:
-            return forward(*args, **kwargs)
-        return torch.zeros(out.shape, dtype=out.dtype, device=ref[0].device)
-
-    return run
 
 
 def trace_channels(model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] | list[str] = (),
@@ -371,7 +321,7 @@ def trace_channels(model: nn.Module, example_inputs: Any, ignore: tuple[str, ...
     if not values:
         try:
             return _trace(model, example_inputs, tuple(ignore), shapes_only=True)
-        except _NeedsValues:
+        except dryrun.NeedsValues:
             pass
     return _trace(model, example_inputs, tuple(ignore), shapes_only=False)
 
@@ -394,7 +344,7 @@ def _trace(model: nn.Module, example_inputs: Any, ignore: tuple[str, ...], shape
         module.__dict__["training"] = handler is None
         if shapes_only and handler is not None and handler.leaf:
             patched.append((module, module.__dict__.get("forward")))
-            module.__dict__["forward"] = _shapes_only(module, module.forward, tracer)
+            module.__dict__["forward"] = dryrun.shapes_only(module, module.forward, tracer)
     disable: list[Any] = []
 
     def pre(module: nn.Module, args: tuple) -> None:

@@ -289,14 +289,20 @@ class ControlFlow(nn.Module):
 
     def forward(self, x):
         x = self.a(x)
-        y = self.b(x) if x.mean() > -1e9 else self.c(x)
+        y = self.b(x) if x.mean() > 0.5 else self.c(x)
         return self.head(y)
 
 
-def test_data_dependent_control_flow():
-    groups = pruning.dependency_groups(ControlFlow(), X)
+def control_flow() -> nn.Module:
+    model = ControlFlow()
+    nn.init.constant_(model.a.bias, 10.0)  # real activations take the `b` branch, zeros would not
+    return model
+
+
+def test_data_dependent_control_flow_is_traced_with_real_values():
+    groups = pruning.dependency_groups(control_flow(), X)
     assert members(group_of(groups, "a")) == {("a", 0, "out"), ("b", 1, "in")}
-    check_prune(ControlFlow(), X, 0.5)
+    check_prune(control_flow(), X, 0.5)
 
 
 class FixedSizes(nn.Module):
@@ -353,3 +359,57 @@ def test_ignored_container_keeps_its_layers():
     model = Residual()
     pruning.prune_filters(model, X, 0.5, ignore=("head",))
     assert model.conv1.out_channels == 3 and model.conv0.out_channels == 4 and model.head.fc.in_features == 4
+
+
+class PixelShuffle(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 1), nn.Conv2d(4, 4, 3, padding=1)
+        self.head = Head(4)
+
+    def forward(self, x):
+        return self.head(self.b(F.pixel_unshuffle(F.pixel_shuffle(self.a(x), 2), 2)[:, ::4]))
+
+
+def test_pixel_shuffle_cuts_whole_blocks():
+    g = group_of(pruning.dependency_groups(PixelShuffle(), X), "a")
+    assert g.n_channels == 4 and torch.equal(member(g, "a", 0).channels, torch.arange(4).repeat_interleave(4))
+    # [:, ::4] after unshuffle picks fixed positions: frozen, but the mapping itself is exact
+    assert g.n_prunable == 0
+    net = nn.Sequential(nn.Conv2d(3, 16, 1), nn.PixelShuffle(2), nn.Conv2d(4, 4, 3, padding=1), Head(4))
+    model, _ = check_prune(net, X, 0.5)
+    assert model[0].out_channels == 8 and model[2].in_channels == 2
+
+
+def test_channel_shuffle_module():
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ChannelShuffle(2), nn.Conv2d(8, 4, 1), Head(4))
+    g = group_of(pruning.dependency_groups(net, X), "0")
+    assert torch.equal(member(g, "2", 1).channels, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
+    model, _ = check_prune(net, X, 0.5)
+    assert model[0].out_channels == 4
+
+
+def test_group_norm_keeps_groups_equal():
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 4, 1), Head(4))
+    g = group_of(pruning.dependency_groups(net, X), "0")
+    assert g.n_channels == 4 and not g.exact  # statistics are taken over each group
+    pruning.prune_filters(net, X, 0.5)
+    assert (net[0].out_channels, net[1].num_channels, net[1].num_groups, net[3].in_channels) == (4, 4, 2, 4)
+    assert net(X).shape == (1, 4)
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(3, 5, 3), nn.Conv2d(3, 5, (3, 5), stride=(2, 1), padding=(1, 2), dilation=(2, 1)),
+    nn.Conv2d(3, 6, 3, padding="same", groups=3), nn.Conv2d(3, 5, 4, stride=3, padding_mode="reflect", padding=1),
+    nn.Conv1d(3, 5, 3, stride=2), nn.Conv3d(3, 5, 2), nn.ConvTranspose2d(3, 5, 3, stride=2, output_padding=1),
+    nn.Linear(9, 4),
+])
+def test_shape_only_trace_predicts_real_shapes(conv):
+    from pruning.dryrun import shapes_only
+
+    class Depth:
+        leaf_depth = 0
+
+    x = torch.randn((1, 3) + {nn.Conv1d: (9,), nn.Conv3d: (5, 6, 7), nn.Linear: (9,)}.get(type(conv), (9, 11)))
+    fake = shapes_only(conv, conv.forward, Depth())(x)
+    assert fake.shape == conv(x).shape and not fake.any()

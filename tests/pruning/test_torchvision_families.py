@@ -53,6 +53,15 @@ FAMILIES = {
 X = torch.randn(1, 3, 32, 32)
 
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny float64 nets run faster on one thread, and a shared CPU stays usable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 def build(name: str) -> nn.Module:
     torch.manual_seed(0)
     return FAMILIES[name]()
