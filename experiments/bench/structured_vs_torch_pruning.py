@@ -9,7 +9,7 @@ tools, so the counting rule is the same), MAC ratio next to the latency ratio at
 and 32 (pruned / dense, ``pruning.measure_latency``; every variant of a model measured
 round-robin ``--latency-rounds`` times, best median kept, to damp drift on a shared CPU),
 and the wall time to build the groups and to prune (median of ``--repeats`` on fresh
-copies). Ours: "group build" times ``pruning.dependency_groups``, "prune" is
+copies, the tools interleaved within each repeat). Ours: "group build" times ``pruning.dependency_groups``, "prune" is
 ``prune_filters`` (which traces again) minus that; Torch-Pruning: the pruner's
 constructor (dependency graph) and ``step()``. "ours/TP" compares the totals (target
 <= 0.5). A Torch-Pruning failure is reported as "FAILED (stage): reason".
@@ -103,41 +103,54 @@ def staged(stage: str, fn: Callable, *args, **kwargs):
         raise Failed(stage, e) from e
 
 
-def time_ours(base: nn.Module, x: torch.Tensor, ignore: str, ratio: float, round_to: int, repeats: int):
-    """(pruned model, median group-build s, median prune_filters s) on fresh copies."""
-    builds, totals, model = [], [], None
-    for _ in range(repeats):
-        m = copy.deepcopy(base)
-        t0 = time.perf_counter()
-        staged("group build", pruning.dependency_groups, m, x, ignore=(ignore,))
-        builds.append(time.perf_counter() - t0)
-        model = copy.deepcopy(base)
-        t0 = time.perf_counter()
-        staged("prune", pruning.prune_filters, model, x, ratio, criterion="l1", ignore=(ignore,), round_to=round_to)
-        totals.append(time.perf_counter() - t0)
-    return model, statistics.median(builds), statistics.median(totals)
+def prune_ours(base: nn.Module, x: torch.Tensor, ignore: str, ratio: float, round_to: int):
+    """(pruned model, group-build s, prune s) on fresh copies: ``dependency_groups`` timed on
+    one, ``prune_filters`` on another; prune s is the latter minus the former."""
+    t0 = time.perf_counter()
+    staged("group build", pruning.dependency_groups, copy.deepcopy(base), x, ignore=(ignore,))
+    build_s = time.perf_counter() - t0
+    model = copy.deepcopy(base)
+    t0 = time.perf_counter()
+    staged("prune", pruning.prune_filters, model, x, ratio, criterion="l1", ignore=(ignore,), round_to=round_to)
+    return model, build_s, max(0.0, time.perf_counter() - t0 - build_s)
 
 
-def time_torch_pruning(base: nn.Module, x: torch.Tensor, ignore: str, ratio: float, repeats: int):
-    """(pruned model, median graph-build s, median step s) with Torch-Pruning on fresh copies."""
+def prune_torch_pruning(base: nn.Module, x: torch.Tensor, ignore: str, ratio: float):
+    """(pruned model, graph-build s, step s) with Torch-Pruning on a fresh copy."""
     import torch_pruning as tp
 
-    builds, prunes, model = [], [], None
+    model = copy.deepcopy(base)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        pruner = staged(
+            "group build", tp.pruner.BasePruner, model, x,
+            importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
+            ignored_layers=[model.get_submodule(ignore)], global_pruning=False,
+        )
+        t1 = time.perf_counter()
+        staged("prune", pruner.step)
+        return model, t1 - t0, time.perf_counter() - t1
+
+
+def timed_runs(tools: dict[str, Callable], repeats: int) -> dict[str, tuple | Failed]:
+    """Run every tool ``repeats`` times, interleaved (so load drift hits all alike):
+    tool -> (last pruned model, median build s, median prune s), or its failure."""
+    samples: dict[str, list] = {tool: [] for tool in tools}
+    out: dict[str, tuple | Failed] = {}
     for _ in range(repeats):
-        model = copy.deepcopy(base)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            t0 = time.perf_counter()
-            pruner = staged(
-                "group build", tp.pruner.BasePruner, model, x,
-                importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
-                ignored_layers=[model.get_submodule(ignore)], global_pruning=False,
-            )
-            t1 = time.perf_counter()
-            staged("prune", pruner.step)
-            prunes.append(time.perf_counter() - t1)
-        builds.append(t1 - t0)
-    return model, statistics.median(builds), statistics.median(prunes)
+        for tool, run in tools.items():
+            if isinstance(out.get(tool), Failed):
+                continue
+            try:
+                model, build_s, prune_s = run()
+            except Failed as e:
+                out[tool] = e
+                continue
+            samples[tool].append((build_s, prune_s))
+            out[tool] = (model, statistics.median(b for b, _ in samples[tool]),
+                         statistics.median(p for _, p in samples[tool]))
+    return out
 
 
 def latencies(variants: dict[str, nn.Module], x: torch.Tensor, batches: Sequence[int], repeats: int,
@@ -176,16 +189,17 @@ def bench_model(name: str, *, ratio: float = 0.3, round_to: int = 8, repeats: in
     rows = {"dense": dict(model=name, tool="dense", params=dense.params, macs=dense.macs, status="ok")}
     models = {"dense": base}
     times: dict[str, tuple[float, float]] = {}
-    tools: list[tuple[str, Callable]] = [("ours", lambda: time_ours(base, x, ignore, ratio, 1, repeats))]
+    tools: dict[str, Callable] = {"ours": lambda: prune_ours(base, x, ignore, ratio, 1)}
     if round_to > 1:
-        tools.append((f"ours round_to={round_to}", lambda: time_ours(base, x, ignore, ratio, round_to, repeats)))
+        tools[f"ours round_to={round_to}"] = lambda: prune_ours(base, x, ignore, ratio, round_to)
     if torch_pruning:
-        tools.append(("Torch-Pruning 1.6.1", lambda: time_torch_pruning(base, x, ignore, ratio, repeats)))
-    for tool, run in tools:
+        tools["Torch-Pruning 1.6.1"] = lambda: prune_torch_pruning(base, x, ignore, ratio)
+    for tool, result in timed_runs(tools, repeats).items():
         row = dict(model=name, tool=tool)
         try:
-            model, build_s, second_s = run()
-            prune_s = max(0.0, second_s - build_s) if tool.startswith("ours") else second_s
+            if isinstance(result, Failed):
+                raise result
+            model, build_s, prune_s = result
             total = build_s + prune_s
             staged("forward after pruning", check_forward, model, x, shape)
             counts = staged("count", pruning.count, model, x)
@@ -221,9 +235,9 @@ def _warm_up(torch_pruning: bool) -> None:
     """Pay first-call costs (lazy imports, dispatcher caches) outside the timed runs."""
     base, x = build("vgg_small", 32, 32, 0)
     ignore = output_layer(base, x)
-    time_ours(base, x, ignore, 0.3, 1, 1)
+    prune_ours(base, x, ignore, 0.3, 1)
     if torch_pruning:
-        time_torch_pruning(base, x, ignore, 0.3, 1)
+        prune_torch_pruning(base, x, ignore, 0.3)
 
 
 def run_benchmark(models: Sequence[str], **options) -> tuple[list[dict], list[str]]:
@@ -334,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print()
     print_table(rows, batches)
     print("\nlat bN: pruned/dense latency at batch N (compare with MAC r); ms bN: ms per forward; "
-          "ours/TP: total (build + prune) wall time ratio, target <= 0.5")
+          "ours/TP: total (build + prune) wall time ratio, target <= 0.5;\nour prune s = prune_filters minus "
+          "dependency_groups (scoring + cutting; 0.000 where below timing noise)")
     print("\n".join(["", *notes]))
     print()
     print_goals(rows, args.round_to, batches)
