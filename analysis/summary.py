@@ -1,4 +1,7 @@
-"""Table of runs grouped by (dataset, model, strategy, ratio): mean ± std over seeds.
+"""Table of runs grouped by (dataset, model, strategy, strategy settings): mean ± std over seeds.
+
+``variant`` is a short hash of the strategy's settings, so runs that differ in anything
+but the seed are never pooled.
 
     python -m analysis.summary --store results
 """
@@ -14,16 +17,18 @@ from analysis.load import load_runs
 COLUMNS = {
     "baseline/acc": "base acc",
     "pruned/acc": "pruned acc",
-    "retrained/acc": "final acc",
+    "final/acc": "final acc",
     "ratio/params": "params ratio",
+    "ratio/nonzero_params": "nonzero ratio",
     "ratio/macs": "MACs ratio",
+    "ratio/compressed_bytes": "bytes ratio",
     "ratio/latency_b1": "latency b1 ratio",
 }
 
 
 def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds of the headline metrics, with the number of seeds."""
-    keys = ["dataset", "model", "strategy", "ratio"]
+    keys = ["dataset", "model", "strategy", "variant"]
     cols = [c for c in COLUMNS if c in frame]
     grouped = frame.groupby(keys, dropna=False)[cols]
     mean, std = grouped.mean(), grouped.std().fillna(0.0)

@@ -268,6 +268,7 @@ def _row(cfg: DictConfig, run_id: str, phases: dict[str, Phase], output_dir: Pat
         "ratio/macs": final["macs"] / base["macs"],
         "ratio/latency_b1": final["latency_b1_ms"] / base["latency_b1_ms"] if "latency_b1_ms" in base else None,
         "delta/acc": final["acc"] - base["acc"],
+        "final/acc": final["acc"],
     }
     return {
         "run_id": run_id,

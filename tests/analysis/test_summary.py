@@ -13,7 +13,7 @@ def write_store(path, rows):
 
 def row(seed, acc, status="ok"):
     return {"run_id": f"r{seed}", "seed": seed, "dataset": "d", "model": "m", "strategy": "s", "status": status,
-            "config": {"strategy": {"ratio": 0.5}}, "metrics": {"retrained/acc": acc, "ratio/params": 0.25}}
+            "config": {"strategy": {"ratio": 0.5}}, "metrics": {"final/acc": acc, "ratio/params": 0.25}}
 
 
 def test_summary_mean_std_over_seeds(tmp_path):
@@ -29,3 +29,11 @@ def test_summary_mean_std_over_seeds(tmp_path):
 def test_missing_store_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `python run.py` first"):
         load_runs(tmp_path)
+
+
+def test_different_settings_are_not_pooled(tmp_path):
+    other = row(3, 0.5)
+    other["config"]["strategy"]["ratio"] = 0.7
+    write_store(tmp_path, [row(0, 0.90), row(1, 0.92), other])
+    table = summarise(load_runs(tmp_path))
+    assert sorted(table["seeds"]) == [1, 2]
