@@ -17,7 +17,7 @@ from torch import nn
 
 import pruning
 from experiments.strategy import Retrain, Strategy
-from experiments.validation import ConfigError, check_choice, check_nonnegative_int, check_ratio
+from experiments.validation import ConfigError, check_choice, check_ratio
 
 FREEZE_CHOICES = (None, "conv", "fc")
 REGULARIZATION_CHOICES = (None, "l1", "l2")
