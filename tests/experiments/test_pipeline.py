@@ -110,3 +110,20 @@ def test_multirun_two_ratios_two_seeds_writes_four_rows(tmp_path):
     assert len(dirs) == 4
     for d in dirs:
         assert len(list((Path(d) / "wandb").glob("offline-run-*"))) == 1
+
+
+@pytest.mark.slow
+def test_multirun_over_every_experiment_preset(tmp_path):
+    presets = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+    tiny = ["dataset=synthetic", "dataset.n_train=128", "dataset.n_test=64", "dataset.in_channels=3",
+            "dataset.input_size=32", "dataset.batch_size=32", "baseline.epochs=1", "strategy.retrain.epochs=1",
+            "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
+            "measure.latency_repeats=1", "measure.latency_batch_sizes=[1]", "logger=[csv]"]
+    proc = _run_py("-m", f"experiment={','.join(presets)}", *tiny, f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_rows(tmp_path / "results")
+    assert sorted(r["strategy"] for r in rows) == sorted(
+        {"han2015_lenet300": "han_iterative", "han2015_lenet5": "han_iterative"}.get(p, "deep_compression" if p.startswith("deep") else p)
+        for p in presets
+    )
+    assert all(r["status"] == "ok" for r in rows)
