@@ -9,7 +9,8 @@ tools, so the counting rule is the same), MAC ratio next to the latency ratio at
 and 32 (pruned / dense, ``pruning.measure_latency``; every variant of a model measured
 round-robin ``--latency-rounds`` times, best median kept, to damp drift on a shared CPU),
 and the wall time to build the groups and to prune (median of ``--repeats`` on fresh
-copies, the tools interleaved within each repeat). Ours: "group build" times ``pruning.dependency_groups``, "prune" is
+copies, the tools interleaved within each repeat, garbage collected before each run).
+Ours: "group build" times ``pruning.dependency_groups``, "prune" is
 ``prune_filters`` (which traces again) minus that; Torch-Pruning: the pruner's
 constructor (dependency graph) and ``step()``. "ours/TP" compares the totals (target
 <= 0.5). A Torch-Pruning failure is reported as "FAILED (stage): reason".
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import gc
 import os
 import platform
 import shlex
@@ -142,6 +144,7 @@ def timed_runs(tools: dict[str, Callable], repeats: int) -> dict[str, tuple | Fa
         for tool, run in tools.items():
             if isinstance(out.get(tool), Failed):
                 continue
+            gc.collect()  # else the next tool's timing pays for collecting this one's garbage
             try:
                 model, build_s, prune_s = run()
             except Failed as e:
