@@ -27,7 +27,9 @@ class Classifier(L.LightningModule):
     (L1/L2 regularisation of connection pruning); ``after_step`` hooks run after every
     optimizer step (mask enforcement keeps pruned weights exactly zero); ``trainable``
     returns the parameters to optimise (default: the model's that require grad; Deep
-    Compression's centroid fine-tuning passes the codebooks).
+    Compression's centroid fine-tuning passes the codebooks). With a ``teacher`` (a frozen
+    model, e.g. the dense baseline) the loss is Hinton's knowledge distillation:
+    ``(1 - distill) * CE + distill * T^2 * KL(teacher_T || student_T)``.
     """
 
     def __init__(
@@ -38,6 +40,9 @@ class Classifier(L.LightningModule):
         penalty: Callable[[nn.Module], torch.Tensor] | None = None,
         after_step: list[Callable[[nn.Module], None]] | None = None,
         trainable: Callable[[], Iterable[nn.Parameter]] | None = None,
+        teacher: nn.Module | None = None,
+        distill: float = 0.0,
+        temperature: float = 4.0,
     ) -> None:
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
@@ -48,6 +53,10 @@ class Classifier(L.LightningModule):
         self.penalty = penalty
         self.after_step = after_step or []
         self.trainable = trainable
+        # kept out of the module tree: not trained, not checkpointed, never put in train mode
+        self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None and distill > 0 else []
+        self.distill = float(distill)
+        self.temperature = float(temperature)
         self._sums: dict[str, dict[str, float]] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,11 +66,26 @@ class Classifier(L.LightningModule):
         x, y = batch
         logits = self.model(x)
         loss = F.cross_entropy(logits, y)
-        total = loss + self.penalty(self.model) if self.penalty is not None else loss
+        total = loss
+        if self._teacher:
+            total = (1 - self.distill) * loss + self.distill * self.distillation_loss(logits, x)
+        if self.penalty is not None:
+            total = total + self.penalty(self.model)
         acc = (logits.argmax(1) == y).float().mean()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("train/acc", acc, prog_bar=True, on_step=True, on_epoch=False)
         return total
+
+    def distillation_loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """T^2 * KL(softmax(teacher / T) || softmax(student / T)), batch mean."""
+        t = self.temperature
+        with torch.no_grad():
+            target = F.log_softmax(self._teacher[0](x) / t, dim=1)
+        return F.kl_div(F.log_softmax(logits / t, dim=1), target, log_target=True, reduction="batchmean") * t * t
+
+    def on_fit_start(self) -> None:
+        if self._teacher:
+            self._teacher[0].to(self.device)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         for hook in self.after_step:

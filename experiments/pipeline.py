@@ -99,14 +99,16 @@ def measure_model(model: nn.Module, example_inputs: torch.Tensor, cfg: DictConfi
     """Size, compute and latency of ``model`` (paper counts and totals kept apart).
 
     ``compressed_bytes`` is the real size of the model in our compact format with the
-    strategy's storage options (lossless fp32 CSR by default).
+    strategy's storage options, losslessly (fp32 values, exact biases): the lossy options
+    (codebooks, fp16) apply to the file the quantize phase writes and reloads.
     """
     counts = pruning.count(model, example_inputs)
     out: dict[str, float] = dict(counts.as_dict())
     out["dense_bytes"] = pruning.dense_bytes(model)
     options = strategy.storage_options(model) if strategy is not None else {"values": "fp32"}
+    options = {k: v for k, v in options.items() if k not in ("bits", "codebook_dtype")} | {"rest": "exact"}
     if options.get("values") == "codebook":  # not quantized yet: measure the lossless size
-        options = {k: v for k, v in options.items() if k != "bits"} | {"values": "fp32"}
+        options["values"] = "fp32"
     out["compressed_bytes"] = pruning.compression_report(model, **options).file_bytes
     for batch in cfg.measure.latency_batch_sizes:
         seconds = pruning.measure_latency(model, example_inputs, batch_size=batch, repeats=cfg.measure.latency_repeats)
@@ -114,12 +116,19 @@ def measure_model(model: nn.Module, example_inputs: torch.Tensor, cfg: DictConfi
     return out
 
 
+def retrain_module(model: nn.Module, retrain, teacher: nn.Module | None, **hooks) -> Classifier:
+    """The LightningModule of one retraining (distilling from ``teacher`` if asked)."""
+    return Classifier(model, retrain.optimizer, retrain.lr_schedule, teacher=teacher,
+                      distill=retrain.distill, temperature=retrain.temperature, **hooks)
+
+
 def quantize_phase(ctx: RunContext, model: nn.Module, example: torch.Tensor, cfg: DictConfig,
-                   strategy, output_dir: Path) -> Phase:
+                   strategy, output_dir: Path, teacher: nn.Module | None = None) -> Phase:
     """Deep Compression: share weights by k-means, fine-tune the centroids, store compactly.
 
-    The stored file is loaded back into a copy of the model and must reproduce its
-    outputs (``storage_max_abs_diff``), so the reported size is of a model that works.
+    The stored file is loaded back into the model, which is then tested, so the reported
+    size and accuracy are of the model the file holds; ``storage_max_abs_diff`` is how far
+    its outputs moved (0 unless lossy storage options such as fp16 codebooks are used).
     """
     start = time.perf_counter()
     options = strategy.storage_options(model)
@@ -128,20 +137,22 @@ def quantize_phase(ctx: RunContext, model: nn.Module, example: torch.Tensor, cfg
     tuner = pruning.CentroidTuner(model, shared)
     retrain = strategy.quantize_retrain
     masks = strategy.masks
-    module = Classifier(model, retrain.optimizer, retrain.lr_schedule, trainable=tuner.parameters,
-                        after_step=[tuner.sync_] + ([masks.apply_] if masks is not None else []))
+    module = retrain_module(model, retrain, teacher, trainable=tuner.parameters,
+                            after_step=[tuner.sync_] + ([masks.apply_] if masks is not None else []))
     ctx.fit(module, "quantize", retrain.epochs)
     for name, codebook in zip(tuner.names, tuner.codebooks):
         shared[name].codebook = codebook.detach().clone()
     path = output_dir / "model.pkdc"
     report = pruning.save_compressed(model, path, shared=shared, **{k: v for k, v in options.items() if k != "bits"})
     (output_dir / "storage_report.txt").write_text(str(report) + "\n")
-    reloaded = pruning.load_compressed(path, copy.deepcopy(model))
     with torch.inference_mode():
-        diff = float((reloaded.eval()(example) - model.eval()(example)).abs().max())
+        before = model.eval()(example)
+    pruning.load_compressed(path, model)  # from here on the model is exactly what the file holds
+    with torch.inference_mode():
+        diff = float((model.eval()(example) - before).abs().max())
     total = report.total()
     metrics = {
-        **ctx.test(Classifier(reloaded, None), "quantized"), **measure_model(model, example, cfg),
+        **ctx.test(Classifier(model, None), "quantized"), **measure_model(model, example, cfg),
         "compressed_bytes": report.file_bytes, "storage_pruned_bytes": total.pruned,
         "storage_quantized_bytes": total.quantized, "storage_huffman_bytes": total.huffman,
         "storage_max_abs_diff": diff, "wall_s": time.perf_counter() - start,
@@ -220,6 +231,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         })
 
         # -- prune / retrain rounds ----------------------------------------------------
+        quantize = getattr(strategy, "quantize_retrain", None)
+        distills = strategy.retrain.distill > 0 or (quantize is not None and quantize.distill > 0)
+        teacher = copy.deepcopy(model).eval() if distills else None  # the dense baseline
         records = []
         prune_wall = retrain_wall = 0.0
         for round_index in range(strategy.rounds):
@@ -231,7 +245,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                                     **measure_model(model, example, cfg, strategy)})
             penalty, after_step = strategy.retrain_hooks()
             retrain = strategy.retrain
-            module = Classifier(model, retrain.optimizer, retrain.lr_schedule, penalty=penalty, after_step=after_step)
+            module = retrain_module(model, retrain, teacher, penalty=penalty, after_step=after_step)
             strategy.freeze_layers(model)
             retrain_wall += ctx.fit(module, f"retrain{round_index}", retrain.epochs)
             strategy.unfreeze(model)
@@ -240,8 +254,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             **ctx.test(Classifier(model, None), "retrained"), **measure_model(model, example, cfg, strategy),
             "wall_s": retrain_wall,
         })
-        if getattr(strategy, "quantize_retrain", None) is not None:
-            phases["quantized"] = quantize_phase(ctx, model, example, cfg, strategy, output_dir)
+        if quantize is not None:
+            phases["quantized"] = quantize_phase(ctx, model, example, cfg, strategy, output_dir, teacher)
 
         (output_dir / "pruning_records.json").write_text(json.dumps(records, indent=1))
         save_model(model, strategy, output_dir / "model.pt")

@@ -22,15 +22,26 @@ from experiments.validation import ConfigError, check_choice, check_nonnegative_
 
 @dataclass
 class Retrain:
-    """How to retrain after each prune step: a fresh optimizer for ``epochs`` epochs."""
+    """How to retrain after each prune step: a fresh optimizer for ``epochs`` epochs.
+
+    ``distill`` > 0 adds knowledge distillation from the dense baseline (Hinton et al.
+    2015): that weight on the teacher's softened outputs at ``temperature``, 1 - distill
+    on the labels.
+    """
 
     epochs: int = 1
     optimizer: Callable[..., torch.optim.Optimizer] | None = None
     lr_schedule: str = "constant"
+    distill: float = 0.0
+    temperature: float = 4.0
 
     def validate(self, key: str = "strategy.retrain") -> None:
         check_nonnegative_int(f"{key}.epochs", self.epochs)
         check_choice(f"{key}.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if isinstance(self.distill, bool) or not isinstance(self.distill, (int, float)) or not 0 <= self.distill <= 1:
+            raise ConfigError(f"{key}.distill={self.distill!r}: must be a number in [0, 1] (0: no distillation)")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
+            raise ConfigError(f"{key}.temperature={self.temperature!r}: must be a number > 0")
         if self.epochs > 0 and self.optimizer is None:
             raise ConfigError(f"{key}.optimizer is missing: give a _partial_ optimizer, e.g. torch.optim.SGD")
 

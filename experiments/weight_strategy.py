@@ -28,18 +28,25 @@ VALUE_FORMATS = ("fp32", "fp16", "codebook")
 class Storage:
     """How the final model is stored (see docs/compressed_format.md)."""
 
-    index_bits: int = 5
+    index_bits: int | str = 5  # or "auto": per layer the width that stores it smallest
     values: str = "fp32"  # fp32 | fp16 | codebook
     conv_bits: int = 8
     fc_bits: int = 5
     huffman: bool = False
+    codebook_dtype: str = "fp32"  # fp32 | fp16
+    rest: str = "exact"  # exact | fp16: biases, BatchNorm and other tensors that are not pruned
 
     def validate(self, key: str = "strategy.storage") -> None:
         check_choice(f"{key}.values", self.values, VALUE_FORMATS)
+        check_choice(f"{key}.codebook_dtype", self.codebook_dtype, ("fp32", "fp16"))
+        check_choice(f"{key}.rest", self.rest, ("exact", "fp16"))
         for name in ("index_bits", "conv_bits", "fc_bits"):
             value = getattr(self, name)
+            if name == "index_bits" and value == "auto":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
-                raise ConfigError(f"{key}.{name}={value!r}: bits must be an integer in [1, 16]")
+                allowed = "an integer in [1, 16] or 'auto'" if name == "index_bits" else "an integer in [1, 16]"
+                raise ConfigError(f"{key}.{name}={value!r}: bits must be {allowed}")
 
     def bits_for(self, model: nn.Module, names: Iterable[str]) -> dict[str, int]:
         modules = dict(model.named_modules())
@@ -171,7 +178,8 @@ class WeightPruning(Strategy):
     def storage_options(self, model: nn.Module) -> dict[str, Any]:
         names = [n for n in (self.masks or {})]
         options: dict[str, Any] = {"index_bits": self.storage.index_bits, "values": self.storage.values,
-                                   "huffman": self.storage.huffman}
+                                   "huffman": self.storage.huffman, "rest": self.storage.rest}
         if self.storage.values == "codebook":
             options["bits"] = self.storage.bits_for(model, names) if names else None
+            options["codebook_dtype"] = self.storage.codebook_dtype
         return options

@@ -39,6 +39,8 @@ MAGIC = b"PKDC"
 VERSION = 1
 HEADER = struct.Struct("<4sBBQI")  # magic, version, flags, payload bytes, CRC32
 VALUE_FORMATS = ("fp32", "fp16", "codebook")
+CODEBOOK_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+REST_FORMATS = ("exact", "fp16")
 MAX_NUMEL = 1 << 34  # per tensor; guards allocations requested by a damaged file
 
 _DTYPES = {
@@ -63,20 +65,25 @@ def save_compressed(
     model: nn.Module,
     path: str | os.PathLike,
     *,
-    index_bits: int = 5,
+    index_bits: int | str = 5,
     values: str = "fp32",
     bits: int | Mapping[str, int] | None = None,
     huffman: bool = False,
     include: Include = None,
     shared: Mapping[str, SharedWeights] | None = None,
+    codebook_dtype: str = "fp32",
+    rest: str = "exact",
 ) -> SizeReport:
     """Write ``model``'s whole state dict compactly to ``path``; return the size report.
 
     Included weights (default: conv/linear weights) with zeros are stored as relative-index
-    CSR (``index_bits`` in [1, 16]) and their values as ``values``: raw ``"fp32"``
-    (bit-exact), ``"fp16"`` (lossy) or ``"codebook"`` (k-means with ``bits`` per layer,
-    default conv 8 / fc 5, or the given ``shared`` codebooks). ``huffman`` entropy-codes
-    index gaps and value codes where that is smaller. Everything else is stored raw.
+    CSR (``index_bits`` in [1, 16], or ``"auto"``: per layer the width that stores it in
+    the fewest bits) and their values as ``values``: raw ``"fp32"`` (bit-exact), ``"fp16"``
+    (lossy) or ``"codebook"`` (k-means with ``bits`` per layer, default conv 8 / fc 5, or
+    the given ``shared`` codebooks; unused centroids are dropped; ``codebook_dtype``
+    ``"fp32"`` or ``"fp16"``). ``huffman`` entropy-codes index gaps and value codes where
+    that is smaller. Everything else (biases, BatchNorm) is stored raw (``rest="exact"``)
+    or, with ``rest="fp16"``, its floating-point tensors as half precision.
     """
     payload, report = encode_state(
         model,
@@ -86,6 +93,8 @@ def save_compressed(
         huffman=huffman,
         include=include,
         shared=shared,
+        codebook_dtype=codebook_dtype,
+        rest=rest,
     )
     blob = _header(payload) + payload
     path = Path(path)
@@ -141,17 +150,24 @@ def compression_report(model: nn.Module, **options) -> SizeReport:
 def encode_state(
     model: nn.Module,
     *,
-    index_bits: int = 5,
+    index_bits: int | str = 5,
     values: str = "fp32",
     bits: int | Mapping[str, int] | None = None,
     huffman: bool = False,
     include: Include = None,
     shared: Mapping[str, SharedWeights] | None = None,
+    codebook_dtype: str = "fp32",
+    rest: str = "exact",
 ) -> tuple[bytes, SizeReport]:
     """The payload (everything after the header) and its size report."""
     if sys.byteorder != "little":
         raise RuntimeError("the compressed format is little-endian; big-endian hosts are not supported")
-    check_bits(index_bits, "index_bits")
+    if index_bits != "auto":
+        check_bits(index_bits, "index_bits")
+    if codebook_dtype not in CODEBOOK_DTYPES:
+        raise ValueError(f"codebook_dtype={codebook_dtype!r}: choose one of {tuple(CODEBOOK_DTYPES)}")
+    if rest not in REST_FORMATS:
+        raise ValueError(f"rest={rest!r}: choose one of {REST_FORMATS}")
     if values not in VALUE_FORMATS:
         raise ValueError(f"values={values!r}: choose one of {VALUE_FORMATS}")
     if values != "codebook" and bits is not None:
@@ -175,7 +191,9 @@ def encode_state(
                 mask = tensor != 0
                 codebook, codes = kmeans_1d(tensor[mask], per_layer_bits[name])
                 sw = SharedWeights(codebook, codes, mask)
-            size = _write_weight(out, name, tensor, index_bits, values, huffman, sw)
+            size = _write_weight(out, name, tensor, index_bits, values, huffman, sw, CODEBOOK_DTYPES[codebook_dtype])
+        elif rest == "fp16" and tensor.dtype in (torch.float32, torch.float64) and tensor.numel():
+            size = _write_half(out, name, tensor)
         else:
             size = _write_raw(out, name, tensor)
         report.layers.append(size)
@@ -211,11 +229,55 @@ def _write_raw(out: ByteWriter, name: str, tensor: torch.Tensor) -> LayerSize:
     return LayerSize(name, tensor.numel(), int((tensor != 0).sum()), n, n, n, n, "raw")
 
 
-def _write_weight(out, name, tensor, index_bits, values, use_huffman, sw: SharedWeights | None) -> LayerSize:
+def _write_half(out: ByteWriter, name: str, tensor: torch.Tensor) -> LayerSize:
+    """A float tensor as a DENSE_VALUES record of raw fp16 values (lossy: half precision)."""
+    _write_meta(out, name, tensor, DENSE_VALUES)
+    stored = _write_raw_values(out, tensor.reshape(-1).half())
+    n = tensor.numel() * tensor.element_size()
+    return LayerSize(name, tensor.numel(), int((tensor != 0).sum()), n, n, stored, stored, "dense+fp16")
+
+
+def best_index_bits(positions: np.ndarray, use_huffman: bool) -> int:
+    """The relative-index width in [1, 16] that stores ``positions`` in the fewest bits.
+
+    Wider codes need fewer fillers but cost more per code; with Huffman coding the cost of
+    each width is its histogram's code length (plus a table estimate), computed without
+    encoding.
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    if positions.size == 0:
+        return 1
+    gaps = np.diff(positions, prepend=-1) - 1
+    best, best_cost = 1, math.inf
+    for width in range(1, 17):
+        escape = (1 << width) - 1
+        fill = gaps // escape
+        fillers = int(fill.sum())
+        cost = (positions.size + fillers) * width
+        if use_huffman:
+            hist = np.bincount(gaps - fill * escape, minlength=escape + 1)
+            hist[escape] += fillers
+            lengths = huffman.code_lengths(hist)
+            used = int(np.count_nonzero(hist))
+            table = min((escape + 1) * 5, used * (width + 5))
+            cost = min(cost, int((hist * lengths).sum()) + table)
+        if cost < best_cost:
+            best, best_cost = width, cost
+        if int(gaps.max()) < escape:  # no fillers left: wider codes only cost more
+            break
+    return best
+
+
+def _write_weight(out, name, tensor, index_bits, values, use_huffman, sw: SharedWeights | None,
+                  codebook_dtype: torch.dtype = torch.float32) -> LayerSize:
     """Choose the smallest layout for one weight and write it."""
     dense = tensor.numel() * tensor.element_size()
+    if sw is not None:
+        sw = sw.compact()
     positions = nonzero_positions(sw.mask if sw is not None else tensor)
     nnz = positions.size
+    if index_bits == "auto":
+        index_bits = best_index_bits(positions, use_huffman)
     codes = relative_indices(positions, index_bits)
     idx_fixed = fixed_nbytes(codes.size, index_bits)
     pruned = min(dense, idx_fixed + nnz * tensor.element_size())
@@ -225,9 +287,10 @@ def _write_weight(out, name, tensor, index_bits, values, use_huffman, sw: Shared
             raise ValueError(
                 f"codebook for '{name}' has shape {tuple(sw.mask.shape)}, weight {tuple(tensor.shape)}"
             )
-        quantized = (idx_fixed if has_zeros else 0) + fixed_nbytes(nnz, sw.bits) + 4 * sw.codebook.numel()
+        itemsize = torch.empty(0, dtype=codebook_dtype).element_size()
+        quantized = (idx_fixed if has_zeros else 0) + fixed_nbytes(nnz, sw.bits) + itemsize * sw.codebook.numel()
         block = ByteWriter()
-        value_bytes = _write_codebook_values(block, sw, use_huffman)
+        value_bytes = _write_codebook_values(block, sw, use_huffman, codebook_dtype)
         kind = f"cb{sw.bits}"
     elif values == "fp16":
         quantized = (idx_fixed if has_zeros else 0) + 2 * nnz
@@ -267,11 +330,12 @@ def _write_raw_values(out: ByteWriter, vals: torch.Tensor) -> int:
     return len(data)
 
 
-def _write_codebook_values(out: ByteWriter, sw: SharedWeights, use_huffman: bool) -> int:
+def _write_codebook_values(out: ByteWriter, sw: SharedWeights, use_huffman: bool,
+                           dtype: torch.dtype = torch.float32) -> int:
     """Write a codebook value block; return its data bytes (codebook + code stream)."""
-    codebook = _raw_bytes(sw.codebook.float())
+    codebook = _raw_bytes(sw.codebook.to(dtype))
     out.u8(VAL_CODEBOOK)
-    out.u8(_CODES[torch.float32])
+    out.u8(_CODES[dtype])
     out.varint(sw.codebook.numel())
     out.raw(codebook)
     out.u8(sw.bits)

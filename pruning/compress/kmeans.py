@@ -36,6 +36,13 @@ class SharedWeights:
         """Bits per code: enough for the codebook size (at least 1)."""
         return max(1, int(self.codebook.numel() - 1).bit_length())
 
+    def compact(self) -> "SharedWeights":
+        """The same weights with the centroids no weight uses dropped (fewer, shorter codes)."""
+        used = torch.unique(self.codes)
+        if used.numel() == self.codebook.numel() or self.codes.numel() == 0:
+            return self
+        return SharedWeights(self.codebook[used], torch.searchsorted(used, self.codes), self.mask)
+
     def weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The dense weight these codes stand for (pruned entries are +0.0)."""
         out = torch.zeros(self.mask.shape, dtype=dtype, device=self.codebook.device)

@@ -24,7 +24,7 @@ from pruning.compress import (
 )
 from pruning.compress.bitstream import ByteReader, pack_fixed, unpack_fixed
 from pruning.compress.csr import absolute_positions, relative_indices
-from pruning.compress.fileformat import HEADER, decode_file
+from pruning.compress.fileformat import HEADER, best_index_bits, decode_file
 from pruning.masks import Masks, prune_weights
 
 
@@ -267,6 +267,66 @@ def test_fp16_values_are_close_and_smaller(tmp_path):
     torch.testing.assert_close(state["1.weight"], model[1].weight.detach(), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("density", [0.02, 0.08, 0.5])
+@pytest.mark.parametrize("huff", [False, True])
+def test_auto_index_bits_is_lossless_and_near_the_best_width(tmp_path, density, huff):
+    model = lenet_300_100()
+    random_pruned(model, density)
+    auto = save_compressed(model, tmp_path / "a.pkdc", index_bits="auto", huffman=huff)
+    state = load_compressed(tmp_path / "a.pkdc")
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    per_width = [compression_report(model, index_bits=b, huffman=huff).file_bytes for b in range(1, 17)]
+    assert auto.file_bytes <= min(per_width) * 1.005 + 8  # the estimate picks (close to) the smallest
+
+
+def test_best_index_bits_prefers_wide_codes_for_long_gaps():
+    sparse = np.arange(0, 100_000, 1000)  # gaps of 999: 10 bits hold them without fillers
+    dense = np.arange(0, 1000)  # no gaps at all: 1 bit
+    assert best_index_bits(sparse, use_huffman=False) == 10
+    assert best_index_bits(dense, use_huffman=False) == 1
+    assert best_index_bits(np.array([], dtype=np.int64), use_huffman=True) == 1
+
+
+def test_unused_centroids_are_not_stored(tmp_path):
+    model = lenet_300_100()
+    random_pruned(model, 0.1)
+    shared = share_weights(model, bits=8)
+    for sw in shared.values():  # a 256-entry codebook of which only 4 entries are used
+        sw.codes = sw.codes % 4
+    for name, sw in shared.items():
+        with torch.no_grad():
+            dict(model.named_parameters())[name].copy_(sw.weight())
+    report = save_compressed(model, tmp_path / "c.pkdc", values="codebook", shared=shared)
+    state = load_compressed(tmp_path / "c.pkdc")
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(layer.encoding.endswith("cb2") for layer in report.layers if layer.name.endswith("weight"))
+
+
+def test_fp16_codebooks_and_rest_are_half_precision_and_smaller(tmp_path):
+    net = conv_bn_net()
+    random_pruned(net, 0.3)
+    with torch.no_grad():
+        net[1].running_var.uniform_(0.5, 2.0)
+    net[1].num_batches_tracked.fill_(123)
+    shared = share_weights(net, bits=4)
+    full = save_compressed(net, tmp_path / "a.pkdc", values="codebook", shared=shared)
+    half = save_compressed(net, tmp_path / "b.pkdc", values="codebook", shared=shared,
+                           codebook_dtype="fp16", rest="fp16")
+    assert half.file_bytes < full.file_bytes
+    state = load_compressed(tmp_path / "b.pkdc")
+    for name, tensor in net.state_dict().items():
+        assert state[name].dtype == tensor.dtype, name  # stored as fp16, loaded as the model's dtype
+        if tensor.is_floating_point():
+            assert torch.equal(state[name], tensor.half().float()), name
+        else:
+            assert torch.equal(state[name], tensor), name  # integer buffers stay exact
+    # idempotent: a model loaded from the file saves to the same bytes
+    again = load_compressed(tmp_path / "b.pkdc", conv_bn_net())
+    save_compressed(again, tmp_path / "c.pkdc", values="codebook", shared=share_weights(again, bits=4, apply=False),
+                    codebook_dtype="fp16", rest="fp16")
+    assert (tmp_path / "c.pkdc").read_bytes() == (tmp_path / "b.pkdc").read_bytes()
+
+
 def test_size_report_stages_for_lenet_300_100_at_8_percent():
     model = lenet_300_100()
     random_pruned(model, 0.08)
@@ -326,6 +386,9 @@ def test_load_into_the_wrong_model_says_what_differs(tmp_path):
         (dict(values="codebook", bits={"1": 20}), "bits"),
         (dict(values="int8"), "values"),
         (dict(bits=4), "codebook"),
+        (dict(index_bits="best"), "index_bits"),
+        (dict(values="codebook", codebook_dtype="int8"), "codebook_dtype"),
+        (dict(rest="bf16"), "rest"),
     ],
 )
 def test_bad_options_are_clear_errors(tmp_path, options, match):
