@@ -14,7 +14,7 @@ def seed():
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(1, 64), (7, 64), (2, 5, 64)])
+@pytest.mark.parametrize("shape", [(64,), (1, 64), (1, 1, 64), (7, 64), (2, 5, 64)])  # batch 1 runs as mv
 def test_sparse_linear_matches_dense(bias, shape):
     layer = nn.Linear(64, 32, bias=bias)
     prune_weights(layer, sparsity=0.9, include="weight")
