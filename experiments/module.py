@@ -43,6 +43,7 @@ class Classifier(L.LightningModule):
         teacher: nn.Module | None = None,
         distill: float = 0.0,
         temperature: float = 4.0,
+        average: bool = False,
     ) -> None:
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
@@ -58,6 +59,9 @@ class Classifier(L.LightningModule):
         self.distill = float(distill)
         self.temperature = float(temperature)
         self._sums: dict[str, dict[str, float]] = {}
+        self.average = average
+        self._average: dict[str, torch.Tensor] = {}
+        self._averaged = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -90,6 +94,21 @@ class Classifier(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         for hook in self.after_step:
             hook(self.model)
+
+    @torch.no_grad()
+    def on_train_epoch_end(self) -> None:
+        if not self.average:
+            return
+        self._averaged += 1
+        for name, value in self.model.state_dict().items():
+            if name not in self._average:
+                self._average[name] = value.detach().clone()
+            elif value.is_floating_point():
+                self._average[name] += (value - self._average[name]) / self._averaged
+
+    def on_fit_end(self) -> None:
+        if self.average and self._average:
+            self.model.load_state_dict(self._average)
 
     # -- evaluation: exact sums over the whole split, not averages of batch means --------
     def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:

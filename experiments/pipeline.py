@@ -122,6 +122,13 @@ def retrain_module(model: nn.Module, retrain, teacher: nn.Module | None, **hooks
                       distill=retrain.distill, temperature=retrain.temperature, **hooks)
 
 
+def refresh_batchnorm(model: nn.Module, datamodule: L.LightningDataModule) -> None:
+    """Recompute BatchNorm running statistics after weight averaging (none to do without BN)."""
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        torch.optim.swa_utils.update_bn(datamodule.train_dataloader(), model)
+        model.eval()
+
+
 def quantize_phase(ctx: RunContext, model: nn.Module, example: torch.Tensor, cfg: DictConfig,
                    strategy, output_dir: Path, teacher: nn.Module | None = None) -> Phase:
     """Deep Compression: share weights by k-means, fine-tune the centroids, store compactly.
@@ -232,7 +239,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
         # -- prune / retrain rounds ----------------------------------------------------
         quantize = getattr(strategy, "quantize_retrain", None)
-        distills = strategy.retrain.distill > 0 or (quantize is not None and quantize.distill > 0)
+        average = getattr(strategy, "average", None)
+        distills = any(r is not None and r.distill > 0 for r in (strategy.retrain, quantize, average))
         teacher = copy.deepcopy(model).eval() if distills else None  # the dense baseline
         records = []
         prune_wall = retrain_wall = 0.0
@@ -249,6 +257,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             strategy.freeze_layers(model)
             retrain_wall += ctx.fit(module, f"retrain{round_index}", retrain.epochs)
             strategy.unfreeze(model)
+        if average is not None and average.epochs > 0:  # SWA over the epochs of one more retraining
+            penalty, after_step = strategy.retrain_hooks()
+            module = retrain_module(model, average, teacher, penalty=penalty, after_step=after_step, average=True)
+            strategy.freeze_layers(model)
+            retrain_wall += ctx.fit(module, "average", average.epochs)
+            strategy.unfreeze(model)
+            refresh_batchnorm(model, ctx.datamodule)
         phases["pruned"].metrics["wall_s"] = prune_wall
         phases["retrained"] = Phase("retrained", {
             **ctx.test(Classifier(model, None), "retrained"), **measure_model(model, example, cfg, strategy),

@@ -61,8 +61,10 @@ class WeightPruning(Strategy):
     Exactly one of ``sparsity`` (fraction of zeros; float or {layer: float}) and
     ``quality`` (Han: threshold = quality x std of the layer's weights) is set. With
     ``rounds`` > 1 the target grows along ``schedule`` with retraining in between.
+    ``average`` (a Retrain) trains that many more epochs after the last round and keeps the
+    mean of the weights at the end of each epoch (SWA; pruned weights stay zero).
     ``quantize_retrain`` > 0 epochs shares weights by k-means (``storage`` bits) and
-    fine-tunes the centroids (Deep Compression) after the last round.
+    fine-tunes the centroids (Deep Compression) after that.
     """
 
     name: str = "weight"
@@ -79,6 +81,7 @@ class WeightPruning(Strategy):
     retrain: Retrain = field(default_factory=Retrain)
     storage: Storage = field(default_factory=Storage)
     quantize_retrain: Retrain | None = None
+    average: Retrain | None = None
     masks: pruning.Masks | None = field(default=None, init=False, repr=False)
 
     # -- validation ------------------------------------------------------------------------
@@ -115,6 +118,8 @@ class WeightPruning(Strategy):
         self.storage.validate()
         if self.quantize_retrain is not None:
             self.quantize_retrain.validate("strategy.quantize_retrain")
+        if self.average is not None:
+            self.average.validate("strategy.average")
 
     # -- pruning ----------------------------------------------------------------------------
     def _amount_at(self, amount: Any, round_index: int) -> Any:
