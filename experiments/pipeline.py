@@ -27,6 +27,7 @@ import pruning
 from experiments.cache import BaselineCache, config_key
 from experiments.module import Classifier
 from experiments.results import append_row, git_commit
+from experiments.storage import claim_directory
 from experiments.summary import format_summary
 from experiments.validation import validate_config
 
@@ -195,10 +196,14 @@ def baseline_key(cfg: DictConfig) -> str:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured study once and return its results row."""
     validate_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    with claim_directory(output_dir):  # a concurrent run into the same folder fails at once
+        return _run(cfg, output_dir)
+
+
+def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = instantiate(cfg.dataset)

@@ -37,3 +37,30 @@ def file_lock(path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class DirectoryInUse(RuntimeError):
+    """Another live process is writing its run into the same output folder."""
+
+
+@contextmanager
+def claim_directory(path: str | Path) -> Iterator[None]:
+    """Hold ``path`` for one run: a second process claiming it at the same time fails at once.
+
+    The claim is a non-blocking ``flock`` on ``path/.claim``, released when the run ends or
+    its process dies, so re-running into a folder after a crash works.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / ".claim", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DirectoryInUse(
+                f"output folder {path} is in use by another run that is still going; give this run "
+                "its own folder, e.g. hydra.run.dir=outputs/my-run"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -48,3 +48,46 @@ def test_baseline_cache_round_trip_and_corruption(tmp_path):
     assert torch.equal(entry["state_dict"]["w"], sd["w"]) and entry["metrics"]["train_wall_s"] == 1.5
     cache.path(key).write_bytes(b"garbage")
     assert cache.load(key) is None  # corrupt entries are retrained, never trusted
+
+
+def test_a_second_live_run_cannot_claim_the_same_output_folder(tmp_path):
+    import multiprocessing
+
+    from experiments.storage import DirectoryInUse, claim_directory
+
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+
+    def hold() -> None:
+        with claim_directory(tmp_path / "run"):
+            ready.set()
+            release.wait(30)
+
+    holder = ctx.Process(target=hold)
+    holder.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(DirectoryInUse, match="in use by another run"):
+            with claim_directory(tmp_path / "run"):
+                pass
+    finally:
+        release.set()
+        holder.join(30)
+    with claim_directory(tmp_path / "run"):  # free again once the other run ended
+        pass
+
+
+def test_run_folders_of_different_configs_differ():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.experiments.conftest import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        a, b = (compose("config", overrides=[f"model={m}", "strategy=han_iterative", "seed=1"], return_hydra_config=True)
+                for m in ("lenet300", "lenet5"))
+        dirs = [str(c.hydra.run.dir) for c in (a, b)]
+    GlobalHydra.instance().clear()
+    assert dirs[0] != dirs[1]
+    assert dirs[0].endswith("_lenet300_han_iterative_seed1")
