@@ -301,8 +301,8 @@ def worker(device: str, jobs, results, args) -> None:
             results.put(("error", payload, repr(exc), time.time() - start))
 
 
-def summarize(paths: list[str]) -> None:
-    """Mean ± std over seeds of each (model, recipe) in screen output files."""
+def summarize(paths: list[str], plot: str | None = None) -> None:
+    """Mean ± std over seeds of each (model, recipe) in screen output files; optionally a plot."""
     groups: dict[tuple[str, str], dict[tuple, dict]] = {}
     for path in paths:
         for line in Path(path).read_text().splitlines():
@@ -311,19 +311,50 @@ def summarize(paths: list[str]) -> None:
                 continue
             runs = groups.setdefault((row["model"], row["recipe"]["name"]), {})
             runs[(row["seed"], row.get("device"), row["baseline_test"])] = row  # a repeated run counts once
+    table = []
+    for (model, name), runs in groups.items():
+        d = [r["delta_pp"] for r in runs.values()]
+        ratio = next(iter(runs.values()))["weights_ratio"]
+        table.append((model, name, d, statistics.mean(d), statistics.stdev(d) if len(d) > 1 else 0.0, ratio))
+    table.sort(key=lambda t: (t[0], t[3]))
     print(f"{'model':<9} {'recipe':<32} {'n':>2}  {'err change pp':>15}  {'min':>6} {'max':>6}  weights")
-    for (model, name), runs in sorted(groups.items(),
-                                      key=lambda kv: (kv[0][0], statistics.mean(r["delta_pp"] for r in kv[1].values()))):
-        rows = list(runs.values())
-        d = [r["delta_pp"] for r in rows]
-        sd = statistics.stdev(d) if len(d) > 1 else 0.0
-        print(f"{model:<9} {name:<32} {len(d):>2}  {statistics.mean(d):+7.3f} ± {sd:.3f}  {min(d):+6.2f} {max(d):+6.2f}"
-              f"  {rows[0]['weights_ratio']}x")
+    for model, name, d, mean, sd, ratio in table:
+        print(f"{model:<9} {name:<32} {len(d):>2}  {mean:+7.3f} ± {sd:.3f}  {min(d):+6.2f} {max(d):+6.2f}  {ratio}x")
+    if plot:
+        plot_summary(table, plot)
+
+
+def plot_summary(table: list[tuple], path: str) -> None:
+    """One panel per model: each recipe's seeds as dots, mean ± std as a bar, the 0.1 pp bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({t[0] for t in table})
+    heights = [sum(t[0] == m for t in table) for m in models]
+    fig, axes = plt.subplots(len(models), 1, figsize=(8, 0.28 * sum(heights) + 1.5 * len(models)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, model in zip(axes[:, 0], models):
+        rows = [t for t in table if t[0] == model][::-1]
+        for y, (_, name, d, mean, sd, _) in enumerate(rows):
+            ax.errorbar(mean, y, xerr=sd, fmt="o", color="C0", capsize=3)
+            ax.plot(d, [y] * len(d), ".", color="0.6", zorder=0)
+        ax.set_yticks(range(len(rows)), [f"{t[1]} (n={len(t[2])})" for t in rows], fontsize=7)
+        ax.axvline(0.1, color="C3", ls="--", lw=1, label="target: +0.1 pp")
+        ax.axvline(0.0, color="0.3", lw=0.8)
+        ax.set_title(f"{model} on Fashion-MNIST, ~12x fewer weights: test error change vs own baseline", fontsize=9)
+        ax.set_xlabel("error change (pp): seeds (grey), mean ± std (blue)", fontsize=8)
+        ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--summarize", nargs="+", metavar="JSONL", help="only print the mean ± std table of these outputs")
+    p.add_argument("--plot", metavar="PNG", help="with --summarize: also plot the table to this file")
     p.add_argument("--model", choices=sorted(HAN_SPARSITY), default="lenet300")
     p.add_argument("--grid", help="JSON file: a list of recipes (keys of DEFAULT that differ)")
     p.add_argument("--seeds", default="0,1,2")
@@ -337,7 +368,7 @@ def main() -> None:
     p.add_argument("--budget-s", type=float, default=1e9, help="stop handing out jobs after this many seconds")
     args = p.parse_args()
     if args.summarize:
-        return summarize(args.summarize)
+        return summarize(args.summarize, args.plot)
     if not args.grid:
         p.error("--grid is required (or --summarize)")
     Path(args.tmp).mkdir(parents=True, exist_ok=True)
