@@ -20,6 +20,13 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.T
     return (top == targets[:, None]).any(dim=1).sum()
 
 
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), batch mean (Hinton et al. 2015)."""
+    t = temperature
+    target = F.log_softmax(teacher_logits / t, dim=1)
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), target, log_target=True, reduction="batchmean") * t * t
+
+
 class Classifier(L.LightningModule):
     """Wraps any nn.Module classifier; the optimizer is a partial bound here.
 
@@ -81,11 +88,10 @@ class Classifier(L.LightningModule):
         return total
 
     def distillation_loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """T^2 * KL(softmax(teacher / T) || softmax(student / T)), batch mean."""
-        t = self.temperature
+        """Hinton's loss against the frozen teacher's outputs on ``x``."""
         with torch.no_grad():
-            target = F.log_softmax(self._teacher[0](x) / t, dim=1)
-        return F.kl_div(F.log_softmax(logits / t, dim=1), target, log_target=True, reduction="batchmean") * t * t
+            teacher_logits = self._teacher[0](x)
+        return distillation_loss(logits, teacher_logits, self.temperature)
 
     def on_fit_start(self) -> None:
         if self._teacher:

@@ -123,6 +123,18 @@ def retrain_module(model: nn.Module, retrain, teacher: nn.Module | None, **hooks
                       distill=retrain.distill, temperature=retrain.temperature, **hooks)
 
 
+def retrain_phase(ctx: RunContext, model: nn.Module, strategy, retrain, teacher: nn.Module | None,
+                  phase: str, average: bool = False) -> float:
+    """One retraining with the strategy's penalty, mask hooks and frozen layers; wall seconds."""
+    penalty, after_step = strategy.retrain_hooks()
+    module = retrain_module(model, retrain, teacher, penalty=penalty, after_step=after_step, average=average)
+    strategy.freeze_layers(model)
+    try:
+        return ctx.fit(module, phase, retrain.epochs)
+    finally:
+        strategy.unfreeze(model)
+
+
 def refresh_batchnorm(model: nn.Module, datamodule: L.LightningDataModule) -> None:
     """Recompute BatchNorm running statistics after weight averaging (none to do without BN)."""
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
@@ -245,7 +257,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         # -- prune / retrain rounds ----------------------------------------------------
         quantize = getattr(strategy, "quantize_retrain", None)
         average = getattr(strategy, "average", None)
-        distills = any(r is not None and r.distill > 0 for r in (strategy.retrain, quantize, average))
+        distills = any(r is not None and r.epochs > 0 and r.distill > 0 for r in (strategy.retrain, quantize, average))
         teacher = copy.deepcopy(model).eval() if distills else None  # the dense baseline
         records = []
         prune_wall = retrain_wall = 0.0
@@ -256,18 +268,9 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             if round_index == 0:
                 phases["pruned"] = Phase("pruned", {**ctx.test(Classifier(model, None), "pruned"),
                                                     **measure_model(model, example, cfg, strategy)})
-            penalty, after_step = strategy.retrain_hooks()
-            retrain = strategy.retrain
-            module = retrain_module(model, retrain, teacher, penalty=penalty, after_step=after_step)
-            strategy.freeze_layers(model)
-            retrain_wall += ctx.fit(module, f"retrain{round_index}", retrain.epochs)
-            strategy.unfreeze(model)
+            retrain_wall += retrain_phase(ctx, model, strategy, strategy.retrain, teacher, f"retrain{round_index}")
         if average is not None and average.epochs > 0:  # SWA over the epochs of one more retraining
-            penalty, after_step = strategy.retrain_hooks()
-            module = retrain_module(model, average, teacher, penalty=penalty, after_step=after_step, average=True)
-            strategy.freeze_layers(model)
-            retrain_wall += ctx.fit(module, "average", average.epochs)
-            strategy.unfreeze(model)
+            retrain_wall += retrain_phase(ctx, model, strategy, average, teacher, "average", average=True)
             refresh_batchnorm(model, ctx.datamodule)
         phases["pruned"].metrics["wall_s"] = prune_wall
         phases["retrained"] = Phase("retrained", {

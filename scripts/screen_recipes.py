@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gzip
 import json
 import math
 import os
@@ -25,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
@@ -33,7 +31,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pruning  # noqa: E402
+from experiments.data import FashionMNISTDataModule  # noqa: E402
 from experiments.models.registry import build_model  # noqa: E402
+from experiments.module import distillation_loss  # noqa: E402
 
 HAN_SPARSITY = {
     "lenet300": {"fc1.weight": 0.925, "fc2.weight": 0.91, "fc3.weight": 0.74},
@@ -65,28 +65,12 @@ DEFAULT = {
     "baseline_epochs": None,    # None: the preset's
     "baseline_wd": 5e-4,
 }
-MEAN, STD = 0.2860, 0.3530
 
 
-def load_idx(root: Path, stem: str) -> np.ndarray:
-    with gzip.open(root / f"{stem}.gz", "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def load_data(root: Path, device: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    def prep(x: np.ndarray) -> torch.Tensor:
-        return ((torch.from_numpy(x.copy()).float() / 255 - MEAN) / STD).unsqueeze(1).to(device)
-
-    xtr, ytr = load_idx(root, "train-images-idx3-ubyte"), load_idx(root, "train-labels-idx1-ubyte")
-    xte, yte = load_idx(root, "t10k-images-idx3-ubyte"), load_idx(root, "t10k-labels-idx1-ubyte")
-    order = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(0))
-    tr, va = order[:-5000], order[-5000:]
-    xtr_t, ytr_t = prep(xtr), torch.from_numpy(ytr.astype(np.int64)).to(device)
-    return {"train": (xtr_t[tr], ytr_t[tr]), "val": (xtr_t[va], ytr_t[va]),
-            "test": (prep(xte), torch.from_numpy(yte.astype(np.int64)).to(device))}
+def load_data(root: str, device: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The pipeline's Fashion-MNIST splits (same normalisation and validation split), on ``device``."""
+    data = FashionMNISTDataModule(root=root, val_size=5000, download=False, device=device)
+    return {name: data.split(name) for name in ("train", "val", "test")}
 
 
 def accuracy(model: torch.nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -> float:
@@ -99,7 +83,10 @@ def accuracy(model: torch.nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -
 def train(model, data, *, epochs, lr, wd, opt="sgd", momentum=0.9, nesterov=False, batch_size=128,
           gen=None, masks=None, teacher=None, distill=0.0, temperature=4.0, label_smoothing=0.0,
           schedule="cosine", on_step=None, on_epoch=None) -> None:
-    """SGD/AdamW with a per-step cosine (or constant) lr; masks re-applied after every step."""
+    """SGD/AdamW with a per-step cosine (or constant) lr; masks re-applied after every step.
+
+    ``masks`` is a one-element list so a hook (gradual pruning, regrowth) can swap them mid-run.
+    """
     x_all, y_all = data["train"]
     params = list(model.parameters())
     optim = (torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=wd)
@@ -119,17 +106,16 @@ def train(model, data, *, epochs, lr, wd, opt="sgd", momentum=0.9, nesterov=Fals
             loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
             if distill:
                 with torch.no_grad():
-                    target = F.log_softmax(teacher(x) / temperature, 1)
-                kl = F.kl_div(F.log_softmax(out / temperature, 1), target, log_target=True, reduction="batchmean")
-                loss = (1 - distill) * loss + distill * kl * temperature**2
+                    teacher_logits = teacher(x)
+                loss = (1 - distill) * loss + distill * distillation_loss(out, teacher_logits, temperature)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
             step += 1
             if on_step is not None:
                 on_step(step, steps)
-            if masks is not None:
-                masks.apply_(model)
+            if masks is not None and masks[0] is not None:
+                masks[0].apply_(model)
         model.eval()
         if on_epoch is not None:
             on_epoch(epoch)
@@ -184,14 +170,13 @@ def run_recipe(model_name: str, r: dict, seed: int, base: dict, data, device: st
         epochs = r["rounds"] * r["epochs"] + r["final_epochs"]
         n_steps = epochs * math.ceil(len(data["train"][1]) / r["batch_size"])
         events = max(1, (n_steps // 2) // r["gradual"])
-        holder = [pruning.Masks({})]
+        holder: list[pruning.Masks | None] = [None]
 
         def on_step(step: int, _steps: int) -> None:
             if step % r["gradual"] == 0 and step // r["gradual"] <= events:
-                current = holder[0] if len(holder[0]) else None
-                holder[0] = prune_to(model, current, model_name, r, step // r["gradual"], events)
+                holder[0] = prune_to(model, holder[0], model_name, r, step // r["gradual"], events)
 
-        train(model, data, epochs=epochs, masks=_MaskProxy(holder), on_step=on_step,
+        train(model, data, epochs=epochs, masks=holder, on_step=on_step,
               on_epoch=track if r["select"] == "best_val" else None, **common)
         masks = holder[0]
         log.append({"val": accuracy(model, data["val"]), "test": accuracy(model, data["test"])})
@@ -202,12 +187,12 @@ def run_recipe(model_name: str, r: dict, seed: int, base: dict, data, device: st
             last = i == r["rounds"] - 1 and not r["final_epochs"]
             holder = [masks]
             grow = make_regrow(model, holder, r["regrow"], r["regrow_every"]) if r["regrow"] and i == r["rounds"] - 1 else None
-            train(model, data, epochs=r["epochs"], masks=_MaskProxy(holder), on_step=grow,
+            train(model, data, epochs=r["epochs"], masks=holder, on_step=grow,
                   on_epoch=track if (last and r["select"] == "best_val") else None, **common)
             masks = holder[0]
             log.append({"val": accuracy(model, data["val"]), "test": accuracy(model, data["test"])})
         if r["final_epochs"]:
-            train(model, data, epochs=r["final_epochs"], masks=masks,
+            train(model, data, epochs=r["final_epochs"], masks=[masks],
                   on_epoch=track if r["select"] == "best_val" else None, **common)
             log.append({"val": accuracy(model, data["val"]), "test": accuracy(model, data["test"])})
     if r["swa_epochs"]:
@@ -219,7 +204,7 @@ def run_recipe(model_name: str, r: dict, seed: int, base: dict, data, device: st
             for k, v in model.state_dict().items():
                 avg[k] += (v - avg[k]) / count[0]
 
-        train(model, data, epochs=r["swa_epochs"], masks=masks, schedule="constant",
+        train(model, data, epochs=r["swa_epochs"], masks=[masks], schedule="constant",
               on_epoch=accumulate, **{**common, "lr": r["swa_lr"]})
         model.load_state_dict(avg)
         log.append({"val": accuracy(model, data["val"]), "test": accuracy(model, data["test"])})
@@ -262,20 +247,9 @@ def make_regrow(model: torch.nn.Module, holder: list, alpha: float, every: int):
     return on_step
 
 
-class _MaskProxy:
-    """Lets the gradual schedule swap the masks a running training loop applies."""
-
-    def __init__(self, holder: list) -> None:
-        self.holder = holder
-
-    def apply_(self, model: torch.nn.Module) -> None:
-        if len(self.holder[0]):
-            self.holder[0].apply_(model)
-
-
 def worker(device: str, jobs, results, args) -> None:
     torch.set_num_threads(args.threads)
-    data = load_data(Path(args.data), device)
+    data = load_data(args.data, device)
     while True:
         job = jobs.get()
         if job is None:
@@ -362,7 +336,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="worker processes on --device")
     p.add_argument("--cpu-workers", type=int, default=0, help="extra worker processes on the CPU")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    p.add_argument("--data", default=None, help="folder with the Fashion-MNIST IDX files (default: as the pipeline looks)")
     p.add_argument("--tmp", default="/tmp/screen_recipes")
     p.add_argument("--out", default="results/screen_recipes.jsonl")
     p.add_argument("--budget-s", type=float, default=1e9, help="stop handing out jobs after this many seconds")

@@ -61,3 +61,12 @@ def test_a_recipe_reaches_the_han_sparsities(screen, extra):
     # Han's per-layer kept fractions 7.5% / 9% / 26% of 235,200 / 30,000 / 1,000 weights
     assert out["weights_ratio"] == pytest.approx(266200 / (17640 + 2700 + 260), rel=1e-3)
     assert out["delta_pp"] == pytest.approx(100 * (base["test"] - out["final_test"]), abs=1e-3)
+
+
+@pytest.mark.parametrize("model", ["lenet300", "lenet5"])
+def test_screen_prunes_to_the_presets_sparsities(screen, model):
+    from omegaconf import OmegaConf
+
+    preset = OmegaConf.load(SCRIPT.parents[1] / "conf" / "experiment" / f"han2015_{model}.yaml")
+    assert screen.HAN_SPARSITY[model] == OmegaConf.to_container(preset.strategy.sparsity)
+    assert screen.BASELINE_EPOCHS[model] == preset.baseline.epochs
