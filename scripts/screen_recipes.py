@@ -384,7 +384,7 @@ def main() -> None:
         with open(out_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         by_name.setdefault(recipe["name"], []).append(out["delta_pp"])
-        print(f"[{time.time() - start:6.0f}s] {recipe['name']:<28} seed {seed}: err +{out['delta_pp']:.2f} pp "
+        print(f"[{time.time() - start:6.0f}s] {recipe['name']:<28} seed {seed}: err {out['delta_pp']:+.2f} pp "
               f"({out['baseline_test']:.4f} -> {out['final_test']:.4f}, {out['weights_ratio']}x, {wall:.0f}s)", flush=True)
         if time.time() - start > args.budget_s:
             print("budget reached: stopping", flush=True)
