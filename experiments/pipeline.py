@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import pruning
-from experiments.cache import BaselineCache, config_key
+from experiments.baseline import obtain_baseline
+from experiments.context import Phase, RunContext, measure_model
 from experiments.module import Classifier
 from experiments.results import append_row, git_commit
 from experiments.storage import claim_directory
@@ -34,87 +35,6 @@ from experiments.validation import validate_config
 log = logging.getLogger(__name__)
 # Lightning repeats "GPU available / TPU / tips" for every Trainer; one run makes several.
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-
-
-@dataclass
-class Phase:
-    """What one phase produced: metrics of the model after it, and its wall time."""
-
-    name: str
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-class RunContext:
-    """Builds trainers and loggers for the phases of one run."""
-
-    def __init__(self, cfg: DictConfig, datamodule: L.LightningDataModule, output_dir: Path) -> None:
-        self.cfg = cfg
-        self.datamodule = datamodule
-        self.output_dir = output_dir
-        self.wandb_logger = self._make_wandb()
-
-    def _make_wandb(self):
-        wandb_cfg = self.cfg.logger.get("wandb") if self.cfg.get("logger") else None
-        if not wandb_cfg:
-            return None
-        os.environ["WANDB_MODE"] = "offline" if wandb_cfg.get("offline", True) else "online"
-        os.environ.setdefault("WANDB_SILENT", "true")
-        (self.output_dir / "wandb").mkdir(parents=True, exist_ok=True)
-        logger = instantiate(wandb_cfg, save_dir=str(self.output_dir))
-        logger.log_hyperparams(OmegaConf.to_container(self.cfg, resolve=True))
-        return logger
-
-    def loggers(self, phase: str) -> list:
-        out = []
-        csv_cfg = self.cfg.logger.get("csv") if self.cfg.get("logger") else None
-        if csv_cfg:
-            out.append(instantiate(csv_cfg, save_dir=str(self.output_dir), version=phase))
-        if self.wandb_logger is not None:
-            out.append(self.wandb_logger)
-        return out or False
-
-    def trainer(self, phase: str, epochs: int) -> L.Trainer:
-        return instantiate(self.cfg.trainer, max_epochs=epochs, logger=self.loggers(phase))
-
-    def fit(self, module: Classifier, phase: str, epochs: int) -> float:
-        """Train ``module`` for ``epochs``; returns wall seconds."""
-        start = time.perf_counter()
-        if epochs > 0:
-            log.info("%s: training %d epoch(s)", phase, epochs)
-            self.trainer(phase, epochs).fit(module, datamodule=self.datamodule)
-        return time.perf_counter() - start
-
-    def test(self, module: Classifier, phase: str) -> dict[str, float]:
-        """Top-1/top-5 accuracy and loss on the test split."""
-        results = self.trainer(f"{phase}-test", 0).test(module, datamodule=self.datamodule, verbose=False)
-        return {k.removeprefix("test/"): float(v) for k, v in results[0].items()}
-
-    def finish(self) -> None:
-        if self.wandb_logger is not None:
-            import wandb
-
-            wandb.finish()
-
-
-def measure_model(model: nn.Module, example_inputs: torch.Tensor, cfg: DictConfig, strategy=None) -> dict[str, float]:
-    """Size, compute and latency of ``model`` (paper counts and totals kept apart).
-
-    ``compressed_bytes`` is the real size of the model in our compact format with the
-    strategy's storage options, losslessly (fp32 values, exact biases): the lossy options
-    (codebooks, fp16) apply to the file the quantize phase writes and reloads.
-    """
-    counts = pruning.count(model, example_inputs)
-    out: dict[str, float] = dict(counts.as_dict())
-    out["dense_bytes"] = pruning.dense_bytes(model)
-    options = strategy.storage_options(model) if strategy is not None else {"values": "fp32"}
-    options = {k: v for k, v in options.items() if k not in ("bits", "codebook_dtype")} | {"rest": "exact"}
-    if options.get("values") == "codebook":  # not quantized yet: measure the lossless size
-        options["values"] = "fp32"
-    out["compressed_bytes"] = pruning.compression_report(model, **options).file_bytes
-    for batch in cfg.measure.latency_batch_sizes:
-        seconds = pruning.measure_latency(model, example_inputs, batch_size=batch, repeats=cfg.measure.latency_repeats)
-        out[f"latency_b{batch}_ms"] = seconds * 1e3
-    return out
 
 
 def retrain_module(model: nn.Module, retrain, teacher: nn.Module | None, **hooks) -> Classifier:
@@ -188,23 +108,6 @@ def save_model(model: nn.Module, strategy, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def baseline_key(cfg: DictConfig) -> str:
-    """Everything that determines the baseline weights, hashed."""
-    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
-    for volatile in ("root", "eval_batch_size", "device", "download"):
-        dataset.pop(volatile, None)
-    return config_key(
-        {
-            "dataset": dataset,
-            "model": OmegaConf.to_container(cfg.model, resolve=True),
-            "seed": cfg.seed,
-            "baseline": OmegaConf.to_container(cfg.baseline, resolve=True),
-            "trainer": {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
-                        if k.startswith("limit_") or k in ("precision", "max_steps")},
-        }
-    )
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured study once and return its results row."""
     validate_config(cfg)
@@ -235,24 +138,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     phases: dict[str, Phase] = {}
     row: dict[str, Any] = {"run_id": run_id, "status": "failed"}
     try:
-        # -- baseline ------------------------------------------------------------------
-        cache = BaselineCache(cfg.paths.cache_dir)
-        key = baseline_key(cfg)
-        cached = cache.load(key) if cfg.baseline.reuse else None
-        module = Classifier(model, instantiate(cfg.baseline.optimizer), cfg.baseline.lr_schedule)
-        start = time.perf_counter()
-        if cached is not None:
-            model.load_state_dict(cached["state_dict"], strict=True)
-            log.info("baseline: reusing cached checkpoint %s", cache.path(key))
-            baseline_wall = float(cached["metrics"].get("train_wall_s", 0.0))
-        else:
-            baseline_wall = ctx.fit(module, "baseline", cfg.baseline.epochs)
-            cache.store(key, model.state_dict(), {"train_wall_s": baseline_wall})
-            log.info("baseline: trained in %.1fs, cached at %s", baseline_wall, cache.path(key))
-        phases["baseline"] = Phase("baseline", {
-            **ctx.test(module, "baseline"), **measure_model(model, example, cfg),
-            "wall_s": baseline_wall, "reused": cached is not None, "load_s": time.perf_counter() - start,
-        })
+        phases["baseline"] = obtain_baseline(cfg, model, ctx, example)
 
         # -- prune / retrain rounds ----------------------------------------------------
         quantize = getattr(strategy, "quantize_retrain", None)
