@@ -1,7 +1,8 @@
-"""Table of runs grouped by (dataset, model, strategy, strategy settings): mean ± std over seeds.
+"""Table of runs grouped by their named settings (dataset, model, strategy, parts): mean ± std over seeds.
 
-``variant`` is a short hash of the strategy's settings, so runs that differ in anything
-but the seed are never pooled.
+Runs are pooled only when every named column agrees; ``variant`` names the config keys
+(``key=value``) that set apart runs sharing all of them, so runs that differ in anything
+but the seed are never pooled. Seeds are distinct (a repeated seed counts once).
 
     python -m analysis.summary --store results
 """
@@ -13,6 +14,7 @@ import argparse
 import pandas as pd
 
 from analysis.load import load_runs
+from analysis.output import ARM, keyed, varying
 
 COLUMNS = {
     "baseline/acc": "base acc",
@@ -27,16 +29,19 @@ COLUMNS = {
 
 
 def summarise(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of the headline metrics, with the number of seeds."""
-    keys = ["dataset", "model", "strategy", "variant"]
+    """Mean and std over seeds of the headline metrics, with the number of distinct seeds."""
+    keys = list(ARM)
+    frame = keyed(frame, keys)
     cols = [c for c in COLUMNS if c in frame]
-    grouped = frame.groupby(keys, dropna=False)[cols]
-    mean, std = grouped.mean(), grouped.std().fillna(0.0)
+    grouped = frame.groupby(keys, dropna=False)
+    mean, std = grouped[cols].mean(), grouped[cols].std().fillna(0.0)
     out = pd.DataFrame(index=mean.index)
     for c in cols:
         out[COLUMNS[c]] = [f"{m:.4f} ± {s:.4f}" for m, s in zip(mean[c], std[c])]
-    out["seeds"] = grouped.size()
-    return out.reset_index()
+    out["seeds"] = grouped["seed"].nunique()
+    out = out.reset_index()
+    shown = ["dataset", "model", "strategy", *[k for k in varying(out, keys) if k not in ("dataset", "model", "strategy")]]
+    return out[shown + [COLUMNS[c] for c in cols] + ["seeds"]]
 
 
 def main() -> None:

@@ -1,0 +1,129 @@
+"""Sensitivity to pruning (Li et al. 2017, Fig. 2b) and sorted filter norms (Fig. 2a).
+
+Sensitivity: accuracy after pruning one group alone (no retraining) against the fraction
+of its filters removed, one line per group, mean ± std over seeds, the unpruned baseline
+marked. A scan is of the baseline, so runs sharing a baseline and seed count once.
+
+    python -m analysis.sensitivity --store results --out reports
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib as mpl
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.load import Store, StoreLike, load_filter_norms, load_sensitivity
+from analysis.output import NoData, cli, context_title, footer, grid, keyed, over_seeds, save
+
+SCAN_HINT = ("no sensitivity scans in the store (rows' tables.sensitivity): run a strategy whose ratios come from "
+             "a sensitivity scan (ratio=sensitivity; see `ls conf/strategy`) over seeds, e.g. "
+             "`python run.py -m strategy=<that preset> seed=0,1,2`, then this again")
+NORMS_HINT = "no filter norms in the store (rows' tables.filter_norms): run any filter-pruning strategy with schema-2 rows"
+CONTEXT = ["dataset", "model", "baseline_epochs"]
+
+
+def _percent(values: pd.Series) -> float:
+    """100 if the values are fractions in [0, 1] (accuracy), else 1 (already in their own units)."""
+    return 100.0 if values.dropna().between(0, 1).all() else 1.0
+
+
+def sensitivity_table(sens: pd.DataFrame) -> pd.DataFrame:
+    """Per (context, group, ratio): metric mean/std/n over seeds and the base metric; one scan per baseline and seed."""
+    if sens.empty or "group" not in sens:
+        raise NoData(SCAN_HINT)
+    sens = sens.drop_duplicates(subset=["baseline_config", "seed", "group", "ratio"])
+    table = over_seeds(sens, [*CONTEXT, "group", "ratio"], ["metric", "base_metric"])
+    if "kept" in sens and "channels" in sens:
+        shapes = keyed(sens, CONTEXT).groupby([*CONTEXT, "group", "ratio"])[["kept", "channels"]].first().reset_index()
+        table = table.merge(shapes, on=[*CONTEXT, "group", "ratio"], how="left")
+    return table.sort_values([*CONTEXT, "group", "ratio"]).reset_index(drop=True)
+
+
+def sensitivity_figure(store: StoreLike, out: str | Path | None = None) -> Figure:
+    """Accuracy vs fraction of a group's filters pruned, one line per group, one panel per dataset/model."""
+    sens = load_sensitivity(store)
+    table = sensitivity_table(sens)
+    contexts = table[CONTEXT].drop_duplicates().to_dict("records")
+    fig, axes = grid(len(contexts))
+    scale = _percent(table["metric_mean"])
+    for ax, ctx in zip(axes, contexts):
+        sub = table.loc[(table[CONTEXT] == pd.Series(ctx)).all(axis=1)]
+        groups = list(dict.fromkeys(sub["group"]))
+        colors = mpl.colormaps["viridis" if len(groups) > 10 else "tab10"]
+        for i, group in enumerate(groups):
+            g = sub[sub["group"] == group].sort_values("ratio")
+            yerr = g["metric_std"] * scale if (g["metric_n"] > 1).any() else None
+            ax.errorbar(g["ratio"] * 100, g["metric_mean"] * scale, yerr=yerr, marker="o", ms=3, capsize=2,
+                        color=colors(i / max(1, len(groups) - 1)) if len(groups) > 10 else colors(i), label=str(group))
+        base = sub["base_metric_mean"].mean()
+        if pd.notna(base):
+            ax.axhline(base * scale, color="k", ls="--", lw=1, label=f"baseline (unpruned) {base * scale:.2f}")
+        seeds = int(sub["seeds"].max())
+        ax.set_title(f"{context_title(ctx)}\none group pruned alone, no retraining; {seeds} seed{'s' * (seeds != 1)}, "
+                     f"mean ± std", fontsize=9)
+        ax.set_xlabel("filters pruned away in the group (%)")
+        ax.set_ylabel("test accuracy (%)" if scale == 100 else "metric")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2 if len(groups) > 6 else 1, title="group", title_fontsize=7)
+    fig.suptitle("Sensitivity to pruning (Li et al. 2017, Fig. 2b)")
+    footer(fig, sens.drop_duplicates("run_id"))
+    save(fig, table, out, "sensitivity")
+    return fig
+
+
+def filter_norms_table(norms: pd.DataFrame) -> pd.DataFrame:
+    """Per (context, layer, rank): the normalised L1 norm averaged over seeds (one baseline per seed)."""
+    if norms.empty or "layer" not in norms:
+        raise NoData(NORMS_HINT)
+    norms = norms.drop_duplicates(subset=["baseline_config", "seed", "layer", "rank"])
+    table = over_seeds(norms, [*CONTEXT, "layer", "rank"], ["l1"])
+    counts = table.groupby([*CONTEXT, "layer"])["rank"].transform("count")
+    table["rank_fraction"] = table["rank"] / counts
+    return table.sort_values([*CONTEXT, "layer", "rank"]).reset_index(drop=True)
+
+
+def filter_norms_figure(store: StoreLike, out: str | Path | None = None) -> Figure:
+    """Sorted, per-layer-normalised filter L1 norms of the baseline, one line per layer (Li et al. Fig. 2a)."""
+    norms = load_filter_norms(store)
+    table = filter_norms_table(norms)
+    contexts = table[CONTEXT].drop_duplicates().to_dict("records")
+    fig, axes = grid(len(contexts))
+    for ax, ctx in zip(axes, contexts):
+        sub = table.loc[(table[CONTEXT] == pd.Series(ctx)).all(axis=1)]
+        layers = list(dict.fromkeys(sub["layer"]))
+        colors = mpl.colormaps["viridis"]
+        for i, layer in enumerate(layers):
+            g = sub[sub["layer"] == layer]
+            ax.plot(g["rank_fraction"] * 100, g["l1_mean"], color=colors(i / max(1, len(layers) - 1)), label=str(layer))
+        seeds = int(sub["seeds"].max())
+        ax.set_title(f"{context_title(ctx)}\nbaseline filters, mean over {seeds} seed{'s' * (seeds != 1)}", fontsize=9)
+        ax.set_xlabel("filter rank / filters in the layer (%)")
+        ax.set_ylabel("L1 norm / largest in the layer")
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2 if len(layers) > 6 else 1, title="layer", title_fontsize=7)
+    fig.suptitle("Filters sorted by L1 norm (Li et al. 2017, Fig. 2a)")
+    footer(fig, norms.drop_duplicates("run_id"))
+    save(fig, table, out, "filter_norms")
+    return fig
+
+
+def build(store: Store, out: Path) -> list[Path]:
+    """Both figures that the store supports (at least one, else :class:`NoData`)."""
+    paths, reasons = [], []
+    for name, make in (("sensitivity", sensitivity_figure), ("filter_norms", filter_norms_figure)):
+        try:
+            make(store, out)
+            paths += [out / f"{name}.{ext}" for ext in ("png", "svg", "csv")]
+        except NoData as err:
+            reasons.append(str(err))
+    if not paths:
+        raise NoData("; ".join(reasons))
+    return paths
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli(__doc__, build))
