@@ -16,7 +16,20 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.load import RUN_KEYS, Store, StoreLike, load_runs, load_storage
-from analysis.output import ARM, MISSING, NoData, cli, footer, grid, label, over_seeds, save, split, varying, write_tables
+from analysis.output import (
+    ARM,
+    MISSING,
+    NoData,
+    cli,
+    footer,
+    grid,
+    label,
+    over_seeds,
+    save,
+    split,
+    varying,
+    write_tables,
+)
 from analysis.parts import PARTS
 
 STAGES = (("dense_bytes", "dense"), ("pruned_bytes", "pruned"), ("quantized_bytes", "+ quantization"),

@@ -15,7 +15,19 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.load import Store, StoreLike, load_runs
-from analysis.output import CONTEXT, NoData, cli, errorbar, facet_title, footer, grid, over_seeds, save, split, varying
+from analysis.output import (
+    CONTEXT,
+    NoData,
+    cli,
+    errorbar,
+    facet_title,
+    footer,
+    grid,
+    over_seeds,
+    save,
+    split,
+    varying,
+)
 
 FACET = [*CONTEXT, "kind", "schedule", "rounds", "ratio_policy", "scoring", "retrain", "freeze", "epochs_budget"]
 ORDER = ["l1", "random", "largest_l1", "l2", "bn_gamma", "fpgm", "taylor", "apoz", "activation_mean"]

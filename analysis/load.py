@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from analysis.papers import PAPERS
 from analysis.parts import PARTS, chance_accuracy, derive_parts, ratio_text, ratio_value
 
 RUNS_FILE = "runs.jsonl"
@@ -32,7 +34,7 @@ RUN_KEYS = ("run_id", "time", "machine", "seed", "dataset", "model", "strategy",
 """The columns every long table carries, so it can be grouped like the runs table."""
 TABLES = ("layers", "sensitivity", "storage", "filter_norms")
 _VOLATILE_TOP = {"paths", "results", "hydra", "logger"}
-_VOLATILE_KEYS = {"seed", "output_dir", "dir", "save_dir", "root", "run_id"}
+_VOLATILE_KEYS = {"seed", "output_dir", "dir", "save_dir", "root", "run_id", "machine", "host", "hostname"}
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,12 @@ def _normalise(raw: Any, source: str, problems: list[Problem]) -> dict[str, Any]
         what = "no metrics" if not metrics else "no final/acc (nor retrained/acc)"
         problems.append(Problem(source, f"status ok but {what}; skipped (rerun it, or remove the line)"))
         return None
+    if version == 1:  # schema 1 named the phase costs after the phases
+        for new, old in (("retrain/wall_s", "retrained/wall_s"), ("prune/wall_s", "pruned/wall_s")):
+            if new not in metrics and old in metrics:
+                metrics[new] = metrics[old]
+        if "retrain/epochs" not in metrics and parts.get("epochs_budget") is not None:
+            metrics["retrain/epochs"] = float(parts["epochs_budget"])
     if "delta/acc" not in metrics and "baseline/acc" in metrics and "final/acc" in metrics:
         metrics["delta/acc"] = metrics["final/acc"] - metrics["baseline/acc"]
     tables = raw.get("tables") if isinstance(raw.get("tables"), dict) else {}
@@ -235,7 +243,7 @@ def _normalise(raw: Any, source: str, problems: list[Problem]) -> dict[str, Any]
         "run_id": str(raw.get("run_id") or source), "time": raw.get("time"), "commit": raw.get("commit"),
         "status": status, "seed": seed, "dataset": str(raw["dataset"]), "model": str(raw["model"]),
         "strategy": raw.get("strategy") or (config.get("strategy") or {}).get("name"),
-        "experiment": raw.get("experiment"), "output_dir": raw.get("output_dir"), "wall_s": _number(raw.get("wall_s")),
+        "experiment": raw.get("experiment") or _experiment_of_v1(raw, config), "output_dir": raw.get("output_dir"), "wall_s": _number(raw.get("wall_s")),
         "schema_version": version, "machine": _machine(raw, config), "source": source,
         "error": raw.get("error") if isinstance(raw.get("error"), dict) else None,
         "config": config, "parts": parts, "metrics": metrics, "tables": clean_tables,
@@ -243,6 +251,20 @@ def _normalise(raw: Any, source: str, problems: list[Problem]) -> dict[str, Any]
         "baseline_config": json.dumps(baseline, sort_keys=True, default=str),
         "flat_config": _flatten(stripped),
     }
+
+
+def _experiment_of_v1(raw: dict[str, Any], config: dict[str, Any]) -> str | None:
+    """Schema 1 did not record the paper preset: the run's ``.hydra/overrides.yaml``, else a strategy named after it."""
+    if raw.get("schema_version", 1) != 1:
+        return None
+    overrides = Path(str(raw.get("output_dir") or "")) / ".hydra" / "overrides.yaml"
+    if raw.get("output_dir") and overrides.is_file():
+        for line in overrides.read_text().splitlines():
+            match = re.search(r"\bexperiment=([\w.-]+)", line)
+            if match:
+                return match[1]
+    name = (config.get("strategy") or {}).get("name") if isinstance(config.get("strategy"), dict) else None
+    return name if name in PAPERS else None
 
 
 def _numeric_metrics(metrics: Any) -> dict[str, float]:

@@ -46,7 +46,7 @@ def over_seeds(frame: pd.DataFrame, keys: Sequence[str], values: Sequence[str]) 
     """Per group of ``keys``: ``<value>_mean``, ``<value>_std`` (0 for one seed), ``<value>_n`` and ``seeds``."""
     keys = list(keys)
     frame = keyed(frame, keys)
-    values = [v for v in values if v in frame]
+    frame = frame.assign(**{v: math.nan for v in values if v not in frame})  # a metric no row has: NaN
     rows = []
     for key, group in frame.groupby(keys, sort=True, dropna=False):
         rec = dict(zip(keys, key if isinstance(key, tuple) else (key,)))

@@ -19,7 +19,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import compression, criteria, paper_comparison, sensitivity, speed, strategy_table, tradeoff, verdicts
+from analysis import (
+    compression,
+    criteria,
+    paper_comparison,
+    sensitivity,
+    speed,
+    strategy_table,
+    tradeoff,
+    verdicts,
+)
 from analysis.load import Store, load_runs, read_store
 from analysis.output import NoData, markdown, provenance
 
@@ -164,6 +173,9 @@ def build_report(store_path: str | Path = "results", out: str | Path = "reports"
             sections.append(builder(store, out))
         except NoData as err:
             skipped.items.append(f"{name}: {err}")
+        except Exception as err:  # noqa: BLE001 - one broken figure must not lose the rest of the report
+            skipped.items.append(f"{name}: could not be built ({type(err).__name__}: {err}); this is a bug in "
+                                 f"analysis/{name.replace(' ', '_')} - please report it with the store")
     if skipped.items:
         sections.append(skipped)
     write_index(sections, out)

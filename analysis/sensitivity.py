@@ -16,7 +16,16 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.load import Store, StoreLike, load_filter_norms, load_sensitivity
-from analysis.output import NoData, cli, context_title, footer, grid, keyed, over_seeds, save
+from analysis.output import (
+    NoData,
+    cli,
+    context_title,
+    footer,
+    grid,
+    keyed,
+    over_seeds,
+    save,
+)
 
 SCAN_HINT = ("no sensitivity scans in the store (rows' tables.sensitivity): run a strategy whose ratios come from "
              "a sensitivity scan (ratio=sensitivity; see `ls conf/strategy`) over seeds, e.g. "

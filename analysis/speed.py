@@ -15,7 +15,16 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.load import Store, StoreLike, load_runs
-from analysis.output import CONTEXT, NoData, cli, context_title, footer, grid, save, split
+from analysis.output import (
+    CONTEXT,
+    NoData,
+    cli,
+    context_title,
+    footer,
+    grid,
+    save,
+    split,
+)
 from analysis.tradeoff import LINE, line_names
 
 HINT = ("no runs with both ratio/macs and a measured latency ratio (ratio/latency_b<N>): run any strategy with "

@@ -14,7 +14,16 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.load import Store, StoreLike, load_runs
-from analysis.output import ARM, MISSING, NoData, cli, over_seeds, pm, varying, write_tables
+from analysis.output import (
+    ARM,
+    MISSING,
+    NoData,
+    cli,
+    over_seeds,
+    pm,
+    varying,
+    write_tables,
+)
 from analysis.parts import PARTS
 
 VALUES = ["delta/acc", "final/acc", "baseline/acc", "ratio/macs", "ratio/params", "retrain/epochs", "retrain/wall_s",
@@ -50,8 +59,8 @@ def shown_table(table: pd.DataFrame) -> pd.DataFrame:
     out["MAC reduction (%)"] = cell("ratio/macs", 100, offset=1.0, digits=1)
     out["param reduction (%)"] = cell("ratio/params", 100, offset=1.0, digits=1)
     out["retrain epochs"] = cell("retrain/epochs", digits=0)
-    out["retrain wall (s)"] = cell("retrain/wall_s", digits=0)
-    out["run wall (s)"] = cell("wall_s", digits=0)
+    out["retrain wall (s)"] = cell("retrain/wall_s", digits=1)
+    out["run wall (s)"] = cell("wall_s", digits=1)
     out["seeds"] = table["seeds"]
     diverged = (table["diverged_mean"].fillna(0) * table["diverged_n"]).round().astype(int)
     if diverged.any():

@@ -16,7 +16,19 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.load import Store, StoreLike, load_runs
-from analysis.output import CONTEXT, NoData, cli, context_title, footer, grid, label, over_seeds, save, split, varying
+from analysis.output import (
+    CONTEXT,
+    NoData,
+    cli,
+    context_title,
+    footer,
+    grid,
+    label,
+    over_seeds,
+    save,
+    split,
+    varying,
+)
 from analysis.parts import OPERATING_POINT, PARTS
 
 LINE = ["strategy", *[p for p in PARTS if p not in OPERATING_POINT and p != "baseline_epochs"], "variant"]

@@ -208,10 +208,11 @@ def summary_lines(table: pd.DataFrame, lessons: tuple[Lesson, ...] = LESSONS) ->
         overall = "mixed" if holds and fails else "holds" if holds else "does not hold" if fails else "inconclusive"
         where = "; ".join(sorted({f"{r['dataset']}/{r['model']}, {r['budget']}" for _, r in rows.iterrows()}))
         best = rows.iloc[rows["mean"].abs().argmax()]
+        ci = (f"95% CI [{best['ci_low'] * 100:+.2f}, {best['ci_high'] * 100:+.2f}] pp" if best["n"] >= 2
+              else "no CI: needs >= 2 seeds")
         lines.append(f"**{code}: {claim}**: {overall} ({holds} hold, {fails} do not hold, "
                      f"{len(rows) - holds - fails} inconclusive of {len(rows)} comparisons; largest effect "
-                     f"{best['mean'] * 100:+.2f} pp, 95% CI [{best['ci_low'] * 100:+.2f}, {best['ci_high'] * 100:+.2f}]"
-                     f" pp, n = {best['n']}) on {where}")
+                     f"{best['mean'] * 100:+.2f} pp, {ci}, n = {best['n']}) on {where}")
     return lines
 
 

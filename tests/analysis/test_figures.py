@@ -5,7 +5,11 @@ from analysis.compression import compression_figure, compression_table, storage_
 from analysis.criteria import criteria_figure, criteria_table
 from analysis.load import load_runs, load_sensitivity, read_store
 from analysis.output import NoData
-from analysis.sensitivity import filter_norms_figure, sensitivity_figure, sensitivity_table
+from analysis.sensitivity import (
+    filter_norms_figure,
+    sensitivity_figure,
+    sensitivity_table,
+)
 from analysis.speed import speed_figure
 from analysis.tradeoff import tradeoff_figure, tradeoff_table
 from tests.analysis.helpers import full_store, run_row, write_store
@@ -40,7 +44,7 @@ def test_sensitivity_numbers_and_figure(store, tmp_path):
     assert bars[0].lines[0].get_ydata()[1] == pytest.approx(81.0)
     assert "3 seeds" in ax.get_title() and "fashion_mnist / vgg_small" in ax.get_title()
     assert {p.name for p in tmp_path.iterdir()} == {"sensitivity.png", "sensitivity.svg", "sensitivity.csv"}
-    footer = [t.get_text() for t in fig.texts if "machine" in t.get_text()][0]
+    footer = next(t.get_text() for t in fig.texts if "machine" in t.get_text())
     assert footer.startswith("6 runs, 2026-12-01 22:") and "machine: testbox" in footer
 
 
@@ -111,5 +115,5 @@ def test_speed_figure(store):
     assert ax.get_ylabel() == "latency at batch 1, final / baseline" and "batch 64" in fig.axes[3].get_ylabel()
     texts = legend(ax)
     assert "ideal: latency ratio = MAC ratio" in texts and len(texts) == 4 + 2
-    ideal = [ln for ln in ax.get_lines() if ln.get_label().startswith("ideal")][0]
+    ideal = next(ln for ln in ax.get_lines() if ln.get_label().startswith("ideal"))
     assert list(ideal.get_xdata()) == list(ideal.get_ydata())

@@ -2,7 +2,15 @@ import json
 
 import pytest
 
-from analysis.load import load_filter_norms, load_layers, load_ratios, load_runs, load_sensitivity, load_storage, read_store
+from analysis.load import (
+    load_filter_norms,
+    load_layers,
+    load_ratios,
+    load_runs,
+    load_sensitivity,
+    load_storage,
+    read_store,
+)
 from analysis.parts import PARTS, derive_parts
 from analysis.summary import summarise
 from tests.analysis.helpers import full_store, run_row, sensitivity_tables, write_store
@@ -118,3 +126,30 @@ def test_wandb_offline_run_folders(tmp_path):
     row = runs.iloc[0]
     assert (row["run_id"], row["seed"], row["strategy"], row["criterion"], row["final/acc"]) == ("abc123", 1, "l1_oneshot", "l1", 0.91)
     assert str(row["time"]) == "2026-12-01 22:00:00"
+
+
+def schema1_deep_compression_row(tmp_path, seed):
+    """A row as schema 1 wrote it: no parts, no experiment; the preset is in the run's .hydra/overrides.yaml."""
+    out = tmp_path / f"out{seed}"
+    (out / ".hydra").mkdir(parents=True)
+    (out / ".hydra" / "overrides.yaml").write_text(f"- experiment=deep_compression_lenet300\n- seed={seed}\n")
+    return {"schema_version": 1, "run_id": f"v1-{seed}", "time": f"2026-11-0{seed + 1}T10:00:00", "status": "ok",
+            "seed": seed, "dataset": "fashion_mnist", "model": "lenet300", "strategy": "deep_compression",
+            "output_dir": str(out),
+            "config": {"seed": seed, "baseline": {"epochs": 20},
+                       "strategy": {"_target_": "experiments.weight_strategy.WeightPruning", "name": "deep_compression",
+                                    "sparsity": {"fc1.weight": 0.925}, "rounds": 3, "retrain": {"epochs": 8},
+                                    "average": {"epochs": 8}, "quantize_retrain": {"epochs": 2}}},
+            "metrics": {"baseline/acc": 0.90, "quantized/acc": 0.89, "retrained/acc": 0.895, "baseline/dense_bytes": 1_066_000,
+                        "quantized/storage_pruned_bytes": 100_000, "quantized/storage_quantized_bytes": 30_000,
+                        "quantized/storage_huffman_bytes": 26_000, "ratio/compressed_bytes": 1 / 41.0,
+                        "retrained/wall_s": 12.0}}
+
+
+def test_schema1_rows_get_experiment_parts_and_costs(tmp_path):
+    write_store(tmp_path, [schema1_deep_compression_row(tmp_path, s) for s in (0, 1)])
+    runs = load_runs(tmp_path)
+    assert list(runs["experiment"]) == ["deep_compression_lenet300"] * 2
+    assert list(runs["final/acc"]) == [0.89, 0.89]  # the quantized model is the final one
+    assert runs.loc[0, "retrain/wall_s"] == 12.0 and runs.loc[0, "retrain/epochs"] == 34
+    assert runs.loc[0, "delta/acc"] == pytest.approx(-0.01)

@@ -2,7 +2,15 @@ import math
 
 import pytest
 
-from analysis.stats import betainc, holm, mean_std, paired_t, seeds_needed, t_cdf, t_quantile
+from analysis.stats import (
+    betainc,
+    holm,
+    mean_std,
+    paired_t,
+    seeds_needed,
+    t_cdf,
+    t_quantile,
+)
 
 
 @pytest.mark.parametrize(("p", "dof", "expected"), [

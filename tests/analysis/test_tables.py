@@ -92,3 +92,17 @@ def test_full_store_tables_build(tmp_path):
     full_store(tmp_path)
     table = strategy_table(load_runs(tmp_path))
     assert table["seeds"].tolist() == [3] * len(table)
+
+
+def test_schema1_deep_compression_totals(tmp_path):
+    from analysis.compression import compression_table, storage_long
+    from tests.analysis.test_load import schema1_deep_compression_row
+    write_store(tmp_path, [schema1_deep_compression_row(tmp_path, s) for s in (0, 1)])
+    table = compression_table(storage_long(tmp_path)[0])
+    (whole,) = table.to_dict("records")
+    assert whole["layer"] == "whole model (file)" and whole["seeds"] == 2
+    assert whole["rate + Huffman"] == pytest.approx(1_066_000 / 26_000)
+    papers = paper_table(load_runs(tmp_path)).set_index("quantity")
+    assert papers.loc["smaller storage (x)", "ours_mean"] == pytest.approx(41.0)
+    assert papers.loc["smaller storage (x)", "gap"] == pytest.approx(1.0)
+    assert papers.loc["final error (%)", "ours_mean"] == pytest.approx(11.0)
