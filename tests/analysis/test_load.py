@@ -153,3 +153,25 @@ def test_schema1_rows_get_experiment_parts_and_costs(tmp_path):
     assert list(runs["final/acc"]) == [0.89, 0.89]  # the quantized model is the final one
     assert runs.loc[0, "retrain/wall_s"] == 12.0 and runs.loc[0, "retrain/epochs"] == 34
     assert runs.loc[0, "delta/acc"] == pytest.approx(-0.01)
+
+
+def test_wandb_online_project_through_the_public_api(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    run = types.SimpleNamespace(
+        id="xyz", state="finished", created_at="2026-12-02T08:00:00", metadata={"host": "gpu-box"},
+        summary={"final/acc": 0.88, "baseline/acc": 0.9, "_step": 3},
+        config={"seed": 2, "dataset": {"name": "cifar10"}, "model": {"name": "resnet56"},
+                "strategy": {"name": "l1_oneshot", "criterion": "l1", "ratio": 0.3, "retrain": {"epochs": 1}}})
+
+    class Api:
+        def runs(self, project):
+            assert project == "me/prune"
+            return [run]
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=Api))
+    runs = load_runs(read_store(tmp_path, wandb_project="me/prune"))
+    row = runs.iloc[0]
+    assert (row["run_id"], row["dataset"], row["ratio"], row["machine"], row["final/acc"]) == \
+        ("xyz", "cifar10", "0.3", "gpu-box", 0.88)
+    assert row["source"] == "wandb:me/prune/xyz"
