@@ -8,10 +8,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -47,6 +48,26 @@ def seed_phase(cfg: DictConfig, datamodule: L.LightningDataModule, phase: str) -
     return seed
 
 
+class PhaseWandbLogger(WandbLogger):
+    """One W&B run for all phases: each phase's curves under its own prefix
+    (``baseline/train/loss``, ``retrain/val/acc``, ...) on one monotonic step."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._offset = 0
+        self._last = -1
+
+    def start_phase(self, phase: str) -> None:
+        self._prefix = phase
+        self._offset = self._last + 1
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if step is not None:
+            step = self._offset + int(step)
+            self._last = max(self._last, step)
+        super().log_metrics(metrics, step)
+
+
 class RunContext:
     """Builds trainers and loggers for the phases of one run."""
 
@@ -73,6 +94,8 @@ class RunContext:
         if csv_cfg:
             out.append(instantiate(csv_cfg, save_dir=str(self.output_dir), version=phase))
         if self.wandb_logger is not None:
+            if isinstance(self.wandb_logger, PhaseWandbLogger):
+                self.wandb_logger.start_phase(phase)
             out.append(self.wandb_logger)
         return out or False
 
@@ -97,12 +120,10 @@ class RunContext:
                 log.info("%s: training %d step(s)", phase, steps)
                 seed_phase(self.cfg, self.datamodule, phase)
                 epochs_needed = -(-steps // max(1, self.steps_per_epoch()))
-                module.log_prefix = phase
                 self.trainer(phase, epochs_needed, max_steps=steps).fit(module, datamodule=self.datamodule)
         elif epochs > 0:
             log.info("%s: training %d epoch(s)", phase, epochs)
             seed_phase(self.cfg, self.datamodule, phase)
-            module.log_prefix = phase
             self.trainer(phase, epochs).fit(module, datamodule=self.datamodule)
         return time.perf_counter() - start
 

@@ -36,7 +36,8 @@ class Classifier(L.LightningModule):
     returns the parameters to optimise (default: the model's that require grad; Deep
     Compression's centroid fine-tuning passes the codebooks). With a ``teacher`` (a frozen
     model, e.g. the dense baseline) the loss is Hinton's knowledge distillation:
-    ``(1 - distill) * CE + distill * T^2 * KL(teacher_T || student_T)``.
+    ``(1 - distill) * CE + distill * T^2 * KL(teacher_T || student_T)``. ``frozen_modules``
+    stay in eval mode while training (a frozen layer's BatchNorm statistics do not move).
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class Classifier(L.LightningModule):
         distill: float = 0.0,
         temperature: float = 4.0,
         average: bool = False,
+        frozen_modules: Iterable[nn.Module] = (),
     ) -> None:
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
@@ -69,6 +71,7 @@ class Classifier(L.LightningModule):
         self.average = average
         self._average: dict[str, torch.Tensor] = {}
         self._averaged = 0
+        self._frozen = list(frozen_modules)  # kept in eval mode: frozen BatchNorm statistics stay fixed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -96,6 +99,10 @@ class Classifier(L.LightningModule):
     def on_fit_start(self) -> None:
         if self._teacher:
             self._teacher[0].to(self.device)
+
+    def on_train_epoch_start(self) -> None:
+        for module in self._frozen:
+            module.eval()
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         for hook in self.after_step:

@@ -1,19 +1,18 @@
-"""baseline -> prune -> retrain -> measure: one run, every phase a Lightning fit/test.
+"""One run: build -> dry-run the strategy's plan -> baseline -> (scan) -> plan -> execute -> row.
 
-This is the only place (with run.py) that knows Hydra configs. It validates everything
-before the first epoch, caches baselines by config hash, measures after each phase and
-writes one complete results row, a W&B run (offline by default) and CSV curves.
+This is the only place (with run.py) that knows Hydra configs. The strategy is reached only
+through its protocol (``experiments.strategy.Strategy``): the pipeline validates by a dry
+run of the plan before the first epoch, executes the planned steps, then writes one
+complete results row, a W&B run (offline by default), CSV curves and the model.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import logging
-import os
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,12 @@ from torch import nn
 
 import pruning
 from experiments.baseline import obtain_baseline
-from experiments.context import Phase, RunContext, measure_model
-from experiments.module import Classifier
+from experiments.context import Phase, RunContext
+from experiments.distributed import is_global_zero
+from experiments.plan import Runtime, dry_run, execute, refresh_batchnorm  # noqa: F401 (re-exported)
+from experiments.ratio_policy import ScanTable, as_scan, placeholder_scan
 from experiments.results import append_row, git_commit
-from experiments.storage import claim_directory
+from experiments.storage import atomic_write_bytes, claim_directory
 from experiments.summary import format_summary
 from experiments.validation import validate_config
 
@@ -37,178 +38,182 @@ log = logging.getLogger(__name__)
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 
-def retrain_module(model: nn.Module, retrain, teacher: nn.Module | None, **hooks) -> Classifier:
-    """The LightningModule of one retraining (distilling from ``teacher`` if asked)."""
-    return Classifier(model, retrain.optimizer, retrain.lr_schedule, teacher=teacher,
-                      distill=retrain.distill, temperature=retrain.temperature, **hooks)
-
-
-def retrain_phase(ctx: RunContext, model: nn.Module, strategy, retrain, teacher: nn.Module | None,
-                  phase: str, average: bool = False) -> float:
-    """One retraining with the strategy's penalty, mask hooks and frozen layers; wall seconds."""
-    penalty, after_step = strategy.retrain_hooks()
-    module = retrain_module(model, retrain, teacher, penalty=penalty, after_step=after_step, average=average)
-    strategy.freeze_layers(model)
-    try:
-        return ctx.fit(module, phase, retrain.epochs)
-    finally:
-        strategy.unfreeze(model)
-
-
-def refresh_batchnorm(model: nn.Module, datamodule: L.LightningDataModule) -> None:
-    """Recompute BatchNorm running statistics after weight averaging (none to do without BN)."""
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        torch.optim.swa_utils.update_bn(datamodule.train_dataloader(), model)
-        model.eval()
-
-
-def quantize_phase(ctx: RunContext, model: nn.Module, example: torch.Tensor, cfg: DictConfig,
-                   strategy, output_dir: Path, teacher: nn.Module | None = None) -> Phase:
-    """Deep Compression: share weights by k-means, fine-tune the centroids, store compactly.
-
-    The stored file is loaded back into the model, which is then tested, so the reported
-    size and accuracy are of the model the file holds; ``storage_max_abs_diff`` is how far
-    its outputs moved (0 unless lossy storage options such as fp16 codebooks are used).
-    """
-    start = time.perf_counter()
-    options = strategy.storage_options(model)
-    names = list(strategy.masks) if strategy.masks is not None else None
-    shared = pruning.share_weights(model, bits=options.get("bits"), include=names)
-    tuner = pruning.CentroidTuner(model, shared)
-    retrain = strategy.quantize_retrain
-    masks = strategy.masks
-    module = retrain_module(model, retrain, teacher, trainable=tuner.parameters,
-                            after_step=[tuner.sync_] + ([masks.apply_] if masks is not None else []))
-    ctx.fit(module, "quantize", retrain.epochs)
-    for name, codebook in zip(tuner.names, tuner.codebooks):
-        shared[name].codebook = codebook.detach().clone()
-    path = output_dir / "model.pkdc"
-    report = pruning.save_compressed(model, path, shared=shared, **{k: v for k, v in options.items() if k != "bits"})
-    (output_dir / "storage_report.txt").write_text(str(report) + "\n")
-    with torch.inference_mode():
-        before = model.eval()(example)
-    pruning.load_compressed(path, model)  # from here on the model is exactly what the file holds
-    with torch.inference_mode():
-        diff = float((model.eval()(example) - before).abs().max())
-    total = report.total()
-    metrics = {
-        **ctx.test(Classifier(model, None), "quantized"), **measure_model(model, example, cfg),
-        "compressed_bytes": report.file_bytes, "storage_pruned_bytes": total.pruned,
-        "storage_quantized_bytes": total.quantized, "storage_huffman_bytes": total.huffman,
-        "storage_max_abs_diff": diff, "wall_s": time.perf_counter() - start,
-    }
-    return Phase("quantized", metrics)
-
-
-def save_model(model: nn.Module, strategy, path: Path) -> None:
+def save_model(model: nn.Module, strategy: Any, path: Path) -> None:
     """The final model as weights + the record that rebuilds its shapes, written atomically.
     Load with ``pruning.load_pruned(lambda: build_model(...), path)`` (weights_only)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    pruning.save_pruned(model, strategy.structure_record(), tmp)
-    os.replace(tmp, path)
+    import io
+
+    buffer = io.BytesIO()
+    pruning.save_pruned(model, strategy.structure_record(), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured study once and return its results row."""
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    with claim_directory(output_dir):  # a concurrent run into the same folder fails at once
+    # a concurrent run into the same folder fails at once; in DDP only rank 0 claims it
+    claim = claim_directory(output_dir) if is_global_zero() else contextlib.nullcontext()
+    with claim:
         return _run(cfg, output_dir)
+
+
+def machine() -> str:
+    """Where the run's numbers were measured: host, CPU threads and the accelerator if used."""
+    import platform
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads, {device})"
+
+
+def experiment_name() -> str | None:
+    """The paper preset this run was composed with (``experiment=...``), if any."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
+    except Exception:  # composed without Hydra's runtime (a notebook)
+        return None
+
+
+def run_scan(model: nn.Module, example: torch.Tensor, strategy: Any, ctx: RunContext) -> ScanTable:
+    """Sensitivity scan on the validation split: each group alone at each ratio, no retraining."""
+    spec = strategy.scan
+    batches, seen = [], 0
+    for x, y in ctx.datamodule.val_dataloader():
+        take = min(len(y), spec.images - seen)
+        batches.append((x[:take], y[:take]))
+        seen += take
+        if seen >= spec.images:
+            break
+    criterion = strategy.criterion if not isinstance(strategy.criterion, str) or strategy.criterion in ("l1", "l2", "largest_l1", "fpgm", "bn_gamma") else "l1"
+
+    def progress(i: int, n: int, group: str) -> None:
+        log.info("scan: group %d of %d (%s)", i, n, group)
+
+    table = pruning.sensitivity(model, example, batches, ratios=tuple(spec.ratios), criterion=criterion, progress=progress)
+    return as_scan(table)
 
 
 def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    started = time.perf_counter()
 
     datamodule = instantiate(cfg.dataset)
     datamodule.setup()
-    model = instantiate(
-        cfg.model,
-        num_classes=datamodule.num_classes,
-        in_channels=datamodule.in_channels,
-        input_size=datamodule.input_size,
-    )
+
+    def build_model() -> nn.Module:
+        return instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels,
+                           input_size=datamodule.input_size)
+
+    model = build_model()
     example = datamodule.example_inputs(2).cpu()
-    strategy = instantiate(cfg.strategy, _convert_="all")
-    strategy.validate(model)  # everything that can be checked is checked before training
+
+    def make_strategy() -> Any:
+        return instantiate(cfg.strategy, _convert_="all")
+
+    rt = Runtime(cfg=cfg, example=example, build_model=build_model, strategy=make_strategy(),
+                 dense_counts=pruning.count(model, example))
+    # every bad value or combination fails here, before the baseline trains
+    scan_spec = getattr(rt.strategy, "scan", None)
+    placeholder = (placeholder_scan(pruning.group_channels(model, example, getattr(rt.strategy, "ignore", ())),
+                                    list(scan_spec.ratios)) if scan_spec is not None else None)
+    dry_run(make_strategy, model, rt, scan=placeholder)
 
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     ctx = RunContext(cfg, datamodule, output_dir)
-    phases: dict[str, Phase] = {}
+    rt.ctx = ctx
     row: dict[str, Any] = {"run_id": run_id, "status": "failed"}
+    rt.current = "baseline"
     try:
-        phases["baseline"] = obtain_baseline(cfg, model, ctx, example)
-
-        # -- prune / retrain rounds ----------------------------------------------------
-        quantize = getattr(strategy, "quantize_retrain", None)
-        average = getattr(strategy, "average", None)
-        distills = any(r is not None and r.epochs > 0 and r.distill > 0 for r in (strategy.retrain, quantize, average))
-        teacher = copy.deepcopy(model).eval() if distills else None  # the dense baseline
-        records = []
-        prune_wall = retrain_wall = 0.0
-        for round_index in range(strategy.rounds):
+        rt.phases["baseline"] = obtain_baseline(cfg, model, ctx, example)
+        rt.remember_baseline(model)
+        if scan_spec is not None:
+            rt.current = "scan"
             start = time.perf_counter()
-            records.append(strategy.prune(model, example, round_index))
-            prune_wall += time.perf_counter() - start
-            if round_index == 0:
-                phases["pruned"] = Phase("pruned", {**ctx.test(Classifier(model, None), "pruned"),
-                                                    **measure_model(model, example, cfg, strategy)})
-            retrain_wall += retrain_phase(ctx, model, strategy, strategy.retrain, teacher, f"retrain{round_index}")
-        if average is not None and average.epochs > 0:  # SWA over the epochs of one more retraining
-            retrain_wall += retrain_phase(ctx, model, strategy, average, teacher, "average", average=True)
-            refresh_batchnorm(model, ctx.datamodule)
-        phases["pruned"].metrics["wall_s"] = prune_wall
-        phases["retrained"] = Phase("retrained", {
-            **ctx.test(Classifier(model, None), "retrained"), **measure_model(model, example, cfg, strategy),
-            "wall_s": retrain_wall,
-        })
-        if quantize is not None:
-            phases["quantized"] = quantize_phase(ctx, model, example, cfg, strategy, output_dir, teacher)
+            rt.scan = run_scan(model, example, rt.strategy, ctx)
+            rt.totals["scan_wall_s"] = time.perf_counter() - start
+        rt.current = "plan"
+        steps = rt.strategy.plan(model, rt)
+        execute(steps, model, rt)
 
-        (output_dir / "pruning_records.json").write_text(json.dumps(records, indent=1))
-        save_model(model, strategy, output_dir / "model.pt")
-        row.update(_row(cfg, run_id, phases, output_dir))
+        rt.phases["pruned"].metrics["wall_s"] = rt.totals["prune_wall_s"]
+        rt.phases["retrained"].metrics["wall_s"] = rt.totals["retrain_wall_s"]
+        tables = rt.strategy.tables(model)
+        if rt.scan is not None:
+            tables["sensitivity"] = [{**r, "base_metric": rt.scan.base} for r in rt.scan.rows]
+        if is_global_zero():
+            atomic_write_bytes(output_dir / "pruning_records.json", json.dumps(rt.records, indent=1).encode())
+            save_model(model, rt.strategy, output_dir / "model.pt")
+        row.update(_row(cfg, run_id, rt, tables, output_dir))
+        row["wall_s"] = time.perf_counter() - started
         row["status"] = "ok"
-        _log_summary(ctx, phases)
-        print(format_summary(phases))
+        _log_summary(ctx, row, tables)
+        if is_global_zero():
+            print(format_summary({k: v for k, v in rt.phases.items() if "/" not in k}))
         return row
+    except BaseException as err:
+        row.update({"status": "interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
+                    "error": {"type": type(err).__name__, "message": str(err)[:2000], "phase": rt.current},
+                    "output_dir": str(output_dir)})
+        log.error("run %s %s during %s: %s: %s", run_id, row["status"], rt.current, type(err).__name__, err)
+        raise
     finally:
         if row["status"] != "ok":
-            row.update({"config": OmegaConf.to_container(cfg, resolve=True), "commit": git_commit()})
-        if cfg.results.write:
+            row.update({"config": OmegaConf.to_container(cfg, resolve=True), "commit": git_commit(),
+                        "seed": cfg.seed, "dataset": cfg.dataset.get("name"), "model": cfg.model.get("name"),
+                        "strategy": cfg.strategy.get("name"), "experiment": experiment_name(),
+                        "wall_s": time.perf_counter() - started})
+            with contextlib.suppress(Exception):
+                row["parts"] = rt.strategy.parts()
+        if cfg.results.write and is_global_zero():
             append_row(cfg.paths.results_dir, row)
         ctx.finish()
 
 
-def _row(cfg: DictConfig, run_id: str, phases: dict[str, Phase], output_dir: Path) -> dict[str, Any]:
+def _row(cfg: DictConfig, run_id: str, rt: Runtime, tables: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+    phases = rt.phases
     flat = {f"{p}/{k}": v for p, phase in phases.items() for k, v in phase.metrics.items()}
-    base, final = phases["baseline"].metrics, phases[list(phases)[-1]].metrics
-    ratios = {
-        "ratio/params": final["params"] / base["params"],
-        "ratio/nonzero_params": final["nonzero_params"] / base["nonzero_params"],
-        "ratio/compressed_bytes": final["compressed_bytes"] / base["dense_bytes"],
-        "ratio/macs": final["macs"] / base["macs"],
-        "ratio/latency_b1": final["latency_b1_ms"] / base["latency_b1_ms"] if "latency_b1_ms" in base else None,
-        "delta/acc": final["acc"] - base["acc"],
-        "final/acc": final["acc"],
+    headline = [p for p in ("retrained", "quantized") if p in phases]
+    base, final = phases["baseline"].metrics, phases[headline[-1]].metrics
+
+    def ratio(key: str) -> float | None:
+        return final[key] / base[key] if key in final and key in base and base[key] else None
+
+    derived = {
+        "ratio/params": ratio("params"), "ratio/nonzero_params": ratio("nonzero_params"),
+        "ratio/compressed_bytes": final["compressed_bytes"] / base["dense_bytes"], "ratio/macs": ratio("macs"),
+        "ratio/latency_b1": ratio("latency_b1_ms"), "ratio/latency_b64": ratio("latency_b64_ms"),
+        "delta/acc": final["acc"] - base["acc"], "final/acc": final["acc"],
+        "retrain/epochs": rt.totals["retrain_epochs"], "retrain/steps": rt.totals["retrain_steps"],
+        "retrain/wall_s": rt.totals["retrain_wall_s"], "prune/wall_s": rt.totals["prune_wall_s"],
     }
+    if "scan_wall_s" in rt.totals:
+        derived["scan/wall_s"] = rt.totals["scan_wall_s"]
+    parts = {**rt.strategy.parts(), "baseline_epochs": int(cfg.baseline.epochs)}
+    if parts.get("epochs_budget") is None:
+        parts["epochs_budget"] = rt.totals["retrain_epochs"]
     return {
-        "run_id": run_id,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "commit": git_commit(),
-        "seed": cfg.seed,
-        "dataset": cfg.dataset.get("name"),
-        "model": cfg.model.get("name"),
-        "strategy": cfg.strategy.get("name"),
-        "output_dir": str(output_dir),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "metrics": {**flat, **ratios},
+        "run_id": run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": git_commit(), "seed": cfg.seed,
+        "dataset": cfg.dataset.get("name"), "model": cfg.model.get("name"), "strategy": cfg.strategy.get("name"),
+        "experiment": experiment_name(), "output_dir": str(output_dir), "machine": machine(),
+        "config": OmegaConf.to_container(cfg, resolve=True), "parts": parts,
+        "metrics": {**flat, **derived}, "tables": tables,
     }
 
 
-def _log_summary(ctx: RunContext, phases: dict[str, Phase]) -> None:
-    if ctx.wandb_logger is None:
+def _log_summary(ctx: RunContext, row: dict[str, Any], tables: dict[str, Any]) -> None:
+    """The W&B run's summary holds every metric of the row; per-layer tables as wandb.Table."""
+    if ctx.wandb_logger is None or not is_global_zero():
         return
-    summary = {f"{p}/{k}": v for p, phase in phases.items() for k, v in phase.metrics.items()}
-    ctx.wandb_logger.experiment.summary.update(summary)
+    ctx.wandb_logger.experiment.summary.update({k: v for k, v in row["metrics"].items() if v is not None})
+    ctx.wandb_logger.experiment.summary.update({f"parts/{k}": v for k, v in row["parts"].items() if v is not None})
+    for key, rows in tables.items():
+        if isinstance(rows, list) and rows and isinstance(rows[0], dict):
+            columns = list(rows[0])
+            ctx.wandb_logger.log_table(key=f"tables/{key}", columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+
+
+__all__ = ["run", "save_model", "Phase"]

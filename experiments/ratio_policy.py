@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 from torch import nn
 
@@ -60,3 +60,137 @@ class ResNetStageRatios:
         if not out:
             raise ConfigError(f"strategy.ratio: no layer matched {self.block_pattern!r}; is this a ResNet?")
         return out
+
+
+# -- ratios from a sensitivity scan ------------------------------------------------------
+@dataclass
+class ScanTable:
+    """A sensitivity scan as the policies read it: the unpruned metric and rows with
+    ``group``, ``ratio``, ``kept``, ``channels``, ``metric`` (higher is better)."""
+
+    base: float
+    rows: list[dict]
+
+    def curves(self) -> dict[str, list[tuple[float, float]]]:
+        """``{group: [(ratio, predicted drop), ...]}`` sorted by ratio; the drop is made
+        non-decreasing in the ratio (pruning more never predicts less damage)."""
+        by_group: dict[str, list[tuple[float, float]]] = {}
+        for row in self.rows:
+            by_group.setdefault(row["group"], []).append((float(row["ratio"]), max(0.0, self.base - float(row["metric"]))))
+        out = {}
+        for group, points in by_group.items():
+            points.sort()
+            worst, mono = 0.0, []
+            for ratio, drop in points:
+                worst = max(worst, drop)
+                mono.append((ratio, worst))
+            out[group] = mono
+        return out
+
+    def sensitivity(self) -> dict[str, float]:
+        """Mean predicted drop over the scanned ratios: the ranking 'most sensitive' uses."""
+        return {g: sum(d for _, d in pts) / len(pts) for g, pts in self.curves().items()}
+
+
+def as_scan(result: Any) -> ScanTable:
+    """A :class:`ScanTable` from what ``pruning.sensitivity`` returns (or a ScanTable)."""
+    if isinstance(result, ScanTable):
+        return result
+    base = getattr(result, "base_metric", None)
+    rows = result.to_records() if hasattr(result, "to_records") else getattr(result, "rows", None)
+    if base is None or rows is None:
+        raise TypeError(f"cannot read a sensitivity scan from {type(result).__name__}")
+    return ScanTable(float(base), [dict(r) for r in rows])
+
+
+def placeholder_scan(groups: dict[str, tuple[int, int]], ratios: list[float]) -> ScanTable:
+    """A scan that predicts no damage anywhere: lets the dry run plan a scan-driven strategy
+    before the baseline exists (shapes and feasibility are what it checks)."""
+    return ScanTable(1.0, [{"group": g, "ratio": r, "kept": 0, "channels": c, "metric": 1.0}
+                           for g, (c, _) in groups.items() for r in ratios])
+
+
+class ScanPolicy:
+    """A ratio policy that needs a sensitivity scan: ``policy(model, example, scan)``."""
+
+    needs_scan = True
+
+
+@dataclass
+class SensitivityMaxDrop(ScanPolicy):
+    """Per group, the largest scanned ratio whose accuracy drop without retraining stays at
+    or under ``max_drop`` (at that ratio and every smaller one); 0 if none does."""
+
+    max_drop: float = 0.01
+
+    def validate(self) -> None:
+        if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or not 0 <= self.max_drop < 1:
+            raise ConfigError(f"strategy.ratio.max_drop={self.max_drop!r}: must be a number in [0, 1) (accuracy, not percent)")
+
+    def __call__(self, model: nn.Module, example: Any, scan: ScanTable) -> dict[str, float]:
+        out = {}
+        for group, points in scan.curves().items():
+            ok = [r for r, d in points if d <= self.max_drop + 1e-12]
+            out[group] = max(ok) if ok and ok[0] == points[0][0] else 0.0
+        return out
+
+
+@dataclass
+class SensitivityTarget(ScanPolicy):
+    """The per-group ratios (among the scanned ones) that remove at least ``reduction`` of
+    the model's MACs (or params) with the least summed predicted accuracy drop: a greedy
+    allocation by predicted drop per MAC removed, checked by counting the pruned model."""
+
+    reduction: float = 0.5
+    resource: str = "macs"
+
+    def validate(self) -> None:
+        if isinstance(self.reduction, bool) or not isinstance(self.reduction, (int, float)) or not 0 < self.reduction < 1:
+            raise ConfigError(f"strategy.ratio.reduction={self.reduction!r}: must be a fraction in (0, 1)")
+        if self.resource not in ("macs", "params"):
+            raise ConfigError(f"strategy.ratio.resource={self.resource!r}: allowed values are 'macs', 'params'")
+
+    def _removed(self, model: nn.Module, example: Any, ratios: dict[str, float]) -> float:
+        import copy
+
+        import pruning
+
+        full = getattr(pruning.count(model, example), self.resource)
+        trial = copy.deepcopy(model)
+        active = {g: r for g, r in ratios.items() if r > 0}
+        if active:
+            pruning.prune_filters(trial, example, active)
+        return 1.0 - getattr(pruning.count(trial, example), self.resource) / full
+
+    def __call__(self, model: nn.Module, example: Any, scan: ScanTable) -> dict[str, float]:
+        curves = scan.curves()
+        most = self._removed(model, example, {g: pts[-1][0] for g, pts in curves.items()})
+        if most + 1e-9 < self.reduction:
+            raise ConfigError(
+                f"strategy.ratio.reduction={self.reduction}: the scanned groups can remove at most {most:.3f} of the "
+                f"{self.resource} (every group at its largest scanned ratio); lower the target or scan larger ratios"
+            )
+        single = {(g, r): self._removed(model, example, {g: r}) for g, pts in curves.items() for r, _ in pts}
+        level = {g: -1 for g in curves}  # index into curves[g]; -1 = unpruned
+        target = self.reduction
+        for _ in range(50):
+            while sum(single[(g, curves[g][i][0])] for g, i in level.items() if i >= 0) < target:
+                best = None
+                for g, i in level.items():
+                    if i + 1 >= len(curves[g]):
+                        continue
+                    r, d = curves[g][i + 1]
+                    gain = single[(g, r)] - (single[(g, curves[g][i][0])] if i >= 0 else 0.0)
+                    cost = d - (curves[g][i][1] if i >= 0 else 0.0)
+                    key = (cost / gain if gain > 0 else float("inf"), -gain, g)
+                    if best is None or key < best[0]:
+                        best = (key, g)
+                if best is None:
+                    break
+                level[best[1]] += 1
+            ratios = {g: (curves[g][i][0] if i >= 0 else 0.0) for g, i in level.items()}
+            exact = self._removed(model, example, ratios)
+            if exact + 1e-9 >= self.reduction or all(i + 1 >= len(curves[g]) for g, i in level.items()):
+                return ratios
+            target += self.reduction - exact  # coupled groups overlap: ask the estimate for more
+        return ratios

@@ -13,7 +13,7 @@ from typing import Any
 
 from experiments.storage import atomic_write_bytes, file_lock
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RUNS_FILE = "runs.jsonl"
 
 

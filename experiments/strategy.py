@@ -1,9 +1,13 @@
-"""Strategies: a composition of small parts (criterion, ratio policy, schedule, retrain mode).
+"""Strategies: compositions of small parts that *plan* the steps of a run.
 
-The pipeline asks a strategy three things: ``validate`` it against the built model before
-any training, run ``rounds`` prune steps (``prune(model, round)``), and between them
-retrain with ``retrain`` (epochs, optimizer, hooks). No class per combination: a new
-criterion or schedule is a config value, not a subclass.
+The pipeline knows one protocol (:class:`Strategy`): ``validate`` static values, say
+whether a sensitivity ``scan`` is wanted, ``plan`` the steps (see ``experiments.plan``),
+and report ``parts`` (named columns of the results row), ``tables`` (per-layer data),
+``storage_options`` and the ``structure_record``. Filter pruning composes a criterion, a
+ratio (float, per layer, a paper policy or a scan-driven policy), a schedule (one-shot,
+iterative, layer-wise: all planned from the same kept counts, so they reach the identical
+architecture), cross-layer scoring (independent or greedy), a retrain mode (fine-tune,
+Scratch-E, Scratch-B, none) and a freeze policy. A new part is a config value, not a class.
 """
 
 from __future__ import annotations
@@ -17,16 +21,23 @@ from torch import nn
 
 import pruning
 from experiments.module import LR_SCHEDULES
+from experiments.plan import Measure, Prune, Runtime, Step, Train, scratch_optimizer, split_budget
+from experiments.ratio_policy import ScanTable, placeholder_scan
 from experiments.validation import ConfigError, check_choice, check_nonnegative_int, check_ratio
+
+SCHEDULES = ("oneshot", "iterative", "layerwise")
+ORDERS = ("forward", "backward", "least_sensitive_first")
+RETRAIN_MODES = ("finetune", "scratch_e", "scratch_b", "none")
 
 
 @dataclass
 class Retrain:
-    """How to retrain after each prune step: a fresh optimizer for ``epochs`` epochs.
-
-    ``distill`` > 0 adds knowledge distillation from the dense baseline (Hinton et al.
-    2015): that weight on the teacher's softened outputs at ``temperature``, 1 - distill
-    on the labels.
+    """How to retrain: a fresh optimizer for ``epochs`` epochs (for a schedule with several
+    steps, the total budget it splits). ``mode``: ``finetune`` the surviving weights,
+    ``scratch_e`` / ``scratch_b`` re-initialise the pruned architecture and train it with the
+    baseline's optimizer and lr schedule for the baseline's epochs (E) or those epochs times
+    baseline MACs / pruned MACs, at most ``scratch_cap`` times (B, Liu et al. 2019), or
+    ``none``. ``distill`` > 0 adds distillation from the dense baseline (Hinton et al. 2015).
     """
 
     epochs: int = 1
@@ -34,56 +45,62 @@ class Retrain:
     lr_schedule: str = "constant"
     distill: float = 0.0
     temperature: float = 4.0
+    mode: str = "finetune"
+    scratch_cap: float = 2.0
 
     def validate(self, key: str = "strategy.retrain") -> None:
         check_nonnegative_int(f"{key}.epochs", self.epochs)
         check_choice(f"{key}.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice(f"{key}.mode", self.mode, RETRAIN_MODES)
         if isinstance(self.distill, bool) or not isinstance(self.distill, (int, float)) or not 0 <= self.distill <= 1:
             raise ConfigError(f"{key}.distill={self.distill!r}: must be a number in [0, 1] (0: no distillation)")
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
             raise ConfigError(f"{key}.temperature={self.temperature!r}: must be a number > 0")
-        if self.epochs > 0 and self.optimizer is None:
+        if isinstance(self.scratch_cap, bool) or not isinstance(self.scratch_cap, (int, float)) or self.scratch_cap < 1:
+            raise ConfigError(f"{key}.scratch_cap={self.scratch_cap!r}: must be a number >= 1")
+        if self.epochs > 0 and self.mode == "finetune" and self.optimizer is None:
             raise ConfigError(f"{key}.optimizer is missing: give a _partial_ optimizer, e.g. torch.optim.SGD")
 
 
-def output_layer_name(model: nn.Module) -> str:
-    """Name of the last conv/linear module: the classifier, whose outputs are never pruned."""
-    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    if not names:
-        raise ConfigError("the model has no Conv2d or Linear layer to prune")
-    return names[-1]
+@dataclass
+class Scan:
+    """A sensitivity scan on the trained baseline (each group alone, no retraining), run
+    when a ratio policy, a freeze policy or a layer order asks for one."""
 
+    ratios: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    images: int = 1000
+    batch_size: int = 250
 
-def step_ratio(final_ratio: float, round_index: int, rounds: int) -> float:
-    """Fraction of the *remaining* channels to remove at each of ``rounds`` equal steps,
-    so that after all rounds ``final_ratio`` of the original channels are gone."""
-    del round_index  # equal geometric steps; kept for the schedule signature
-    return 1.0 - (1.0 - final_ratio) ** (1.0 / rounds)
+    def validate(self) -> None:
+        if not self.ratios:
+            raise ConfigError("strategy.scan.ratios is empty: give ratios in (0, 1), e.g. [0.25, 0.5, 0.75]")
+        for r in self.ratios:
+            if check_ratio("strategy.scan.ratios", r) == 0:
+                raise ConfigError("strategy.scan.ratios contains 0: scan ratios must be in (0, 1)")
+        for key in ("images", "batch_size"):
+            if check_nonnegative_int(f"strategy.scan.{key}", getattr(self, key)) < 1:
+                raise ConfigError(f"strategy.scan.{key}={getattr(self, key)}: must be an integer >= 1")
 
 
 class Strategy:
-    """What the pipeline calls; defaults are no-ops so a strategy overrides only its parts."""
+    """What the pipeline calls. Defaults are no-ops, so a strategy overrides only its parts."""
 
-    name: str
-    rounds: int
-    retrain: Retrain
+    name: str = "strategy"
+    scan: Scan | None = None
 
     def validate(self, model: nn.Module) -> None:
+        """Static checks of the settings against the built model (before any training)."""
+
+    def plan(self, model: nn.Module, rt: Runtime) -> list[Step]:
         raise NotImplementedError
 
-    def prune(self, model: nn.Module, example_inputs: torch.Tensor, round_index: int) -> dict[str, Any]:
-        raise NotImplementedError
+    def parts(self) -> dict[str, Any]:
+        """The strategy's parts as named columns of the results row."""
+        return {}
 
-    def retrain_hooks(self) -> tuple[Callable | None, list[Callable]]:
-        """(penalty added to the loss, hooks after each optimizer step) while retraining."""
-        return None, []
-
-    def freeze_layers(self, model: nn.Module) -> None:
-        """Called before each retraining; set ``requires_grad`` of frozen parameters."""
-
-    def unfreeze(self, model: nn.Module) -> None:
-        for p in model.parameters():
-            p.requires_grad_(True)
+    def tables(self, model: nn.Module) -> dict[str, Any]:
+        """Per-layer tables of the final model (JSON-able lists of rows)."""
+        return {}
 
     def storage_options(self, model: nn.Module) -> dict[str, Any]:
         """Options of ``pruning.save_compressed`` for the run's compressed-size measurement."""
@@ -94,81 +111,267 @@ class Strategy:
         return pruning.PruningRecord()
 
 
+def output_layer_name(model: nn.Module) -> str:
+    """Name of the last conv/linear module: the classifier, whose outputs are never pruned."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not names:
+        raise ConfigError("the model has no Conv2d or Linear layer to prune")
+    return names[-1]
+
+
+def freeze_spec(freeze: Any) -> tuple[list[str], int]:
+    """``(module names, k most sensitive)`` from ``null``, a list of names, or ``{most_sensitive: k}``."""
+    if freeze is None or freeze == [] or freeze == "none":
+        return [], 0
+    if isinstance(freeze, str):
+        return [freeze], 0
+    if isinstance(freeze, Mapping):
+        unknown = set(freeze) - {"most_sensitive"}
+        if unknown:
+            raise ConfigError(f"strategy.freeze has unknown keys {sorted(unknown)}: use a list of module names or "
+                              "{most_sensitive: k}")
+        k = freeze.get("most_sensitive")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"strategy.freeze.most_sensitive={k!r}: must be an integer >= 1")
+        return [], k
+    if isinstance(freeze, (list, tuple)) and all(isinstance(n, str) for n in freeze):
+        return list(freeze), 0
+    raise ConfigError(f"strategy.freeze={freeze!r}: use null, a list of module names, or {{most_sensitive: k}}")
+
+
 @dataclass
 class FilterPruning(Strategy):
     """Structured (filter) pruning: score, remove channels physically, retrain.
 
-    ``ratio``: a float for every prunable layer, {layer_name: ratio}, or a ratio policy
-    (a callable ``model -> {layer_name: ratio}``, see ``experiments.ratio_policy``),
-    resolved once on the dense model. ``rounds`` > 1 prunes iteratively in equal
-    geometric steps with retraining in between.
+    ``ratio``: a float for every prunable layer, ``{layer: ratio}``, a ratio policy
+    (``model -> {layer: ratio}``, see ``experiments.ratio_policy``) or a scan policy
+    (``SensitivityMaxDrop``, ``SensitivityTarget``). ``schedule`` reaches the planned kept
+    counts at once, in ``rounds`` geometric steps over all groups, or one group at a time in
+    ``order``; ``retrain.epochs`` is the total budget the schedule splits.
     """
 
     name: str = "filter"
     criterion: Any = "l1"
-    ratio: float | Mapping[str, float] = 0.5
+    ratio: Any = 0.5
     ignore: tuple[str, ...] = ()
     round_to: int = 1
+    schedule: str = "oneshot"
     rounds: int = 1
+    order: str = "forward"
+    scoring: str = "independent"
+    freeze: Any = None
+    scan: Scan | None = None
+    calibration_batches: int = 4
     retrain: Retrain = field(default_factory=Retrain)
     record: pruning.PruningRecord = field(default_factory=pruning.PruningRecord, init=False, repr=False)
 
+    # -- validation (static); the dry run of the plan checks the rest ----------------------
     def validate(self, model: nn.Module) -> None:
-        """Reject bad values before training: ratios, rounds, unknown layers, empty layers."""
+        check_choice("strategy.schedule", self.schedule, SCHEDULES)
+        check_choice("strategy.order", self.order, ORDERS)
+        check_choice("strategy.scoring", self.scoring, pruning.structured.SCORINGS)
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
             raise ConfigError(f"strategy.rounds={self.rounds!r}: must be an integer >= 1")
+        if self.schedule != "iterative" and self.rounds > 1:
+            raise ConfigError(f"strategy.rounds={self.rounds} with strategy.schedule={self.schedule}: rounds > 1 "
+                              "needs schedule=iterative (layerwise prunes each group once, in strategy.order)")
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"strategy.round_to={self.round_to!r}: must be an integer >= 1")
+        if check_nonnegative_int("strategy.calibration_batches", self.calibration_batches) < 1:
+            raise ConfigError("strategy.calibration_batches=0: data-driven criteria need at least 1 batch")
         self.retrain.validate()
         if isinstance(self.criterion, str):
             check_choice("strategy.criterion", self.criterion, pruning.criterion_names())
-        if callable(self.ratio):
-            self.ratio = self.ratio(model)
+        if self.retrain.mode.startswith("scratch") and self.schedule != "oneshot":
+            raise ConfigError(f"strategy.retrain.mode={self.retrain.mode} trains the pruned architecture from scratch "
+                              f"once: use strategy.schedule=oneshot (not {self.schedule})")
+        names, k = freeze_spec(self.freeze)
+        if (names or k) and self.retrain.mode != "finetune":
+            raise ConfigError(f"strategy.freeze with strategy.retrain.mode={self.retrain.mode}: freezing applies "
+                              "to fine-tuning only")
+        wants = [w for w, need in (("strategy.freeze.most_sensitive", k > 0),
+                                   ("strategy.ratio", getattr(self.ratio, "needs_scan", False)),
+                                   ("strategy.order=least_sensitive_first", self.order == "least_sensitive_first"
+                                    and self.schedule == "layerwise")) if need]
+        if wants and self.scan is None:
+            raise ConfigError(f"{wants[0]} needs a sensitivity scan: set strategy.scan (e.g. strategy=l1_sensitivity "
+                              "has one) or drop it")
+        if self.scan is not None:
+            self.scan.validate()
+        if hasattr(self.ratio, "validate"):
+            self.ratio.validate()
         modules = dict(model.named_modules())
         for name in self.ignore:
             if name not in modules:
                 raise ConfigError(f"strategy.ignore names {name!r}, which is not a module of the model")
-        ratios = self._ratios_by_layer(model)
-        for layer, ratio in ratios.items():
-            module = modules[layer]
-            channels = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-            kept = math.floor(channels * (1 - ratio))
-            if kept < 1:
-                raise ConfigError(
-                    f"strategy.ratio={ratio} would leave layer {layer!r} with 0 of its {channels} channels "
-                    f"(kept = floor({channels} * (1 - {ratio}))); use a ratio below {1 - 1 / channels:.4f}"
-                )
+        if not callable(self.ratio):
+            for layer, ratio in self._ratios_by_layer(model).items():
+                module = modules[layer]
+                channels = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+                if math.floor(channels * (1 - ratio)) < 1:
+                    raise ConfigError(
+                        f"strategy.ratio={ratio} would leave layer {layer!r} with 0 of its {channels} channels "
+                        f"(kept = floor({channels} * (1 - {ratio}))); use a ratio below {1 - 1 / channels:.4f}"
+                    )
 
     def _ratios_by_layer(self, model: nn.Module) -> dict[str, float]:
         last = output_layer_name(model)
-        prunable = [
-            n for n, m in model.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and n != last and n not in self.ignore
-        ]
+        prunable = [n for n, m in model.named_modules()
+                    if isinstance(m, (nn.Conv2d, nn.Linear)) and n != last and n not in self.ignore]
         if isinstance(self.ratio, Mapping):
             out = {}
             for layer, ratio in self.ratio.items():
                 if layer not in prunable:
-                    raise ConfigError(
-                        f"strategy.ratio names layer {layer!r}, which is not a prunable layer; "
-                        f"prunable layers: {', '.join(prunable)}"
-                    )
+                    raise ConfigError(f"strategy.ratio names layer {layer!r}, which is not a prunable layer; "
+                                      f"prunable layers: {', '.join(prunable)}")
                 out[layer] = check_ratio(f"strategy.ratio.{layer}", ratio)
             return out
         ratio = check_ratio("strategy.ratio", self.ratio)
         return {n: ratio for n in prunable}
 
-    def prune(self, model: nn.Module, example_inputs: torch.Tensor, round_index: int) -> dict[str, Any]:
-        """One prune step in place; returns the JSON record of what was removed."""
-        if isinstance(self.ratio, Mapping):
-            ratio: Any = {k: step_ratio(float(v), round_index, self.rounds) for k, v in self.ratio.items()}
+    # -- planning ---------------------------------------------------------------------------
+    def _resolved_ratio(self, model: nn.Module, rt: Runtime) -> Any:
+        if getattr(self.ratio, "needs_scan", False):
+            return self.ratio(model, rt.example, self._scan(model, rt))
+        if callable(self.ratio):
+            return self.ratio(model)
+        return dict(self.ratio) if isinstance(self.ratio, Mapping) else float(self.ratio)
+
+    def _scan(self, model: nn.Module, rt: Runtime) -> ScanTable:
+        if rt.scan is not None:
+            return rt.scan
+        groups = pruning.group_channels(model, rt.example, self.ignore)
+        return placeholder_scan(groups, list(self.scan.ratios))
+
+    def _criterion(self, rt: Runtime) -> Any:
+        if not isinstance(self.criterion, str):
+            return self.criterion
+        cls = pruning.criteria.criterion_class(self.criterion)
+        if cls is pruning.Random:
+            return pruning.Random(seed=rt.seed)
+        if not cls.needs_data and not issubclass(cls, pruning.criteria._Activation):
+            return cls()
+        x, y = rt.calibration(self.calibration_batches)
+        return pruning.Taylor(x, y) if cls is pruning.Taylor else cls(x)
+
+    def plan(self, model: nn.Module, rt: Runtime) -> list[Step]:
+        self.record = pruning.PruningRecord()
+        ratio = self._resolved_ratio(model, rt)
+        if isinstance(ratio, Mapping):
+            ratio = {g: r for g, r in ratio.items() if r > 0}
+        planned = pruning.planned_channels(model, rt.example, ratio, self.ignore, self.round_to)
+        self.targets = {g: k for g, (c, k) in planned.items() if k < c}
+        self.channels = {g: c for g, (c, _) in planned.items()}
+        self.ratios_used = {g: 1 - k / c for g, (c, k) in planned.items()}
+        if not self.targets:
+            raise ConfigError(f"strategy.ratio={self.ratio!r} removes no channel from any group of this model")
+        self.filter_norms = None if rt.dry else filter_norms(model)
+        criterion = self._criterion(rt)
+        frozen = self._frozen_modules(model, rt)
+
+        def prune(counts: dict[str, int]) -> Callable[[nn.Module, Runtime], dict[str, Any]]:
+            def apply(m: nn.Module, rt: Runtime) -> dict[str, Any]:
+                record = pruning.prune_to(m, rt.example, counts, criterion, self.ignore, self.scoring)
+                self.record = self.record + record
+                return {"kind": "filter", **record.to_dict()}
+            return apply
+
+        if self.schedule == "oneshot":
+            stages = [("prune", dict(self.targets))]
+        elif self.schedule == "iterative":
+            stages = [(f"round{r}", {g: pruning.channel_schedule(self.channels[g], k, r + 1, self.rounds)
+                                     for g, k in self.targets.items()}) for r in range(self.rounds)]
         else:
-            ratio = step_ratio(float(self.ratio), round_index, self.rounds)
-        record = pruning.prune_filters(
-            model, example_inputs, ratio, criterion=self.criterion, ignore=tuple(self.ignore), round_to=self.round_to
-        )
-        self.record = self.record + record
-        return record.to_dict()
+            stages = [(f"layer{i}", {g: self.targets[g]}) for i, g in enumerate(self._order(model, rt))]
+        mode = self.retrain.mode
+        budget = self.retrain.epochs * rt.steps_per_epoch() if mode == "finetune" else 0
+        shares = split_budget(budget, len(stages))
+        steps: list[Step] = []
+        for i, ((label, counts), share) in enumerate(zip(stages, shares)):
+            last = i == len(stages) - 1
+            steps.append(Prune(f"{label}/prune" if len(stages) > 1 else "prune", prune(counts)))
+            steps.append(Measure("pruned") if last else Measure(f"{label}/pruned", full=False))
+            if mode == "finetune":
+                steps.append(Train(f"{label}/retrain" if len(stages) > 1 else "retrain", self.retrain,
+                                   steps=share, freeze=frozen))
+                if not last:
+                    steps.append(Measure(f"{label}/retrained", full=False))
+        if mode.startswith("scratch"):
+            steps.append(Train(mode, self.retrain, epochs=self._scratch_epochs, init="reinit",
+                               optimizer=scratch_optimizer(rt.cfg), lr_schedule=rt.cfg.baseline.lr_schedule))
+        steps.append(Measure("retrained"))
+        return steps
+
+    def _scratch_epochs(self, model: nn.Module, rt: Runtime) -> int:
+        """Scratch-E: the baseline's epochs; Scratch-B: scaled by the MACs saved, capped."""
+        epochs = int(rt.cfg.baseline.epochs)
+        if self.retrain.mode == "scratch_b":
+            dense = rt.dense_counts.macs if rt.dense_counts is not None else pruning.count(rt.build_model(), rt.example).macs
+            pruned = pruning.count(model, rt.example).macs
+            epochs = min(int(epochs * self.retrain.scratch_cap), int(epochs * dense / max(1, pruned)))
+        return epochs
+
+    def _order(self, model: nn.Module, rt: Runtime) -> list[str]:
+        groups = [g for g in self.channels if g in self.targets]
+        if self.order == "backward":
+            return groups[::-1]
+        if self.order == "least_sensitive_first":
+            sensitivity = self._scan(model, rt).sensitivity()
+            return sorted(groups, key=lambda g: (sensitivity.get(g, 0.0), groups.index(g)))
+        return groups
+
+    def _frozen_modules(self, model: nn.Module, rt: Runtime) -> list[str]:
+        names, k = freeze_spec(self.freeze)
+        if k:
+            sensitivity = self._scan(model, rt).sensitivity()
+            ranked = sorted(sensitivity, key=lambda g: -sensitivity[g])[:k]
+            members = pruning.structured.group_members(model, rt.example, self.ignore)
+            names = [n for g in ranked for n in members.get(g, [g])]
+        self.frozen = names
+        return names
+
+    # -- what the run stores ------------------------------------------------------------------
+    def parts(self) -> dict[str, Any]:
+        policy = ("uniform" if isinstance(self.ratio, (int, float)) else "per_layer" if isinstance(self.ratio, Mapping)
+                  else {"SensitivityMaxDrop": "max_drop"}.get(type(self.ratio).__name__,
+                  f"target_{getattr(self.ratio, 'resource', '')}" if hasattr(self.ratio, "reduction") else "policy"))
+        names, k = freeze_spec(self.freeze)
+        crit = self.criterion if isinstance(self.criterion, str) else getattr(self.criterion, "name", type(self.criterion).__name__)
+        return {
+            "kind": "filter", "criterion": crit, "schedule": self.schedule, "rounds": self.rounds,
+            "order": self.order if self.schedule == "layerwise" else None,
+            "ratio": str(float(self.ratio)) if policy == "uniform" else ("sensitivity" if getattr(self.ratio, "needs_scan", False) else policy),
+            "ratio_policy": policy, "max_drop": getattr(self.ratio, "max_drop", None),
+            "target_reduction": getattr(self.ratio, "reduction", None), "scoring": self.scoring,
+            "retrain": self.retrain.mode,
+            "freeze": f"most_sensitive:{k}" if k else ("list:" + ",".join(names) if names else "none"),
+            "epochs_budget": self.retrain.epochs if self.retrain.mode == "finetune" else None,
+        }
+
+    def tables(self, model: nn.Module) -> dict[str, Any]:
+        after = self.record.channels()
+        layers = []
+        for g, c in self.channels.items():
+            kept = after.get(g, (self.targets.get(g, c), c))[0] if g in self.targets else c
+            layers.append({"name": g, "kind": "filter", "channels_before": c, "channels_after": kept,
+                           "kept_fraction": kept / c})
+        out: dict[str, Any] = {"layers": layers, "ratios": self.ratios_used}
+        if self.filter_norms:
+            out["filter_norms"] = self.filter_norms
+        if getattr(self, "frozen", None):
+            out["frozen"] = list(self.frozen)
+        return out
 
     def structure_record(self) -> pruning.PruningRecord:
         return self.record
+
+
+def filter_norms(model: nn.Module) -> list[dict[str, Any]]:
+    """Each conv's filter L1 norms, sorted descending and divided by the largest (Li Fig. 2a)."""
+    rows = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.groups == 1:
+            norms = module.weight.detach().abs().flatten(1).sum(1).sort(descending=True).values
+            top = float(norms[0]) or 1.0
+            rows += [{"layer": name, "rank": i, "l1": float(v) / top} for i, v in enumerate(norms)]
+    return rows

@@ -9,6 +9,7 @@ fine-tuning followed by compressed storage (CSR relative indices, codebooks, Huf
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -16,7 +17,11 @@ import torch
 from torch import nn
 
 import pruning
-from experiments.strategy import Retrain, Strategy
+from experiments.context import Phase, measure_model
+from experiments.module import Classifier
+from experiments.plan import Measure, Prune, Runtime, Step, Train
+from experiments.storage import atomic_write_bytes
+from experiments.strategy import Retrain, Strategy, freeze_spec
 from experiments.validation import ConfigError, check_choice, check_ratio
 
 FREEZE_CHOICES = (None, "conv", "fc")
@@ -77,7 +82,7 @@ class WeightPruning(Strategy):
     regularization: str | None = None
     regularization_strength: float = 0.0
     adjust_dropout: bool = False
-    freeze: str | None = None  # layers NOT retrained: "conv" (retrain FC only) or "fc"
+    freeze: Any = None  # kept fixed while retraining: "conv" (retrain FC only), "fc", or a list of module names
     retrain: Retrain = field(default_factory=Retrain)
     storage: Storage = field(default_factory=Storage)
     quantize_retrain: Retrain | None = None
@@ -91,7 +96,16 @@ class WeightPruning(Strategy):
         check_choice("strategy.scope", self.scope, ("layer", "global"))
         check_choice("strategy.schedule", self.schedule, ("linear", "geometric", "cubic"))
         check_choice("strategy.regularization", self.regularization, REGULARIZATION_CHOICES)
-        check_choice("strategy.freeze", self.freeze, FREEZE_CHOICES)
+        if isinstance(self.freeze, Mapping):
+            raise ConfigError("strategy.freeze.most_sensitive needs a sensitivity scan, which weight pruning does not "
+                              "run: freeze by kind (conv, fc) or a list of module names")
+        if isinstance(self.freeze, str) or self.freeze is None:
+            check_choice("strategy.freeze", self.freeze, FREEZE_CHOICES)
+        else:
+            freeze_spec(self.freeze)
+        if self.retrain.mode not in ("finetune", "none"):
+            raise ConfigError(f"strategy.retrain.mode={self.retrain.mode}: training from scratch needs a pruned "
+                              "architecture (filter pruning); weight pruning keeps the dense shapes. Use finetune or none")
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
             raise ConfigError(f"strategy.rounds={self.rounds!r}: must be an integer >= 1")
         if self.regularization_strength < 0:
@@ -172,12 +186,58 @@ class WeightPruning(Strategy):
             penalty = lambda model: strength * masks.penalty(model, kind)  # noqa: E731
         return penalty, [lambda model: masks.apply_(model)]
 
-    def freeze_layers(self, model: nn.Module) -> None:
-        """Stop gradients of the frozen layer kind (conv or fc) while retraining."""
-        kind = {"conv": nn.Conv2d, "fc": nn.Linear}.get(self.freeze)
-        for module in model.modules():
-            for p in module.parameters(recurse=False):
-                p.requires_grad_(kind is None or not isinstance(module, kind))
+    def frozen_names(self, model: nn.Module) -> list[str]:
+        """Modules kept fixed while retraining: every conv or linear layer of a kind, or a list."""
+        if self.freeze is None:
+            return []
+        if isinstance(self.freeze, str):
+            kind = {"conv": nn.Conv2d, "fc": nn.Linear}[self.freeze]
+            return [n for n, m in model.named_modules() if isinstance(m, kind)]
+        return list(self.freeze)
+
+    # -- the plan -------------------------------------------------------------------------
+    def plan(self, model: nn.Module, rt: Runtime) -> list[Step]:
+        """rounds x (prune, measure, retrain), optional averaging, optional quantization."""
+        self.masks = None
+        frozen = self.frozen_names(model)
+        steps: list[Step] = []
+        for r in range(self.rounds):
+            last = r == self.rounds - 1
+            label = f"round{r}" if self.rounds > 1 else ""
+            steps.append(Prune(f"{label}/prune" if label else "prune",
+                               lambda m, rt, r=r: self.prune(m, rt.example, r)))
+            steps.append(Measure("pruned") if last else Measure(f"{label}/pruned", full=False))
+            if self.retrain.mode == "finetune":
+                steps.append(Train(f"{label}/retrain" if label else "retrain", self.retrain, epochs=self.retrain.epochs,
+                                   freeze=frozen, hooks=self.retrain_hooks))
+                if not last:
+                    steps.append(Measure(f"{label}/retrained", full=False))
+        if self.average is not None and self.average.epochs > 0 and self.retrain.mode == "finetune":
+            steps.append(Train("average", self.average, epochs=self.average.epochs, freeze=frozen,
+                               hooks=self.retrain_hooks, average=True))
+        steps.append(Measure("retrained"))
+        if self.quantize_retrain is not None:
+            steps.append(Quantize("quantized", self))
+        return steps
+
+    def parts(self) -> dict[str, Any]:
+        amount = self.sparsity if self.sparsity is not None else self.quality
+        return {
+            "kind": "weight", "criterion": "magnitude", "schedule": "iterative" if self.rounds > 1 else "oneshot",
+            "rounds": self.rounds, "ratio": str(float(amount)) if isinstance(amount, (int, float)) else "per_layer",
+            "ratio_policy": "sparsity" if self.sparsity is not None else "quality", "max_drop": None,
+            "target_reduction": None, "scoring": self.scope, "retrain": self.retrain.mode,
+            "freeze": "none" if not self.freeze else (self.freeze if isinstance(self.freeze, str) else "list:" + ",".join(self.freeze)),
+            "epochs_budget": self.retrain.epochs * self.rounds + (self.average.epochs if self.average else 0),
+        }
+
+    def tables(self, model: nn.Module) -> dict[str, Any]:
+        layers = [{"name": n, "kind": "weight", "total": c[1], "kept": c[0], "density": c[0] / c[1] if c[1] else 0.0}
+                  for n, c in (self.masks.counts().items() if self.masks is not None else [])]
+        out: dict[str, Any] = {"layers": layers}
+        if getattr(self, "storage_rows", None):
+            out["storage"] = self.storage_rows
+        return out
 
     # -- final storage ----------------------------------------------------------------------
     def storage_options(self, model: nn.Module) -> dict[str, Any]:
@@ -188,3 +248,52 @@ class WeightPruning(Strategy):
             options["bits"] = self.storage.bits_for(model, names) if names else None
             options["codebook_dtype"] = self.storage.codebook_dtype
         return options
+
+
+@dataclass
+class Quantize(Step):
+    """Deep Compression: share weights by k-means, fine-tune the centroids, store compactly.
+
+    The stored file is loaded back into the model, which is then tested, so the reported
+    size and accuracy are of the model the file holds; ``storage_max_abs_diff`` is how far
+    its outputs moved (0 unless lossy storage options such as fp16 codebooks are used).
+    """
+
+    label: str
+    strategy: WeightPruning
+
+    def run(self, model: nn.Module, rt: Runtime) -> None:
+        if rt.dry:
+            return
+        strategy, ctx, example = self.strategy, rt.ctx, rt.example
+        start = time.perf_counter()
+        options = strategy.storage_options(model)
+        masks = strategy.masks
+        shared = pruning.share_weights(model, bits=options.get("bits"), include=list(masks) if masks is not None else None)
+        tuner = pruning.CentroidTuner(model, shared)
+        retrain = strategy.quantize_retrain
+        teacher = rt.teacher() if retrain.distill > 0 and retrain.epochs > 0 else None
+        module = Classifier(model, retrain.optimizer, retrain.lr_schedule, teacher=teacher, distill=retrain.distill,
+                            temperature=retrain.temperature, trainable=tuner.parameters,
+                            after_step=[tuner.sync_] + ([masks.apply_] if masks is not None else []))
+        ctx.fit(module, "quantize", retrain.epochs)
+        for name, codebook in zip(tuner.names, tuner.codebooks):
+            shared[name].codebook = codebook.detach().clone()
+        path = ctx.output_dir / "model.pkdc"
+        report = pruning.save_compressed(model, path, shared=shared, **{k: v for k, v in options.items() if k != "bits"})
+        atomic_write_bytes(ctx.output_dir / "storage_report.txt", (str(report) + "\n").encode())
+        strategy.storage_rows = [{"layer": r.name, "dense_bytes": r.dense, "pruned_bytes": r.pruned,
+                                  "quantized_bytes": r.quantized, "huffman_bytes": r.huffman}
+                                 for r in getattr(report, "layers", [])]
+        with torch.inference_mode():
+            before = model.eval()(example)
+        pruning.load_compressed(path, model)  # from here on the model is exactly what the file holds
+        with torch.inference_mode():
+            diff = float((model.eval()(example) - before).abs().max())
+        total = report.total()
+        rt.phases[self.label] = Phase(self.label, {
+            **ctx.test(Classifier(model, None), "quantized"), **measure_model(model, example, rt.cfg),
+            "compressed_bytes": report.file_bytes, "storage_pruned_bytes": total.pruned,
+            "storage_quantized_bytes": total.quantized, "storage_huffman_bytes": total.huffman,
+            "storage_max_abs_diff": diff, "wall_s": time.perf_counter() - start,
+        })

@@ -28,7 +28,7 @@ from pruning.graph import ChannelGroup, GroupMember, dependency_groups
 from pruning.handlers import ChannelwiseHandler, FilterHandler, register_handler
 from pruning.oprules import register_op_rule
 from pruning.record import PruningRecord, apply_record, load_pruned, read_record, save_pruned
-from pruning.structured import kept_channels, prune_filters
+from pruning.structured import group_channels, kept_channels, planned_channels, prune_filters, prune_to
 from pruning.trace import ChannelMappingError
 
 # --- connection pruning, Deep Compression, sparse inference, BN folding ---
@@ -44,5 +44,5 @@ from pruning.compress import (
 )
 from pruning.fold import fold_batchnorm, foldable_pairs
 from pruning.masks import Masks, MaskCount, Sparsity, adjusted_dropout, prune_weights
-from pruning.schedules import sparsity_schedule
+from pruning.schedules import channel_schedule, sparsity_schedule
 from pruning.sparse import SparseChoice, SparseConv2d, SparseLinear, sparsify

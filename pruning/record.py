@@ -67,7 +67,7 @@ class PruningRecord:
         return cls.from_dict(json.loads(s))
 
     def __add__(self, other: "PruningRecord") -> "PruningRecord":
-        return PruningRecord(self.entries + other.entries, dict(other.shapes or self.shapes))
+        return PruningRecord(self.entries + other.entries, {**self.shapes, **other.shapes})
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 SCHEDULE_KINDS = ("linear", "geometric", "cubic")
 
 
@@ -30,3 +32,18 @@ def sparsity_schedule(
     if kind == "cubic":
         return final + (initial - final) * (1.0 - t) ** 3
     raise ValueError(f"kind={kind!r}: choose one of {SCHEDULE_KINDS}")
+
+
+def channel_schedule(channels: int, kept: int, step: int, total: int) -> int:
+    """Channels a group keeps after step ``step`` of ``total`` when it goes from ``channels``
+    to ``kept`` in equal geometric steps (the same share of what is left each step); step
+    ``total`` gives exactly ``kept``, so every schedule ends at the same architecture."""
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+        raise ValueError(f"total={total!r}: the number of steps must be an integer >= 1")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total:
+        raise ValueError(f"step={step!r}: steps must be integers in [0, total={total}]")
+    if not 1 <= kept <= channels:
+        raise ValueError(f"kept={kept}: must be in [1, channels={channels}]")
+    if step == total:
+        return kept
+    return max(kept, min(channels, math.ceil(round(channels * (kept / channels) ** (step / total), 9))))

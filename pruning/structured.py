@@ -82,14 +82,18 @@ def _group_ratios(model: nn.Module, groups: list[ChannelGroup], ratio: Ratio) ->
 
 def plan_removal(graph: ChannelGraph, ratios: dict[int, float], criterion: Criterion, round_to: int = 1) -> Tensor:
     """Which channels to remove: a :meth:`ChannelGraph.removal_mask` with True where cut."""
-    removed = graph.removal_mask()
-    scores = torch.full((graph.n_comps + 1,), -math.inf, dtype=torch.float64)
-    todo = []
+    keeps = {}
     for g in graph.groups:
         if ratios.get(g.index, 0.0) > 0 and g.n_prunable > 0:
-            keep = kept_channels(g.n_prunable, ratios[g.index], round_to, g.n_channels - g.n_prunable)
-            if keep < g.n_prunable:
-                todo.append((g, keep))
+            keeps[g.index] = kept_channels(g.n_prunable, ratios[g.index], round_to, g.n_channels - g.n_prunable)
+    return removal_for_keep(graph, keeps, criterion)
+
+
+def removal_for_keep(graph: ChannelGraph, keeps: dict[int, int], criterion: Criterion) -> Tensor:
+    """Which channels to remove so that group ``i`` keeps ``keeps[i]`` of its prunable channels."""
+    removed = graph.removal_mask()
+    scores = torch.full((graph.n_comps + 1,), -math.inf, dtype=torch.float64)
+    todo = [(g, keeps[g.index]) for g in graph.groups if g.index in keeps and keeps[g.index] < g.n_prunable]
     prepare = getattr(criterion, "prepare", None)
     if prepare is not None and todo:
         prepare(graph.model, [g for g, _ in todo])
@@ -186,3 +190,75 @@ def prune_filters(model: nn.Module, example_inputs: Any, ratio: Ratio, criterion
     ratios = _group_ratios(model, graph.groups, ratio)
     removed = plan_removal(graph, ratios, crit, round_to)
     return cut(model, graph, removed)
+
+
+def group_name(group: ChannelGroup) -> str:
+    """The name that selects ``group`` in a ratio or keep dict: its first output member."""
+    return group.names[0] if group.names else f"group{group.index}"
+
+
+def group_channels(model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] | list[str] = ()) -> dict[str, tuple[int, int]]:
+    """``{group name: (channels, prunable channels)}`` for every group that can lose channels, in
+    forward order. The names are the keys :func:`prune_to` and :func:`prune_filters` accept."""
+    graph = build_graph(model, example_inputs, tuple(ignore))
+    return {group_name(g): (g.n_channels, g.n_prunable) for g in graph.groups if g.n_prunable > 0}
+
+
+def planned_channels(model: nn.Module, example_inputs: Any, ratio: Ratio, ignore: tuple[str, ...] | list[str] = (),
+                     round_to: int = 1) -> dict[str, tuple[int, int]]:
+    """``{group name: (channels, channels kept)}`` that :func:`prune_filters` with these
+    arguments would leave, without cutting anything."""
+    graph = build_graph(model, example_inputs, tuple(ignore))
+    ratios = _group_ratios(model, graph.groups, ratio)
+    out = {}
+    for g in graph.groups:
+        if g.n_prunable == 0:
+            continue
+        frozen = g.n_channels - g.n_prunable
+        r = ratios.get(g.index, 0.0)
+        out[group_name(g)] = (g.n_channels, frozen + (kept_channels(g.n_prunable, r, round_to, frozen) if r > 0 else g.n_prunable))
+    return out
+
+
+SCORINGS = ("independent", "greedy")
+
+
+def prune_to(model: nn.Module, example_inputs: Any, channels: Mapping[str, int], criterion: str | Criterion = "l1",
+             ignore: tuple[str, ...] | list[str] = (), scoring: str = "independent") -> PruningRecord:
+    """Cut the named groups down to ``channels[name]`` channels each (a group already at or
+    below its count is left alone); return the record.
+
+    scoring: ``independent`` scores every group on the model as it is (Li et al.'s
+    independent strategy); ``greedy`` cuts the groups one at a time in forward order and
+    scores each after the earlier cuts, so weights that read removed channels no longer count.
+    """
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring={scoring!r}: choose one of {', '.join(SCORINGS)}")
+    crit = get_criterion(criterion)
+    ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
+    if scoring == "greedy":
+        record = PruningRecord()
+        for name, count in channels.items():
+            record = record + prune_to(model, example_inputs, {name: count}, crit, ignore)
+        return record
+    graph = build_graph(model, example_inputs, ignore)
+    by_name = {n: g for g in graph.groups for n in g.names}
+    keeps: dict[int, int] = {}
+    for name, count in channels.items():
+        g = by_name.get(name)
+        if g is None:
+            raise ValueError(f"channels names {name!r}, which is not a prunable group; groups: "
+                             f"{', '.join(group_name(x) for x in graph.groups if x.n_prunable > 0)}")
+        frozen = g.n_channels - g.n_prunable
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < max(1, frozen):
+            raise ValueError(f"channels[{name!r}]={count!r}: keep an integer in [{max(1, frozen)}, {g.n_channels}]")
+        keeps[g.index] = min(g.n_prunable, int(count) - frozen)
+    removed = removal_for_keep(graph, keeps, crit)
+    return cut(model, graph, removed)
+
+
+def group_members(model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] | list[str] = ()) -> dict[str, list[str]]:
+    """``{group name: names of the modules/parameters whose output channels the group is}``
+    (a conv, its BatchNorm, and every layer tied to them), for the prunable groups."""
+    graph = build_graph(model, example_inputs, tuple(ignore))
+    return {group_name(g): list(dict.fromkeys(g.names)) for g in graph.groups if g.n_prunable > 0}

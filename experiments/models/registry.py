@@ -120,6 +120,7 @@ def init_weights(model: nn.Module) -> nn.Module:
     The initialisation of He et al. 2016 used by the CIFAR ResNet/VGG reference code;
     Linear layers keep PyTorch's default.
     """
+    model._init_rule = "he_fan_out"  # so a pruned copy can be re-initialised the same way
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -128,4 +129,19 @@ def init_weights(model: nn.Module) -> nn.Module:
         elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+    return model
+
+
+def reinitialize_like(model: nn.Module) -> nn.Module:
+    """Re-initialise every layer of ``model`` (e.g. a pruned architecture) as its builder
+    initialised the original: PyTorch's default per layer, then the builder's rule (He
+    init for the zoo's CIFAR nets), each for the layer's current fan-in/fan-out."""
+    for module in model.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+    if getattr(model, "_init_rule", None) == "he_fan_out":
+        init_weights(model)
     return model
