@@ -12,7 +12,7 @@ def test_append_rows_are_complete_json_lines(tmp_path):
     rows = read_rows(tmp_path)
     assert [r["run_id"] for r in rows] == ["0", "1", "2"]
     assert rows[2]["metrics"]["acc"] == pytest.approx(0.7)
-    assert all(r["schema_version"] == 1 for r in rows)
+    assert all(r["schema_version"] == 2 for r in rows)
 
 
 def test_corrupt_results_line_is_named(tmp_path):
