@@ -139,12 +139,21 @@ class SensitivityMaxDrop(ScanPolicy):
 class SensitivityTarget(ScanPolicy):
     """The per-group ratios (among the scanned ones) that remove at least ``reduction`` of
     the model's MACs (or params) with the least summed predicted accuracy drop: a greedy
-    allocation by predicted drop per MAC removed, checked by counting the pruned model."""
+    allocation by predicted drop per MAC removed, checked by counting the pruned model.
+    ``match_uniform`` instead of ``reduction``: remove what one ratio in every group removes
+    (the fair opponent of a uniform-ratio run)."""
 
-    reduction: float = 0.5
+    reduction: float | None = None
     resource: str = "macs"
+    match_uniform: float | None = None
 
     def validate(self) -> None:
+        if (self.reduction is None) == (self.match_uniform is None):
+            raise ConfigError("strategy.ratio: set exactly one of reduction (a fraction of the MACs/params) and "
+                              "match_uniform (a uniform ratio whose reduction to match)")
+        if self.match_uniform is not None:
+            check_ratio("strategy.ratio.match_uniform", self.match_uniform)
+            return
         if isinstance(self.reduction, bool) or not isinstance(self.reduction, (int, float)) or not 0 < self.reduction < 1:
             raise ConfigError(f"strategy.ratio.reduction={self.reduction!r}: must be a fraction in (0, 1)")
         if self.resource not in ("macs", "params"):
@@ -164,6 +173,8 @@ class SensitivityTarget(ScanPolicy):
 
     def __call__(self, model: nn.Module, example: Any, scan: ScanTable) -> dict[str, float]:
         curves = scan.curves()
+        if self.match_uniform is not None:
+            self.reduction = self._removed(model, example, {g: float(self.match_uniform) for g in curves})
         most = self._removed(model, example, {g: pts[-1][0] for g, pts in curves.items()})
         if most + 1e-9 < self.reduction:
             raise ConfigError(
