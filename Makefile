@@ -1,5 +1,5 @@
 # The two commands of the README. Both are idempotent.
-.PHONY: setup run test bench
+.PHONY: setup run test quick study report
 
 setup:
 	bash scripts/setup.sh
@@ -9,3 +9,13 @@ run: setup  ## the default study on Fashion-MNIST, offline
 
 test: setup  ## the whole test suite
 	WANDB_MODE=offline .venv/bin/python -m pytest $(ARGS)
+
+quick: setup  ## the tests not marked slow (the edit loop)
+	WANDB_MODE=offline .venv/bin/python -m pytest -m "not slow" $(ARGS)
+
+study: setup  ## every lesson on Fashion-MNIST, 3 seeds, then the report
+	WANDB_MODE=$${WANDB_MODE:-offline} .venv/bin/python run.py -m study=all $(ARGS)
+	.venv/bin/python -m analysis.report
+
+report: setup  ## figures, tables and verdicts from results/
+	.venv/bin/python -m analysis.report $(ARGS)

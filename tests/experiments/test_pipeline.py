@@ -127,3 +127,25 @@ def test_multirun_over_every_experiment_preset(tmp_path):
         for p in presets
     )
     assert all(r["status"] == "ok" for r in rows)
+
+
+@pytest.mark.slow
+def test_multirun_over_every_strategy_preset(tmp_path):
+    """Every strategy preset end to end in one -m sweep on tiny synthetic data; the schedules
+    that plan the same kept counts end at the same parameter count."""
+    presets = sorted(p.stem for p in (ROOT / "conf" / "strategy").glob("*.yaml"))
+    filter_presets = [p for p in presets if p not in ("han_iterative", "deep_compression")]
+    tiny = [o for o in FAST if not o.startswith("model=")] + ["model=vgg_small", "logger=[csv]",
+                                                             "measure.latency_batch_sizes=[1]", "strategy.retrain.epochs=2"]
+    proc = _run_py("-m", f"strategy={','.join(filter_presets)}", *tiny,
+                   f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["strategy"]: r for r in read_rows(tmp_path / "results")}
+    assert sorted(rows) == filter_presets and all(r["status"] == "ok" for r in rows.values())
+    same = {rows[s]["metrics"]["retrained/params"] for s in ("l1_oneshot", "l1_iterative", "l1_layerwise", "l1_greedy",
+                                                             "random_oneshot", "l1_scratch_e", "l1_freeze_sensitive")}
+    assert len(same) == 1
+    assert rows["l1_sensitivity"]["tables"]["sensitivity"] and rows["l1_sensitivity"]["tables"]["ratios"]
+    assert rows["l1_scratch_b"]["metrics"]["retrain/epochs"] > rows["l1_scratch_e"]["metrics"]["retrain/epochs"]
+    for weight in ("han_iterative", "deep_compression"):
+        assert weight in presets  # run by the experiment-preset sweep above (han2015_*, deep_compression_*)
