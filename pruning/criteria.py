@@ -138,7 +138,7 @@ def _check_combine(combine: str) -> str:
 
 
 class _Norm(Criterion):
-    """Filter norms; depthwise groups score ``||dw[i]|| * ||pw[:, i]||`` (SPEC.md)."""
+    """Filter norms; a depthwise group scores ``||dw[i]|| * ||pw[:, i]||``: the L1 of the dense kernel the dw+pw pair is equivalent to, restricted to channel i."""
 
     def __init__(self, combine: str = "mean"):
         self.combine = _check_combine(combine)

@@ -2,9 +2,10 @@
 
 Masks are boolean tensors keyed by the *parameter names* of the model (``"fc1.weight"``;
 no ``weight_orig``/``weight_mask`` re-parametrisation) and live in one :class:`Masks`
-object. A training loop (or the Lightning callback) keeps pruned weights exactly zero by
-calling :meth:`Masks.mask_grads_` before and :meth:`Masks.apply_` after every optimizer
-step (:meth:`Masks.hook_optimizer` does both for a plain PyTorch loop), and saves
+object. A training loop keeps pruned weights exactly zero by calling
+:meth:`Masks.mask_grads_` before and :meth:`Masks.apply_` after every optimizer step (the
+Lightning module runs ``apply_`` as an after-step hook; :meth:`Masks.hook_optimizer` does
+both for a plain PyTorch loop), and saves
 :meth:`Masks.state_dict` with the checkpoint.
 """
 
