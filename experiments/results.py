@@ -15,6 +15,7 @@ from experiments.storage import atomic_write_bytes, file_lock
 
 SCHEMA_VERSION = 2
 RUNS_FILE = "runs.jsonl"
+ERROR_MESSAGE_CHARS = 2000
 
 
 class CorruptResultsError(RuntimeError):
@@ -47,6 +48,25 @@ def append_row(store: str | Path, row: dict[str, Any]) -> Path:
             old += b"\n"
         atomic_write_bytes(path, old + line.encode() + b"\n")
     return path
+
+
+def run_status(exc: BaseException) -> str:
+    """``"interrupted"`` for a user's Ctrl-C (KeyboardInterrupt), else ``"failed"``."""
+    return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+
+
+def failure_fields(exc: BaseException, phase: str | None, output_dir: str | Path | None) -> dict[str, Any]:
+    """The fields of a row for a run that ended with ``exc`` during ``phase``:
+    ``{"status", "error": {"type", "message", "phase"}, "output_dir"}``, so the store records
+    why and where every failed or interrupted run stopped (the message is cut to 2000 chars)."""
+    message = str(exc)
+    if len(message) > ERROR_MESSAGE_CHARS:
+        message = message[: ERROR_MESSAGE_CHARS - 3] + "..."
+    return {
+        "status": run_status(exc),
+        "error": {"type": type(exc).__name__, "message": message, "phase": phase},
+        "output_dir": None if output_dir is None else str(output_dir),
+    }
 
 
 def _jsonable(obj: Any) -> Any:

@@ -91,3 +91,73 @@ def test_run_folders_of_different_configs_differ():
     GlobalHydra.instance().clear()
     assert dirs[0] != dirs[1]
     assert dirs[0].endswith("_lenet300_han_iterative_seed1")
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test (and restore it)."""
+    import os
+
+    old = os.umask(0o022)
+    os.umask(old)
+    yield lambda mask: os.umask(mask)
+    os.umask(old)
+
+
+def mode(path) -> int:
+    import stat
+
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_atomic_writes_keep_the_mode_of_the_file_they_replace(tmp_path, umask):
+    from experiments.storage import atomic_write_text
+
+    umask(0o022)
+    shared = tmp_path / "notes.txt"
+    shared.write_text("old\n")
+    shared.chmod(0o664)  # a group-writable results store
+    atomic_write_bytes(shared, b"new\n")
+    assert shared.read_bytes() == b"new\n" and mode(shared) == 0o664
+    shared.chmod(0o640)
+    atomic_write_text(shared, "text \u00e9\n")
+    assert shared.read_text(encoding="utf-8") == "text \u00e9\n" and mode(shared) == 0o640
+    append_row(tmp_path, {"run_id": "x"})
+    (tmp_path / "runs.jsonl").chmod(0o660)
+    append_row(tmp_path, {"run_id": "y"})
+    assert mode(tmp_path / "runs.jsonl") == 0o660 and [r["run_id"] for r in read_rows(tmp_path)] == ["x", "y"]
+
+
+@pytest.mark.parametrize("mask, expected", [(0o002, 0o664), (0o022, 0o644), (0o077, 0o600)])
+def test_new_files_get_the_mode_the_umask_gives(tmp_path, umask, mask, expected):
+    from experiments.storage import atomic_write_text
+
+    umask(mask)
+    atomic_write_bytes(tmp_path / "a.bin", b"x")
+    atomic_write_text(tmp_path / "b.txt", "x")
+    append_row(tmp_path / "store", {"run_id": "r"})
+    assert mode(tmp_path / "a.bin") == mode(tmp_path / "b.txt") == mode(tmp_path / "store" / "runs.jsonl") == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.txt", "store"]  # no temp files left
+
+
+def test_failure_fields_name_the_error_phase_and_folder(tmp_path):
+    from experiments.results import failure_fields
+
+    try:
+        raise ValueError("strategy.ratio=0.99 would leave layer 'conv1' with 0 of its 6 channels")
+    except ValueError as err:
+        fields = failure_fields(err, "plan", tmp_path / "out")
+    assert fields == {
+        "status": "failed",
+        "error": {"type": "ValueError", "phase": "plan",
+                  "message": "strategy.ratio=0.99 would leave layer 'conv1' with 0 of its 6 channels"},
+        "output_dir": str(tmp_path / "out"),
+    }
+    interrupted = failure_fields(KeyboardInterrupt(), "retrain", "outputs/run")
+    assert interrupted["status"] == "interrupted" and interrupted["error"]["type"] == "KeyboardInterrupt"
+    assert interrupted["error"]["phase"] == "retrain" and interrupted["output_dir"] == "outputs/run"
+    long = failure_fields(RuntimeError("x" * 5000), None, None)
+    assert len(long["error"]["message"]) == 2000 and long["error"]["message"].endswith("...")
+    assert long["output_dir"] is None and long["error"]["phase"] is None
+    append_row(tmp_path, {"run_id": "f", **fields})  # the fields are a valid row
+    assert read_rows(tmp_path)[0]["error"]["phase"] == "plan"
