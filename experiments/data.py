@@ -4,20 +4,30 @@ Every datamodule exposes ``num_classes``, ``in_channels``, ``input_size`` and
 ``example_inputs()`` so models and pruning can be built before any training.
 A fixed validation split is carved from the training set (seeded independently of the
 run seed); the test set is only used for the final numbers of each phase.
+
+Shuffling and augmentation draw from a generator seeded by ``reseed(seed)`` and the epoch
+within the phase only, so a phase sees the same batches whether earlier phases trained,
+came from the cache or were resumed. ``data_source`` names the folder the files were read
+from and ``data_identity()`` describes their content (for the baseline cache key).
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import logging
+import os
 import socket
 import struct
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {
@@ -30,11 +40,19 @@ class DataUnavailableError(RuntimeError):
     """The dataset is neither on disk nor downloadable; the message says how to get it."""
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The generator seed of one epoch, from (loader seed, epoch) only."""
+    digest = hashlib.sha256(f"{int(seed)}/epoch{int(epoch)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
 class TensorBatches:
     """An iterable of (x, y) batches sliced from preloaded tensors.
 
     Much faster than a per-sample DataLoader: one index permutation per epoch, one
-    gather per batch, augmentation applied to the whole batch.
+    gather per batch, augmentation applied to the whole batch. Epoch ``e`` (the ``e``-th
+    iteration, or the one set by ``set_epoch``) draws its permutation and augmentation
+    from a generator seeded by ``(seed, e)`` alone, never from the global RNG.
     """
 
     def __init__(
@@ -52,21 +70,33 @@ class TensorBatches:
         self.shuffle = shuffle
         self.augment = augment
         self.drop_last = drop_last
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.generator = torch.Generator().manual_seed(epoch_seed(self.seed, 0))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration epoch ``epoch`` (as ``DistributedSampler.set_epoch``)."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         n = len(self.y)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        self.generator = gen
+        self.epoch += 1
+        return self._batches(gen)
+
+    def _batches(self, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.y)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
+        order = torch.randperm(n, generator=gen) if self.shuffle else None
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
             idx = order[sl].to(self.x.device) if order is not None else sl
             xb, yb = self.x[idx], self.y[idx]
             if self.augment is not None:
-                xb = self.augment(xb, self.generator)
+                xb = self.augment(xb, gen)
             yield xb, yb
 
 
@@ -92,7 +122,11 @@ def random_crop_flip(padding: int = 4, flip: bool = True) -> Callable:
 
 
 class TensorDataModule(L.LightningDataModule):
-    """Base class: subclasses implement ``load_arrays`` returning uint8/float arrays."""
+    """Base class: subclasses implement ``load_arrays`` returning uint8/float arrays.
+
+    ``root`` must hold a complete copy of the dataset unless ``fallback`` is true, which
+    allows the system copy (where one exists) or a download into ``root`` instead.
+    """
 
     num_classes: int = 10
     in_channels: int = 1
@@ -112,9 +146,11 @@ class TensorDataModule(L.LightningDataModule):
         download: bool = True,
         split_seed: int = 12345,
         device: str = "cpu",
+        fallback: bool = False,
     ) -> None:
         super().__init__()
         self.root = root
+        self.fallback = fallback
         self.name = name
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -125,7 +161,10 @@ class TensorDataModule(L.LightningDataModule):
         self.split_seed = split_seed
         self.device = device
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._epoch_seed = 0
+        self._identity: dict[str, Any] | None = None
+        self.shuffle_seed = 0
+        self.data_source: str | None = None  # the folder the files were read from (set by setup)
+        self.data_files: list[Path] = []
 
     # -- subclasses -------------------------------------------------------------------
     def load_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -140,6 +179,11 @@ class TensorDataModule(L.LightningDataModule):
         if self._splits is not None:
             return
         arrays = self.load_arrays()
+        self._identity = arrays_identity(arrays)
+        if self.data_source is None:  # a subclass that does not say where its arrays come from
+            self.data_source = f"{type(self).__name__}.load_arrays()"
+        log.info("dataset %s: data from %s (%d train and %d test samples)", self.name or type(self).__name__,
+                 self.data_source, len(arrays["train"][1]), len(arrays["test"][1]))
         x_train, y_train = self._to_tensors(*arrays["train"])
         x_test, y_test = self._to_tensors(*arrays["test"])
         if self.val_size >= len(y_train):
@@ -178,11 +222,16 @@ class TensorDataModule(L.LightningDataModule):
         assert self._splits is not None
         return self._splits[name]
 
+    def reseed(self, seed: int) -> None:
+        """Seed the train loaders of the next phase: their shuffling and augmentation then
+        depend on ``seed`` and the epoch within the phase only (not on earlier loaders)."""
+        self.shuffle_seed = int(seed)
+
     def train_dataloader(self) -> TensorBatches:
+        """A loader starting at epoch 0 of the current seed (see ``reseed``)."""
         x, y = self.split("train")
-        self._epoch_seed += 1
         aug = self.batch_augment() if self.augment else None
-        return TensorBatches(x, y, self.batch_size, shuffle=True, augment=aug, seed=self._epoch_seed)
+        return TensorBatches(x, y, self.batch_size, shuffle=True, augment=aug, seed=self.shuffle_seed)
 
     def val_dataloader(self) -> TensorBatches:
         x, y = self.split("val")
@@ -195,6 +244,32 @@ class TensorDataModule(L.LightningDataModule):
     def example_inputs(self, n: int = 2) -> torch.Tensor:
         """A small real batch from the training split (for tracing and measuring)."""
         return self.split("train")[0][:n].clone()
+
+    def data_identity(self) -> dict[str, Any]:
+        """What the data is, independent of where it lies: a sha256 of the loaded train and
+        test arrays with their shapes (JSON-able; part of the baseline cache key)."""
+        self.setup()
+        assert self._identity is not None
+        return dict(self._identity)
+
+
+def arrays_identity(arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """sha256 over the dtype, shape and bytes of every array, and the shapes themselves."""
+    digest = hashlib.sha256()
+    shapes: dict[str, list[list[int]]] = {}
+    for split in sorted(arrays):
+        shapes[split] = []
+        for array in arrays[split]:
+            array = np.ascontiguousarray(array)
+            digest.update(f"{split}:{array.dtype.str}:{array.shape};".encode())
+            digest.update(memoryview(array).cast("B"))
+            shapes[split].append(list(array.shape))
+    return {"sha256": digest.hexdigest(), "shapes": shapes}
+
+
+def list_missing(directory: Path, names: list[str]) -> list[str]:
+    """The ``names`` that are not regular files in ``directory``."""
+    return [n for n in names if not (directory / n).is_file()]
 
 
 # ---------------------------------------------------------------------------------------
@@ -240,7 +315,8 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
 
 
 class FashionMNISTDataModule(TensorDataModule):
-    """Fashion-MNIST: ``root``, then Debian's ``dataset-fashion-mnist``, then a download."""
+    """Fashion-MNIST: the IDX files in ``root``; without ``root`` (or with ``fallback``)
+    Debian's ``dataset-fashion-mnist``, then a download into ``root``."""
 
     num_classes, in_channels, input_size = 10, 1, 28
     mean, std = (0.2860,), (0.3530,)
@@ -250,27 +326,52 @@ class FashionMNISTDataModule(TensorDataModule):
         "in a folder and pass dataset.root=/that/folder"
     )
 
+    def root_dirs(self) -> list[Path]:
+        """Where files under ``root`` may lie (flat, or torchvision's ``FashionMNIST/raw``)."""
+        return [Path(self.root), Path(self.root) / "FashionMNIST"] if self.root else []
+
     def candidate_dirs(self) -> list[Path]:
-        dirs = []
-        if self.root:
-            dirs += [Path(self.root), Path(self.root) / "FashionMNIST"]
-        return dirs + [DEBIAN_FASHION_MNIST]
+        """Every folder searched, in order: the system copy only without ``root`` or with ``fallback``."""
+        dirs = self.root_dirs()
+        if not self.root or self.fallback:
+            dirs.append(DEBIAN_FASHION_MNIST)
+        return dirs
+
+    @staticmethod
+    def _scan(directory: Path) -> tuple[dict[str, tuple[Path | None, Path | None]], list[str]]:
+        found = {split: tuple(_find_idx(directory, stem) for stem in stems) for split, stems in FASHION_MNIST_FILES.items()}
+        missing = [stem for split, stems in FASHION_MNIST_FILES.items()
+                   for stem, path in zip(stems, found[split]) if path is None]
+        return found, missing  # type: ignore[return-value]
 
     def locate(self) -> dict[str, tuple[Path, Path]] | None:
         for d in self.candidate_dirs():
-            found = {split: tuple(_find_idx(d, stem) for stem in stems) for split, stems in FASHION_MNIST_FILES.items()}
-            if all(p is not None for pair in found.values() for p in pair):
+            found, missing = self._scan(d)
+            if not missing:
                 return found  # type: ignore[return-value]
         return None
 
     def load_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         found = self.locate()
+        if found is None and self.root and not self.fallback:
+            _, missing = self._scan(Path(self.root))
+            raise DataUnavailableError(
+                f"dataset.root={self.root!r} lacks Fashion-MNIST files: {', '.join(m + '[.gz]' for m in missing)} "
+                f"not found in {self.root} (nor in {Path(self.root) / 'FashionMNIST'}, raw/ included). Put the "
+                "four IDX files there, or pass dataset.fallback=true to use the system copy "
+                f"({DEBIAN_FASHION_MNIST}) or download into that folder. {self.how_to_get}"
+            )
         if found is None and self.download and self.root:
             self._download()
             found = self.locate()
         if found is None:
             where = ", ".join(str(d) for d in self.candidate_dirs())
             raise DataUnavailableError(f"Fashion-MNIST not found in {where}. {self.how_to_get}")
+        self.data_files = [p for pair in found.values() for p in pair]
+        self.data_source = str(found["train"][0].parent.resolve())
+        if self.root and not any(_inside(Path(self.data_source), d) for d in self.root_dirs()):
+            log.warning("dataset.root=%s lacks Fashion-MNIST; dataset.fallback=true: using %s", self.root,
+                        self.data_source)
         return {split: (read_idx(img), read_idx(lbl)) for split, (img, lbl) in found.items()}
 
     def _download(self) -> None:
@@ -284,10 +385,30 @@ class FashionMNISTDataModule(TensorDataModule):
             raise DataUnavailableError(f"Fashion-MNIST download to {self.root} failed ({err}). {self.how_to_get}") from err
 
 
+def _inside(path: Path, directory: Path) -> bool:
+    try:
+        path.resolve().relative_to(directory.resolve())
+        return True
+    except ValueError:
+        return False
+
+
 class TorchvisionDataModule(TensorDataModule):
-    """MNIST / CIFAR through torchvision: local ``root`` first, download when possible."""
+    """MNIST / CIFAR through torchvision: the files in ``root`` (default ``./data``); a
+    download there when they are missing, which an explicit ``root`` allows only with
+    ``fallback``."""
 
     dataset_name: str = ""
+
+    def expected_files(self, root: str) -> tuple[Path, list[str]]:
+        """The folder torchvision reads under ``root`` and the file names it needs there."""
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, self.dataset_name)
+        if hasattr(cls, "resources"):  # MNIST family: <root>/<Class>/raw/<file without .gz>
+            return Path(root) / cls.__name__ / "raw", [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
+        names = [name for name, _ in (*cls.train_list, *cls.test_list)] + [cls.meta["filename"]]
+        return Path(root) / cls.base_folder, names
 
     def load_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         import torchvision.datasets as tvd
@@ -299,6 +420,8 @@ class TorchvisionDataModule(TensorDataModule):
             try:
                 ds = cls(root, train=train, download=False)
             except RuntimeError:
+                if self.root is not None and not self.fallback:
+                    raise DataUnavailableError(self._incomplete(root)) from None
                 if not self.download:
                     raise DataUnavailableError(self._missing(root)) from None
                 try:
@@ -309,7 +432,20 @@ class TorchvisionDataModule(TensorDataModule):
             images = ds.data.numpy() if torch.is_tensor(ds.data) else np.asarray(ds.data)
             labels = ds.targets.numpy() if torch.is_tensor(ds.targets) else np.asarray(ds.targets)
             out[split] = (images, labels)
+        folder, names = self.expected_files(root)
+        self.data_source = str(folder.resolve())
+        self.data_files = [folder / n for n in names if (folder / n).is_file()]
         return out
+
+    def _incomplete(self, root: str) -> str:
+        folder, names = self.expected_files(root)
+        missing = list_missing(folder, names)
+        what = (f"lacks {', '.join(missing)} in {folder}" if missing
+                else f"has every file in {folder} but they fail torchvision's checksum (corrupt?)")
+        return (
+            f"dataset.root={root!r} {what}. Copy torchvision's {self.dataset_name} files there, or pass "
+            "dataset.fallback=true to download them into that folder (needs a network and dataset.download=true)."
+        )
 
     def _missing(self, root: str) -> str:
         return (
@@ -362,6 +498,7 @@ class SyntheticDataModule(TensorDataModule):
         self.n_train, self.n_test, self.seed = n_train, n_test, seed
 
     def load_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        self.data_source = f"generated (synthetic, seed={self.seed})"
         gen = torch.Generator().manual_seed(self.seed)
         shape = (self.in_channels, self.input_size, self.input_size)
         teacher = torch.randn(int(np.prod(shape)), self.num_classes, generator=gen)

@@ -43,10 +43,10 @@ def validate_config(cfg: DictConfig) -> None:
 
     check_choice("baseline.lr_schedule", cfg.baseline.lr_schedule, LR_SCHEDULES)
     root = cfg.dataset.get("root")
-    if root is not None and not Path(str(root)).is_dir():
+    if root is not None and not Path(str(root)).is_dir() and not cfg.dataset.get("fallback", False):
         raise ConfigError(
-            f"dataset.root={root!r}: no such directory. Create it (downloads go there when a network "
-            "exists) or point it at a folder holding the dataset files"
+            f"dataset.root={root!r}: no such directory. Point it at a folder holding the dataset files, "
+            "or pass dataset.fallback=true to use the system copy or download into it"
         )
     for key in ("batch_size", "eval_batch_size"):
         if key in cfg.dataset and (not isinstance(cfg.dataset[key], int) or cfg.dataset[key] < 1):

@@ -100,3 +100,121 @@ def test_random_crop_flip_is_a_shifted_window():
     for i in range(2):
         windows = [padded[i, :, dy:dy + 6, dx:dx + 6] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(out[i], w) for w in windows)
+
+
+def epoch_batches(loader, epochs=1):
+    """The (x, y) batches of ``epochs`` iterations of ``loader``, as one list per epoch."""
+    return [[(x.clone(), y.clone()) for x, y in loader] for _ in range(epochs)]
+
+
+def same(a, b) -> bool:
+    return len(a) == len(b) and all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+
+
+def test_train_batches_depend_only_on_the_phase_seed_and_epoch():
+    """Shuffling and augmentation of a phase do not depend on earlier loaders or the global RNG."""
+    kw = dict(num_classes=4, input_size=8, n_train=96, n_test=16, val_size=16, batch_size=16, augment=True)
+    fresh = SyntheticDataModule(**kw)
+    fresh.reseed(7)
+    reference = epoch_batches(fresh.train_dataloader(), epochs=2)
+    used = SyntheticDataModule(**kw)
+    for seed in (1, 2):  # earlier phases drew loaders and consumed epochs
+        used.reseed(seed)
+        epoch_batches(used.train_dataloader(), epochs=3)
+    len(used.train_dataloader())  # a loader only counted (steps per epoch)
+    torch.manual_seed(999)
+    torch.rand(1000)  # training consumed the global RNG
+    used.reseed(7)
+    again = epoch_batches(used.train_dataloader(), epochs=2)
+    assert same(again[0], reference[0]) and same(again[1], reference[1])
+    assert not same(reference[0], reference[1])  # epochs within a phase still differ
+    y0 = torch.cat([y for _, y in reference[0]])
+    assert sorted(y0.tolist()) == sorted(fresh.split("train")[1].tolist())  # a permutation of the split
+    used.reseed(8)
+    assert not same(epoch_batches(used.train_dataloader())[0], reference[0])
+
+
+def test_augmentation_is_drawn_from_the_loader_seed():
+    x = torch.randn(32, 1, 8, 8)
+    y = torch.arange(32)
+    aug = random_crop_flip(2, True)
+    a = [xb for xb, _ in TensorBatches(x, y, 8, shuffle=False, augment=aug, seed=3)]
+    torch.manual_seed(0)
+    b = [xb for xb, _ in TensorBatches(x, y, 8, shuffle=False, augment=aug, seed=3)]
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert not all(torch.equal(p, x[i * 8:(i + 1) * 8]) for i, p in enumerate(a))  # really augmented
+    loader = TensorBatches(x, y, 8, shuffle=True, seed=3)
+    first = [yb for _, yb in loader]
+    loader.set_epoch(0)
+    assert all(torch.equal(p, q) for p, q in zip(first, [yb for _, yb in loader]))
+
+
+def test_root_lacking_files_is_an_error_naming_them(tmp_path, monkeypatch):
+    system = tmp_path / "system"
+    system.mkdir()
+    fake_fashion(system, n_train=120, n_test=20)
+    monkeypatch.setattr("experiments.data.DEBIAN_FASHION_MNIST", system)
+    root = tmp_path / "mine"
+    root.mkdir()
+    fake_fashion(root)
+    (root / "t10k-labels-idx1-ubyte.gz").unlink()
+    dm = FashionMNISTDataModule(root=str(root), val_size=10, download=True)
+    with pytest.raises(DataUnavailableError) as err:
+        dm.setup()
+    message = str(err.value)
+    assert "t10k-labels-idx1-ubyte" in message and "train-images" not in message.split("not found")[0]
+    assert str(root) in message and "dataset.fallback=true" in message
+    # asked for: the system copy is used, and named
+    dm = FashionMNISTDataModule(root=str(root), val_size=10, fallback=True)
+    dm.setup()
+    assert dm.data_source == str(system.resolve())
+    assert len(dm.split("train")[1]) == 110 and len(dm.split("test")[1]) == 20
+
+
+def test_data_source_and_identity_name_the_files_used(tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setattr("experiments.data.DEBIAN_FASHION_MNIST", tmp_path / "nothing")
+    fake_fashion(tmp_path)
+    dm = FashionMNISTDataModule(root=str(tmp_path), name="fashion_mnist", val_size=50)
+    with caplog.at_level(logging.INFO, logger="experiments.data"):
+        dm.setup()
+    assert dm.data_source == str(tmp_path.resolve())
+    assert f"dataset fashion_mnist: data from {tmp_path.resolve()} (300 train and 50 test samples)" in caplog.messages
+    assert sorted(p.name for p in dm.data_files) == sorted(
+        f"{stem}.gz" for stems in (("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                                   ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")) for stem in stems)
+    identity = dm.data_identity()
+    assert identity["shapes"] == {"train": [[300, 28, 28], [300]], "test": [[50, 28, 28], [50]]}
+    assert len(identity["sha256"]) == 64
+    # the same files elsewhere: the same identity; one changed label: another one
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    fake_fashion(copy)
+    assert FashionMNISTDataModule(root=str(copy), val_size=50).data_identity() == identity
+    write_idx(copy / "t10k-labels-idx1-ubyte.gz", np.r_[np.random.default_rng(0).integers(0, 10, 49), [3]])
+    assert FashionMNISTDataModule(root=str(copy), val_size=50).data_identity()["sha256"] != identity["sha256"]
+    synthetic = SyntheticDataModule(n_train=64, n_test=16, seed=4)
+    assert synthetic.data_identity() != SyntheticDataModule(n_train=64, n_test=16, seed=5).data_identity()
+    assert synthetic.data_source == "generated (synthetic, seed=4)"
+
+
+def test_torchvision_root_lacking_files_names_them(tmp_path):
+    from experiments.data import CIFAR10DataModule
+
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"x")
+    dm = CIFAR10DataModule(root=str(tmp_path), download=True)
+    with pytest.raises(DataUnavailableError) as err:
+        dm.setup()
+    message = str(err.value)
+    assert "data_batch_2" in message and "test_batch" in message and "data_batch_1," not in message
+    assert str(tmp_path / "cifar-10-batches-py") in message and "dataset.fallback=true" in message
+
+
+def test_a_missing_root_folder_is_allowed_only_with_the_fallback(compose_cfg, tmp_path):
+    from experiments.validation import ConfigError, validate_config
+
+    with pytest.raises(ConfigError, match=r"dataset.root=.*no such directory.*dataset.fallback=true"):
+        validate_config(compose_cfg("dataset=fashion_mnist", f"dataset.root={tmp_path}/missing"))
+    validate_config(compose_cfg("dataset=fashion_mnist", f"dataset.root={tmp_path}/missing", "dataset.fallback=true"))
