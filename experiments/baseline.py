@@ -1,9 +1,19 @@
-"""The baseline phase: train the dense model, or reuse a cached one with the same key."""
+"""The baseline phase: train the dense model, or reuse a cached one with the same key.
+
+The key covers what determines the baseline weights: the config (dataset, model, seed,
+baseline recipe, trainer limits), the architecture of the built model (so a code change
+that alters it never reuses a stale entry) and the identity of the data it trains on.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import inspect
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -12,44 +22,122 @@ from torch import nn
 
 from experiments.cache import BaselineCache, config_key
 from experiments.context import Phase, RunContext, measure_model
+from experiments.distributed import is_global_zero
 from experiments.module import Classifier
 
 log = logging.getLogger(__name__)
 
+# dataset keys that do not change the data a baseline sees (the data identity covers the files)
+VOLATILE_DATASET_KEYS = ("root", "eval_batch_size", "device", "download", "fallback")
 
-def baseline_key(cfg: DictConfig) -> str:
-    """Everything that determines the baseline weights, hashed."""
+
+@dataclass
+class BaselinePhase(Phase):
+    """The baseline phase plus where it came from (kept out of the numeric ``metrics``)."""
+
+    key: str = ""
+    cache_path: str | None = None
+    data_source: str | None = None
+    data_identity: dict[str, Any] | None = None
+
+
+def architecture_fingerprint(model: nn.Module) -> str:
+    """sha256 of the built model's structure: module names and classes in order, state-dict
+    names, shapes and dtypes, and the source code of every non-torch module class (so an
+    edited ``forward`` changes it too)."""
+    digest = hashlib.sha256()
+    sources: dict[str, str] = {}
+    for name, module in model.named_modules():
+        cls = type(module)
+        qualname = f"{cls.__module__}.{cls.__qualname__}"
+        digest.update(f"m:{name}:{qualname};".encode())
+        if not cls.__module__.startswith("torch.") and qualname not in sources:
+            try:
+                sources[qualname] = inspect.getsource(cls)
+            except (OSError, TypeError):  # defined interactively: the name is all there is
+                sources[qualname] = ""
+    for name, value in model.state_dict().items():
+        digest.update(f"p:{name}:{list(value.shape)}:{value.dtype};".encode())
+    for qualname in sorted(sources):
+        digest.update(f"s:{qualname}:".encode() + sources[qualname].encode())
+    return digest.hexdigest()
+
+
+def baseline_key_parts(cfg: DictConfig, model: nn.Module | None = None,
+                       data_identity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON-able description that :func:`baseline_key` hashes (kept beside the entry)."""
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
-    for volatile in ("root", "eval_batch_size", "device", "download"):
+    for volatile in VOLATILE_DATASET_KEYS:
         dataset.pop(volatile, None)
-    return config_key(
-        {
-            "dataset": dataset,
-            "model": OmegaConf.to_container(cfg.model, resolve=True),
-            "seed": cfg.seed,
-            "baseline": OmegaConf.to_container(cfg.baseline, resolve=True),
-            "trainer": {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
-                        if k.startswith("limit_") or k in ("precision", "max_steps")},
-        }
-    )
+    parts: dict[str, Any] = {
+        "dataset": dataset,
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "seed": cfg.seed,
+        "baseline": OmegaConf.to_container(cfg.baseline, resolve=True),
+        "trainer": {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+                    if k.startswith("limit_") or k in ("precision", "max_steps")},
+    }
+    if model is not None:
+        parts["architecture"] = architecture_fingerprint(model)
+    if data_identity is not None:
+        parts["data"] = data_identity
+    return parts
 
 
-def obtain_baseline(cfg: DictConfig, model: nn.Module, ctx: RunContext, example: torch.Tensor) -> Phase:
-    """Train ``model`` in place (or load the cached weights) and measure it."""
-    cache = BaselineCache(cfg.paths.cache_dir)
-    key = baseline_key(cfg)
-    cached = cache.load(key) if cfg.baseline.reuse else None
+def baseline_key(cfg: DictConfig, model: nn.Module | None = None, data_identity: dict[str, Any] | None = None) -> str:
+    """Everything that determines the baseline weights, hashed (see :func:`baseline_key_parts`)."""
+    return config_key(baseline_key_parts(cfg, model, data_identity))
+
+
+def obtain_baseline(cfg: DictConfig, model: nn.Module, ctx: RunContext, example: torch.Tensor, *,
+                    cache: BaselineCache | None = None) -> BaselinePhase:
+    """Train ``model`` in place (or load the verified cached weights) and measure it.
+
+    With ``baseline.reuse`` a process that finds another one training the same key waits
+    for it and reuses its entry instead of training a second copy.
+    """
+    cache = cache if cache is not None else BaselineCache(cfg.paths.cache_dir)
+    datamodule = ctx.datamodule
+    identity = datamodule.data_identity() if callable(getattr(datamodule, "data_identity", None)) else None
+    source = getattr(datamodule, "data_source", None)
+    parts = baseline_key_parts(cfg, model, identity)
+    key = config_key(parts)
+    log.info("baseline: key %s, data from %s", key, source or "the datamodule")
+    like = {k: v.detach().clone() for k, v in model.state_dict().items()}  # the untrained weights, to restore
     module = Classifier(model, instantiate(cfg.baseline.optimizer), cfg.baseline.lr_schedule)
     start = time.perf_counter()
+    reuse = bool(cfg.baseline.reuse)
+    seen = cache.signature(key)
+    cached = _load_into(model, cache, key, like) if reuse else None
+    if cached is None:
+        # in DDP the other ranks are started by rank 0's fit: only rank 0 may claim
+        claim = cache.claim(key) if reuse and is_global_zero() else contextlib.nullcontext(False)
+        with claim as waited:
+            if reuse and (waited or cache.signature(key) != seen):  # stored by the process we waited for
+                cached = _load_into(model, cache, key, like)
+            if cached is None:
+                wall = ctx.fit(module, "baseline", cfg.baseline.epochs)
+                if is_global_zero():
+                    cache.store(key, model.state_dict(), {"train_wall_s": wall}, parts=parts)
+                log.info("baseline: trained in %.1fs, cached at %s", wall, cache.path(key))
     if cached is not None:
-        model.load_state_dict(cached["state_dict"], strict=True)
         log.info("baseline: reusing cached checkpoint %s", cache.path(key))
         wall = float(cached["metrics"].get("train_wall_s", 0.0))
-    else:
-        wall = ctx.fit(module, "baseline", cfg.baseline.epochs)
-        cache.store(key, model.state_dict(), {"train_wall_s": wall})
-        log.info("baseline: trained in %.1fs, cached at %s", wall, cache.path(key))
-    return Phase("baseline", {
+    return BaselinePhase("baseline", {
         **ctx.test(module, "baseline"), **measure_model(model, example, cfg),
         "wall_s": wall, "reused": cached is not None, "load_s": time.perf_counter() - start,
-    })
+    }, key=key, cache_path=str(cache.path(key)), data_source=source, data_identity=identity)
+
+
+def _load_into(model: nn.Module, cache: BaselineCache, key: str, like: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+    """Load the verified entry of ``key`` into ``model``; None (reported) if it does not load."""
+    entry = cache.load(key, like)
+    if entry is None:
+        return None
+    try:
+        model.load_state_dict(entry["state_dict"], strict=True)
+    except (RuntimeError, ValueError) as err:
+        log.warning("baseline cache entry %s does not load into the model (%s); retraining", cache.path(key), err)
+        model.load_state_dict(like, strict=True)
+        return None
+    return entry
