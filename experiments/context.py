@@ -81,10 +81,18 @@ class RunContext:
         wandb_cfg = self.cfg.logger.get("wandb") if self.cfg.get("logger") else None
         if not wandb_cfg:
             return None
-        os.environ["WANDB_MODE"] = "offline" if wandb_cfg.get("offline", True) else "online"
+        settings = OmegaConf.to_container(wandb_cfg, resolve=True)
+        fallback = bool(settings.pop("fallback_offline", False))
+        mode = "offline" if settings.get("offline", True) else "online"
+        if mode == "online":  # a clear error within seconds, not a wandb traceback after minutes
+            from experiments.tracking import check_wandb_online
+
+            mode = check_wandb_online(fallback_offline=fallback)
+            settings["offline"] = mode == "offline"
+        os.environ["WANDB_MODE"] = mode
         os.environ.setdefault("WANDB_SILENT", "true")
         (self.output_dir / "wandb").mkdir(parents=True, exist_ok=True)
-        logger = instantiate(wandb_cfg, save_dir=str(self.output_dir))
+        logger = instantiate(settings, save_dir=str(self.output_dir))
         logger.log_hyperparams(OmegaConf.to_container(self.cfg, resolve=True))
         return logger
 

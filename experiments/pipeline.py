@@ -28,7 +28,7 @@ from experiments.context import Phase, RunContext
 from experiments.distributed import is_global_zero
 from experiments.plan import Runtime, dry_run, execute, refresh_batchnorm  # noqa: F401 (re-exported)
 from experiments.ratio_policy import ScanTable, as_scan, placeholder_scan
-from experiments.results import append_row, git_commit
+from experiments.results import append_row, failure_fields, git_commit
 from experiments.storage import atomic_write_bytes, claim_directory
 from experiments.summary import format_summary
 from experiments.validation import validate_config
@@ -155,9 +155,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             print(format_summary({k: v for k, v in rt.phases.items() if "/" not in k}))
         return row
     except BaseException as err:
-        row.update({"status": "interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
-                    "error": {"type": type(err).__name__, "message": str(err)[:2000], "phase": rt.current},
-                    "output_dir": str(output_dir)})
+        row.update(failure_fields(err, rt.current, output_dir))
         log.error("run %s %s during %s: %s: %s", run_id, row["status"], rt.current, type(err).__name__, err)
         raise
     finally:
@@ -199,6 +197,7 @@ def _row(cfg: DictConfig, run_id: str, rt: Runtime, tables: dict[str, Any], outp
         "run_id": run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": git_commit(), "seed": cfg.seed,
         "dataset": cfg.dataset.get("name"), "model": cfg.model.get("name"), "strategy": cfg.strategy.get("name"),
         "experiment": experiment_name(), "output_dir": str(output_dir), "machine": machine(),
+        "data_source": str(source) if (source := getattr(rt.ctx.datamodule, "data_source", None)) else None,
         "config": OmegaConf.to_container(cfg, resolve=True), "parts": parts,
         "metrics": {**flat, **derived}, "tables": tables,
     }
