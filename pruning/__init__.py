@@ -29,6 +29,7 @@ from pruning.handlers import ChannelwiseHandler, FilterHandler, register_handler
 from pruning.oprules import register_op_rule
 from pruning.record import PruningRecord, apply_record, load_pruned, read_record, save_pruned
 from pruning.structured import group_channels, kept_channels, planned_channels, prune_filters, prune_to
+from pruning.sensitivity import SensitivityTable, sensitivity
 from pruning.trace import ChannelMappingError
 
 # --- connection pruning, Deep Compression, sparse inference, BN folding ---
