@@ -1,5 +1,5 @@
 # The two commands of the README. Both are idempotent.
-.PHONY: setup run test quick study report
+.PHONY: setup run test lint quick study report
 
 setup:
 	bash scripts/setup.sh
@@ -7,8 +7,12 @@ setup:
 run: setup  ## the default study on Fashion-MNIST, offline
 	WANDB_MODE=$${WANDB_MODE:-offline} .venv/bin/python run.py $(ARGS)
 
-test: setup  ## the whole test suite
+test: setup lint  ## lint, then the whole test suite
 	WANDB_MODE=offline .venv/bin/python -m pytest $(ARGS)
+
+lint: setup  ## ruff: lint and formatting, as pre-commit runs them
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
 quick: setup  ## the tests not marked slow (the edit loop)
 	WANDB_MODE=offline .venv/bin/python -m pytest -m "not slow" $(ARGS)

@@ -32,11 +32,17 @@ from analysis.output import (
 )
 from analysis.parts import PARTS
 
-STAGES = (("dense_bytes", "dense"), ("pruned_bytes", "pruned"), ("quantized_bytes", "+ quantization"),
-          ("huffman_bytes", "+ Huffman"))
+STAGES = (
+    ("dense_bytes", "dense"),
+    ("pruned_bytes", "pruned"),
+    ("quantized_bytes", "+ quantization"),
+    ("huffman_bytes", "+ Huffman"),
+)
 TOTAL, MODEL = "all layers", "whole model (file)"
-HINT = ("no storage breakdown in the store (rows' tables.storage or quantized/storage_*_bytes): run a Deep "
-        "Compression preset, e.g. `python run.py -m experiment=deep_compression_lenet300 seed=0,1,2`")
+HINT = (
+    "no storage breakdown in the store (rows' tables.storage or quantized/storage_*_bytes): run a Deep "
+    "Compression preset, e.g. `python run.py -m experiment=deep_compression_lenet300 seed=0,1,2`"
+)
 ARM_KEYS = list(ARM)
 
 
@@ -52,10 +58,18 @@ def storage_long(store: StoreLike) -> tuple[pd.DataFrame, pd.DataFrame]:
         keys = layers.drop_duplicates("run_id")[[k for k in RUN_KEYS if k in layers]]
         frames.append(keys.merge(sums, on="run_id").assign(layer=TOTAL))
     if not runs.empty:
-        metric = {"dense_bytes": "baseline/dense_bytes", "pruned_bytes": "quantized/storage_pruned_bytes",
-                  "quantized_bytes": "quantized/storage_quantized_bytes", "huffman_bytes": "quantized/storage_huffman_bytes"}
+        metric = {
+            "dense_bytes": "baseline/dense_bytes",
+            "pruned_bytes": "quantized/storage_pruned_bytes",
+            "quantized_bytes": "quantized/storage_quantized_bytes",
+            "huffman_bytes": "quantized/storage_huffman_bytes",
+        }
         have = runs[[m for m in metric.values() if m in runs]]
-        whole = runs[have.drop(columns=["baseline/dense_bytes"], errors="ignore").notna().any(axis=1)] if not have.empty else runs.iloc[:0]
+        whole = (
+            runs[have.drop(columns=["baseline/dense_bytes"], errors="ignore").notna().any(axis=1)]
+            if not have.empty
+            else runs.iloc[:0]
+        )
         if not whole.empty:
             model = whole[[k for k in RUN_KEYS if k in whole]].copy()
             for col, m in metric.items():
@@ -73,8 +87,11 @@ def compression_table(long: pd.DataFrame) -> pd.DataFrame:
     for col, name in STAGES[1:]:
         table[f"rate {name}"] = table["dense_bytes_mean"] / table[f"{col}_mean"]
     table["_order"] = table["layer"].map(order.index)
-    return table.sort_values([*ARM_KEYS, "_order"], key=lambda c: c.astype(str) if c.name != "_order" else c) \
-        .drop(columns="_order").reset_index(drop=True)
+    return (
+        table.sort_values([*ARM_KEYS, "_order"], key=lambda c: c.astype(str) if c.name != "_order" else c)
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )
 
 
 def shown_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -101,8 +118,15 @@ def compression_figure(store: StoreLike, out: str | Path | None = None) -> Figur
         x = np.arange(len(sub))
         for k, (col, name) in enumerate(STAGES):
             mean, std = sub[f"{col}_mean"] / 1000, sub[f"{col}_std"] / 1000
-            ax.bar(x + (k - 1.5) * width, mean.fillna(0), width, yerr=std if (sub[f"{col}_n"] > 1).any() else None,
-                   capsize=2, label=name, color=f"C{k}")
+            ax.bar(
+                x + (k - 1.5) * width,
+                mean.fillna(0),
+                width,
+                yerr=std if (sub[f"{col}_n"] > 1).any() else None,
+                capsize=2,
+                label=name,
+                color=f"C{k}",
+            )
         ax.set_xticks(x, sub["layer"], rotation=20, ha="right", fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("size (KB, log scale)")
@@ -110,8 +134,10 @@ def compression_figure(store: StoreLike, out: str | Path | None = None) -> Figur
         total = sub[sub["layer"].isin([MODEL, TOTAL])]
         rate = total.iloc[0]["rate + Huffman"] if not total.empty else np.nan
         rate_text = f", total {rate:.1f}x smaller" if np.isfinite(rate) else ""
-        ax.set_title(f"{ctx['dataset']} / {ctx['model']}: {label(ctx, shown)} ({int(sub['seeds'].max())} seeds){rate_text}",
-                     fontsize=9)
+        ax.set_title(
+            f"{ctx['dataset']} / {ctx['model']}: {label(ctx, shown)} ({int(sub['seeds'].max())} seeds){rate_text}",
+            fontsize=9,
+        )
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=7, title="stage", title_fontsize=7)
     fig.suptitle("Compression breakdown (Deep Compression, Table 1): bytes per layer after each stage; mean over seeds")
@@ -123,10 +149,16 @@ def compression_figure(store: StoreLike, out: str | Path | None = None) -> Figur
 def build(store: Store, out: Path) -> list[Path]:
     compression_figure(store, out)
     table = compression_table(storage_long(store)[0])
-    write_tables(table, shown_table(table), out, "compression_table",
-                 "Storage per layer: dense -> pruned -> + quantization -> + Huffman (KB, mean over seeds), rate = dense / stage.")
-    return [out / f"compression.{ext}" for ext in ("png", "svg", "csv")] + \
-           [out / f"compression_table.{ext}" for ext in ("md", "tex")]
+    write_tables(
+        table,
+        shown_table(table),
+        out,
+        "compression_table",
+        "Storage per layer: dense -> pruned -> + quantization -> + Huffman (KB, mean over seeds), rate = dense / stage.",
+    )
+    return [out / f"compression.{ext}" for ext in ("png", "svg", "csv")] + [
+        out / f"compression_table.{ext}" for ext in ("md", "tex")
+    ]
 
 
 if __name__ == "__main__":

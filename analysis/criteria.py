@@ -32,8 +32,10 @@ from analysis.output import (
 FACET = [*CONTEXT, "kind", "schedule", "rounds", "ratio_policy", "scoring", "retrain", "freeze", "epochs_budget"]
 ORDER = ["l1", "random", "largest_l1", "l2", "bn_gamma", "fpgm", "taylor", "apoz", "activation_mean"]
 MARKERS = "osv^D<>pP*hX"
-HINT = ("no filter-pruning runs of two or more criteria at the same settings: run e.g. "
-        "`python run.py -m strategy=l1_oneshot,random_oneshot strategy.ratio=0.3,0.5,0.7 seed=0,1,2`")
+HINT = (
+    "no filter-pruning runs of two or more criteria at the same settings: run e.g. "
+    "`python run.py -m strategy=l1_oneshot,random_oneshot strategy.ratio=0.3,0.5,0.7 seed=0,1,2`"
+)
 
 
 def criterion_rank(name: str) -> tuple[int, str]:
@@ -49,7 +51,9 @@ def criteria_table(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty or "kind" not in runs:
         raise NoData(HINT)
     runs = runs[(runs["kind"] == "filter") & runs["ratio_value"].notna()]
-    table = over_seeds(runs, [*FACET, "criterion", "variant", "ratio_value"], ["pruned/acc", "final/acc", "baseline/acc"])
+    table = over_seeds(
+        runs, [*FACET, "criterion", "variant", "ratio_value"], ["pruned/acc", "final/acc", "baseline/acc"]
+    )
     if table.empty:
         raise NoData(HINT)
     table = table[table.groupby(FACET)["criterion"].transform("nunique") >= 2]
@@ -68,25 +72,41 @@ def criteria_figure(store: StoreLike, out: str | Path | None = None) -> Figure:
     fig, axes = grid(2 * len(panels), ncols=2)
     criteria = sorted(table["criterion"].unique(), key=criterion_rank)
     for i, (ctx, sub) in enumerate(panels):
-        for ax, metric, what in ((axes[2 * i], "pruned/acc", "right after pruning (no retraining)"),
-                                 (axes[2 * i + 1], "final/acc", "after retraining")):
+        for ax, metric, what in (
+            (axes[2 * i], "pruned/acc", "right after pruning (no retraining)"),
+            (axes[2 * i + 1], "final/acc", "after retraining"),
+        ):
             show_variant = sub["variant"].astype(str).nunique() > 1
             for (crit, variant), g in sub.groupby(["criterion", "variant"], sort=False):
                 g = g.sort_values("ratio_value")
                 name = f"{crit} ({variant})" if show_variant and variant not in ("", "—") else str(crit)
                 k = criteria.index(crit)
-                errorbar(ax, g["ratio_value"] * 100, g[f"{metric}_mean"] * 100, g[f"{metric}_std"] * 100,
-                         g[f"{metric}_n"], marker=MARKERS[k % len(MARKERS)], color=f"C{k % 10}", label=f"{name}")
+                errorbar(
+                    ax,
+                    g["ratio_value"] * 100,
+                    g[f"{metric}_mean"] * 100,
+                    g[f"{metric}_std"] * 100,
+                    g[f"{metric}_n"],
+                    marker=MARKERS[k % len(MARKERS)],
+                    color=f"C{k % 10}",
+                    label=f"{name}",
+                )
             base = sub["baseline/acc_mean"].mean()
             if pd.notna(base):
                 ax.axhline(base * 100, color="k", ls="--", lw=1, label=f"baseline (unpruned) {base * 100:.2f}")
-            seeds = f"{int(sub['seeds'].min())}-{int(sub['seeds'].max())}" if sub["seeds"].nunique() > 1 else str(int(sub["seeds"].max()))
+            seeds = (
+                f"{int(sub['seeds'].min())}-{int(sub['seeds'].max())}"
+                if sub["seeds"].nunique() > 1
+                else str(int(sub["seeds"].max()))
+            )
             ax.set_title(f"{facet_title(ctx, shown)}: {what}, {seeds} seeds", fontsize=9)
             ax.set_xlabel("filters pruned away per layer (%)")
             ax.set_ylabel("test accuracy (%)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, title="criterion", title_fontsize=7)
-    fig.suptitle("Pruning criteria: accuracy vs fraction of filters pruned (Li et al. 2017, Fig. 2c); mean ± std over seeds")
+    fig.suptitle(
+        "Pruning criteria: accuracy vs fraction of filters pruned (Li et al. 2017, Fig. 2c); mean ± std over seeds"
+    )
     footer(fig, runs)
     save(fig, table, out, "criteria")
     return fig

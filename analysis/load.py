@@ -28,9 +28,35 @@ RUNS_FILE = "runs.jsonl"
 KNOWN_SCHEMAS = (1, 2)
 STATUSES = ("ok", "failed", "interrupted")
 REQUIRED = ("seed", "dataset", "model")
-META = ("run_id", "time", "commit", "status", "seed", "dataset", "model", "strategy", "experiment",
-        "output_dir", "wall_s", "schema_version", "machine", "source")
-RUN_KEYS = ("run_id", "time", "machine", "seed", "dataset", "model", "strategy", "experiment", *PARTS, "variant", "baseline_config")
+META = (
+    "run_id",
+    "time",
+    "commit",
+    "status",
+    "seed",
+    "dataset",
+    "model",
+    "strategy",
+    "experiment",
+    "output_dir",
+    "wall_s",
+    "schema_version",
+    "machine",
+    "source",
+)
+RUN_KEYS = (
+    "run_id",
+    "time",
+    "machine",
+    "seed",
+    "dataset",
+    "model",
+    "strategy",
+    "experiment",
+    *PARTS,
+    "variant",
+    "baseline_config",
+)
 """The columns every long table carries, so it can be grouped like the runs table."""
 TABLES = ("layers", "sensitivity", "storage", "filter_norms")
 _VOLATILE_TOP = {"paths", "results", "hydra", "logger"}
@@ -64,8 +90,9 @@ class Store:
 StoreLike = str | Path | Store
 
 
-def read_store(store: StoreLike = "results", wandb_dir: str | Path | None = None,
-               wandb_project: str | None = None) -> Store:
+def read_store(
+    store: StoreLike = "results", wandb_dir: str | Path | None = None, wandb_project: str | None = None
+) -> Store:
     """Parse, validate and de-duplicate every row of ``store`` (a folder holding runs.jsonl, or the file).
 
     ``wandb_dir``: also read W&B offline run folders found under it; ``wandb_project``
@@ -89,12 +116,17 @@ def read_store(store: StoreLike = "results", wandb_dir: str | Path | None = None
                 out.problems.append(Problem(f"{file}:{lineno}", f"not valid JSON ({err.msg}); fix or remove that line"))
     if wandb_dir is not None or wandb_project is not None:
         from analysis import wandb_source
+
         known = {str(r.get("output_dir")) for _, r in raw_rows if isinstance(r, dict) and r.get("output_dir")}
         known_ids = {str(r.get("run_id")) for _, r in raw_rows if isinstance(r, dict)}
         if wandb_dir is not None:
-            raw_rows += [(s, r) for s, r in wandb_source.offline_rows(wandb_dir) if str(r.get("output_dir")) not in known]
+            raw_rows += [
+                (s, r) for s, r in wandb_source.offline_rows(wandb_dir) if str(r.get("output_dir")) not in known
+            ]
         if wandb_project is not None:
-            raw_rows += [(s, r) for s, r in wandb_source.online_rows(wandb_project) if str(r.get("run_id")) not in known_ids]
+            raw_rows += [
+                (s, r) for s, r in wandb_source.online_rows(wandb_project) if str(r.get("run_id")) not in known_ids
+            ]
     for order, (source, raw) in enumerate(raw_rows):
         row = _normalise(raw, source, out.problems)
         if row is not None:
@@ -117,7 +149,9 @@ def load_runs(store: StoreLike = "results", status: str | None = "ok") -> pd.Dat
     for r in rows:
         rec = {k: r.get(k) for k in META}
         rec.update(r["parts"])
-        rec.update(variant=r["variant"], baseline_config=r["baseline_config"], ratio_value=ratio_value(r["parts"]["ratio"]))
+        rec.update(
+            variant=r["variant"], baseline_config=r["baseline_config"], ratio_value=ratio_value(r["parts"]["ratio"])
+        )
         error = r.get("error") or {}
         rec.update(error_type=error.get("type"), error_message=error.get("message"), error_phase=error.get("phase"))
         rec.update(r["metrics"])
@@ -178,6 +212,7 @@ def load_ratios(store: StoreLike = "results") -> pd.DataFrame:
 
 # -- normalising one row -------------------------------------------------------------------
 
+
 def _normalise(raw: Any, source: str, problems: list[Problem]) -> dict[str, Any] | None:
     if not isinstance(raw, dict):
         problems.append(Problem(source, f"a row must be a JSON object, got {type(raw).__name__}; skipped"))
@@ -188,8 +223,13 @@ def _normalise(raw: Any, source: str, problems: list[Problem]) -> dict[str, Any]
         return None
     version = raw.get("schema_version", 1)
     if version not in KNOWN_SCHEMAS:
-        problems.append(Problem(source, f"schema_version {version!r} is newer than this analysis knows "
-                                        f"({max(KNOWN_SCHEMAS)}); read as {max(KNOWN_SCHEMAS)}, update analysis/"))
+        problems.append(
+            Problem(
+                source,
+                f"schema_version {version!r} is newer than this analysis knows "
+                f"({max(KNOWN_SCHEMAS)}); read as {max(KNOWN_SCHEMAS)}, update analysis/",
+            )
+        )
     try:
         seed = int(raw["seed"])
     except (TypeError, ValueError):
@@ -240,13 +280,25 @@ def _normalise(raw: Any, source: str, problems: list[Problem]) -> dict[str, Any]
     baseline = [raw["dataset"], raw["model"], parts.get("baseline_epochs")]
     baseline += [stripped.get(k) for k in ("dataset", "model", "baseline")]
     return {
-        "run_id": str(raw.get("run_id") or source), "time": raw.get("time"), "commit": raw.get("commit"),
-        "status": status, "seed": seed, "dataset": str(raw["dataset"]), "model": str(raw["model"]),
+        "run_id": str(raw.get("run_id") or source),
+        "time": raw.get("time"),
+        "commit": raw.get("commit"),
+        "status": status,
+        "seed": seed,
+        "dataset": str(raw["dataset"]),
+        "model": str(raw["model"]),
         "strategy": raw.get("strategy") or (config.get("strategy") or {}).get("name"),
-        "experiment": raw.get("experiment") or _experiment_of_v1(raw, config), "output_dir": raw.get("output_dir"), "wall_s": _number(raw.get("wall_s")),
-        "schema_version": version, "machine": _machine(raw, config), "source": source,
+        "experiment": raw.get("experiment") or _experiment_of_v1(raw, config),
+        "output_dir": raw.get("output_dir"),
+        "wall_s": _number(raw.get("wall_s")),
+        "schema_version": version,
+        "machine": _machine(raw, config),
+        "source": source,
         "error": raw.get("error") if isinstance(raw.get("error"), dict) else None,
-        "config": config, "parts": parts, "metrics": metrics, "tables": clean_tables,
+        "config": config,
+        "parts": parts,
+        "metrics": metrics,
+        "tables": clean_tables,
         "identity": json.dumps(identity, sort_keys=True, default=str),
         "baseline_config": json.dumps(baseline, sort_keys=True, default=str),
         "flat_config": _flatten(stripped),
@@ -298,8 +350,11 @@ def _machine(raw: dict[str, Any], config: dict[str, Any]) -> str | None:
 def _strip(config: Any, top: bool = True) -> Any:
     """The config without seeds, output paths and logging: what makes two runs the same setting."""
     if isinstance(config, dict):
-        return {k: _strip(v, False) for k, v in config.items()
-                if k not in _VOLATILE_KEYS and not (top and k in _VOLATILE_TOP) and not str(k).endswith("_dir")}
+        return {
+            k: _strip(v, False)
+            for k, v in config.items()
+            if k not in _VOLATILE_KEYS and not (top and k in _VOLATILE_TOP) and not str(k).endswith("_dir")
+        }
     if isinstance(config, list):
         return [_strip(v, False) for v in config]
     return config
@@ -326,8 +381,13 @@ def _dedupe(store: Store) -> None:
     for row in store.with_status("ok"):
         if id(row) not in kept:
             winner = latest[(row["identity"], row["seed"])]
-            store.superseded.append(Problem(row["source"], f"same settings and seed {row['seed']} as the later "
-                                                           f"{winner['source']}; only the later run is counted"))
+            store.superseded.append(
+                Problem(
+                    row["source"],
+                    f"same settings and seed {row['seed']} as the later "
+                    f"{winner['source']}; only the later run is counted",
+                )
+            )
     store.rows = [r for r in store.rows if r["status"] != "ok" or id(r) in kept]
 
 

@@ -67,8 +67,15 @@ def varying(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     return [c for c in columns if frame[c].astype(str).nunique() > 1]
 
 
-_UNITS = {"epochs_budget": "{} retrain epochs", "rounds": "{} rounds", "baseline_epochs": "baseline {} epochs",
-          "max_drop": "max drop {}", "target_reduction": "target {}", "freeze": "freeze {}", "ratio": "ratio {}"}
+_UNITS = {
+    "epochs_budget": "{} retrain epochs",
+    "rounds": "{} rounds",
+    "baseline_epochs": "baseline {} epochs",
+    "max_drop": "max drop {}",
+    "target_reduction": "target {}",
+    "freeze": "freeze {}",
+    "ratio": "ratio {}",
+}
 
 
 def label(row: pd.Series | dict, columns: Sequence[str]) -> str:
@@ -118,13 +125,17 @@ def provenance(frame: pd.DataFrame | None) -> str:
     parts = []
     if frame is not None and not frame.empty:
         parts.append(f"{frame['run_id'].nunique() if 'run_id' in frame else len(frame)} runs")
-        times = pd.to_datetime(frame["time"], errors="coerce").dropna() if "time" in frame else pd.Series([], dtype=object)
+        times = (
+            pd.to_datetime(frame["time"], errors="coerce").dropna() if "time" in frame else pd.Series([], dtype=object)
+        )
         if len(times):
             parts[-1] += f", {times.min():%Y-%m-%d %H:%M} to {times.max():%Y-%m-%d %H:%M}"
         machines = sorted({str(m) for m in frame.get("machine", pd.Series([], dtype=object)).dropna()})
         if machines:
             parts.append("machine: " + "; ".join(machines[:3]) + (" ..." if len(machines) > 3 else ""))
-    parts.append(f"built {datetime.now():%Y-%m-%d %H:%M} on {platform.node()} ({platform.processor() or platform.machine()})")
+    parts.append(
+        f"built {datetime.now():%Y-%m-%d %H:%M} on {platform.node()} ({platform.processor() or platform.machine()})"
+    )
     return "; ".join(parts)
 
 
@@ -157,23 +168,43 @@ def markdown(table: pd.DataFrame) -> str:
 
 def latex(table: pd.DataFrame, caption: str = "") -> str:
     """A booktabs LaTeX table (escaped), one row per table row."""
+
     def esc(v: object) -> str:
         text = _cell(v)
-        for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                     ("±", r"$\pm$"), ("→", r"$\to$"), ("×", r"$\times$")):
+        for a, b in (
+            ("\\", r"\textbackslash{}"),
+            ("&", r"\&"),
+            ("%", r"\%"),
+            ("_", r"\_"),
+            ("#", r"\#"),
+            ("±", r"$\pm$"),
+            ("→", r"$\to$"),
+            ("×", r"$\times$"),
+        ):
             text = text.replace(a, b)
         return text
+
     head = " & ".join(esc(c) for c in table.columns) + r" \\"
     body = [" & ".join(esc(v) for v in row) + r" \\" for row in table.itertuples(index=False)]
-    lines = [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{'l' * len(table.columns)}}}", r"\toprule",
-             head, r"\midrule", *body, r"\bottomrule", r"\end{tabular}"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\begin{{tabular}}{{{'l' * len(table.columns)}}}",
+        r"\toprule",
+        head,
+        r"\midrule",
+        *body,
+        r"\bottomrule",
+        r"\end{tabular}",
+    ]
     if caption:
         lines.append(rf"\caption{{{esc(caption)}}}")
     return "\n".join(lines + [r"\end{table}"]) + "\n"
 
 
-def write_tables(table: pd.DataFrame, shown: pd.DataFrame, out: str | Path | None, name: str,
-                 caption: str = "") -> list[Path]:
+def write_tables(
+    table: pd.DataFrame, shown: pd.DataFrame, out: str | Path | None, name: str, caption: str = ""
+) -> list[Path]:
     """Write ``name``.csv (the numbers), .md and .tex (the formatted ``shown`` table)."""
     if out is None:
         return []

@@ -17,14 +17,18 @@ from analysis.load import Store, StoreLike, load_runs
 from analysis.output import ARM, MISSING, NoData, cli, keyed, pm, write_tables
 from analysis.papers import PAPERS, PaperResult
 
-HINT = ("no runs of a paper preset: run e.g. `python run.py -m experiment=han2015_lenet300 seed=0,1,2` "
-        f"(presets: {', '.join(PAPERS)})")
+HINT = (
+    "no runs of a paper preset: run e.g. `python run.py -m experiment=han2015_lenet300 seed=0,1,2` "
+    f"(presets: {', '.join(PAPERS)})"
+)
 
 
 def _quantities(runs: pd.DataFrame) -> dict[str, tuple[pd.Series, str]]:
     """Per-run values of each compared quantity (NaN where the run lacks the metric), and the paper field."""
+
     def col(name: str) -> pd.Series:
         return runs[name] if name in runs else pd.Series(np.nan, index=runs.index)
+
     return {
         "baseline error (%)": ((1 - col("baseline/acc")) * 100, "baseline_error"),
         "final error (%)": ((1 - col("final/acc")) * 100, "pruned_error"),
@@ -61,15 +65,26 @@ def paper_table(runs: pd.DataFrame) -> pd.DataFrame:
             if paper is None and v.empty:
                 continue
             mean = float(v.mean()) if len(v) else np.nan
-            rows.append({
-                "experiment": arm["experiment"], "paper model": paper.model if paper else MISSING,
-                "paper dataset": paper.dataset if paper else MISSING, "dataset": arm["dataset"], "model": arm["model"],
-                "variant": arm["variant"], "quantity": quantity, "paper": ref if ref is not None else np.nan,
-                "ours_mean": mean, "ours_std": float(v.std(ddof=1)) if len(v) > 1 else (0.0 if len(v) else np.nan),
-                "seeds": int(group.loc[v.index, "seed"].nunique()), "gap": mean - ref if ref is not None else np.nan,
-                "source": paper.citation if paper else "no paper numbers for this preset (add them to analysis/papers.py)",
-                "note": paper.note if paper else "",
-            })
+            rows.append(
+                {
+                    "experiment": arm["experiment"],
+                    "paper model": paper.model if paper else MISSING,
+                    "paper dataset": paper.dataset if paper else MISSING,
+                    "dataset": arm["dataset"],
+                    "model": arm["model"],
+                    "variant": arm["variant"],
+                    "quantity": quantity,
+                    "paper": ref if ref is not None else np.nan,
+                    "ours_mean": mean,
+                    "ours_std": float(v.std(ddof=1)) if len(v) > 1 else (0.0 if len(v) else np.nan),
+                    "seeds": int(group.loc[v.index, "seed"].nunique()),
+                    "gap": mean - ref if ref is not None else np.nan,
+                    "source": paper.citation
+                    if paper
+                    else "no paper numbers for this preset (add them to analysis/papers.py)",
+                    "note": paper.note if paper else "",
+                }
+            )
     if not rows:
         raise NoData(HINT)
     return pd.DataFrame(rows)
@@ -92,8 +107,13 @@ def write_paper_table(store: StoreLike, out: str | Path | None = None) -> tuple[
     table = paper_table(load_runs(store))
     shown = shown_table(table)
     sources = "; ".join(dict.fromkeys(s for s in table["source"] if s))
-    write_tables(table, shown, out, "paper_comparison",
-                 f"Paper presets: our result (mean ± std over seeds) next to the paper's. Sources: {sources}.")
+    write_tables(
+        table,
+        shown,
+        out,
+        "paper_comparison",
+        f"Paper presets: our result (mean ± std over seeds) next to the paper's. Sources: {sources}.",
+    )
     return table, shown
 
 

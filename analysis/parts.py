@@ -11,21 +11,49 @@ import re
 from typing import Any
 
 PARTS: tuple[str, ...] = (
-    "kind", "criterion", "schedule", "rounds", "ratio", "ratio_policy", "max_drop", "target_reduction",
-    "scoring", "retrain", "freeze", "epochs_budget", "baseline_epochs",
+    "kind",
+    "criterion",
+    "schedule",
+    "rounds",
+    "ratio",
+    "ratio_policy",
+    "max_drop",
+    "target_reduction",
+    "scoring",
+    "retrain",
+    "freeze",
+    "epochs_budget",
+    "baseline_epochs",
 )
 """Every key of ``row["parts"]``, each its own column of :func:`analysis.load.load_runs`."""
 
 OPERATING_POINT: tuple[str, ...] = ("ratio", "ratio_policy", "max_drop", "target_reduction")
 """The parts that say how much is pruned (the x axis of a trade-off)."""
 
-CHANCE_BY_DATASET = {"mnist": 0.1, "fashion_mnist": 0.1, "cifar10": 0.1, "cifar100": 0.01, "synthetic": 0.1,
-                     "imagenet": 0.001}
+CHANCE_BY_DATASET = {
+    "mnist": 0.1,
+    "fashion_mnist": 0.1,
+    "cifar10": 0.1,
+    "cifar100": 0.01,
+    "synthetic": 0.1,
+    "imagenet": 0.001,
+}
 
 _CRITERION_NAMES = {
-    "random": "random", "l1": "l1", "l1norm": "l1", "l2": "l2", "l2norm": "l2", "largestl1": "largest_l1",
-    "largest_l1": "largest_l1", "bngamma": "bn_gamma", "bnscale": "bn_gamma", "fpgm": "fpgm", "taylor": "taylor",
-    "apoz": "apoz", "activationmean": "activation_mean", "magnitude": "magnitude",
+    "random": "random",
+    "l1": "l1",
+    "l1norm": "l1",
+    "l2": "l2",
+    "l2norm": "l2",
+    "largestl1": "largest_l1",
+    "largest_l1": "largest_l1",
+    "bngamma": "bn_gamma",
+    "bnscale": "bn_gamma",
+    "fpgm": "fpgm",
+    "taylor": "taylor",
+    "apoz": "apoz",
+    "activationmean": "activation_mean",
+    "magnitude": "magnitude",
 }
 
 
@@ -76,10 +104,19 @@ def derive_parts(config: dict[str, Any]) -> dict[str, Any]:
     weight = "WeightPruning" in target or "sparsity" in strategy or "quality" in strategy
     rounds = _as_int(strategy.get("rounds")) or 1
     name = str(strategy.get("name", ""))
-    schedule = "layerwise" if (strategy.get("layerwise") or "layerwise" in name) else ("oneshot" if rounds == 1 else "iterative")
+    schedule = (
+        "layerwise"
+        if (strategy.get("layerwise") or "layerwise" in name)
+        else ("oneshot" if rounds == 1 else "iterative")
+    )
     parts: dict[str, Any] = dict.fromkeys(PARTS)
-    parts.update(kind="weight" if weight else "filter", rounds=rounds, schedule=schedule, scoring="independent",
-                 baseline_epochs=_as_int(baseline.get("epochs")))
+    parts.update(
+        kind="weight" if weight else "filter",
+        rounds=rounds,
+        schedule=schedule,
+        scoring="independent",
+        baseline_epochs=_as_int(baseline.get("epochs")),
+    )
     if weight:
         parts["criterion"] = "magnitude"
         sparsity = strategy.get("sparsity")
@@ -98,8 +135,11 @@ def derive_parts(config: dict[str, Any]) -> dict[str, Any]:
         else:
             parts.update(ratio=ratio_text(ratio), ratio_policy="uniform")
         parts["freeze"] = "none"
-    epochs = [(_as_int(_get(strategy, "retrain", "epochs")) or 0) * rounds, _as_int(_get(strategy, "average", "epochs")) or 0,
-              _as_int(_get(strategy, "quantize_retrain", "epochs")) or 0]
+    epochs = [
+        (_as_int(_get(strategy, "retrain", "epochs")) or 0) * rounds,
+        _as_int(_get(strategy, "average", "epochs")) or 0,
+        _as_int(_get(strategy, "quantize_retrain", "epochs")) or 0,
+    ]
     parts["epochs_budget"] = sum(epochs)
     parts["retrain"] = "finetune" if parts["epochs_budget"] > 0 else "none"
     return parts

@@ -33,8 +33,10 @@ from analysis.load import Store, load_runs, read_store
 from analysis.output import NoData, markdown, provenance
 
 EXAMPLE = "python run.py -m strategy=l1_oneshot,l1_iterative seed=0,1,2"
-STYLE = ("<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:12px}"
-         "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}</style>")
+STYLE = (
+    "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:12px}"
+    "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}</style>"
+)
 
 
 @dataclass
@@ -49,7 +51,9 @@ class Section:
     tables: list[pd.DataFrame] = field(default_factory=list)
 
 
-def _figure(title: str, make: Callable[[Store, Path], object], names: Sequence[str], what: str) -> Callable[[Store, Path], Section]:
+def _figure(
+    title: str, make: Callable[[Store, Path], object], names: Sequence[str], what: str
+) -> Callable[[Store, Path], Section]:
     def build(store: Store, out: Path) -> Section:
         make(store, out)
         section = Section(title, text=[what])
@@ -58,12 +62,16 @@ def _figure(title: str, make: Callable[[Store, Path], object], names: Sequence[s
                 section.images.append((f"{name}.png", name))
                 section.files += [f"{name}.svg", f"{name}.csv"]
         return section
+
     return build
 
 
 def _sensitivity(store: Store, out: Path) -> Section:
     made, reasons = [], []
-    for name, make in (("sensitivity", sensitivity.sensitivity_figure), ("filter_norms", sensitivity.filter_norms_figure)):
+    for name, make in (
+        ("sensitivity", sensitivity.sensitivity_figure),
+        ("filter_norms", sensitivity.filter_norms_figure),
+    ):
         try:
             make(store, out)
             made.append(name)
@@ -71,36 +79,47 @@ def _sensitivity(store: Store, out: Path) -> Section:
             reasons.append(str(err))
     if not made:
         raise NoData("; ".join(reasons))
-    section = Section("Sensitivity and filter norms (Li et al. 2017, Fig. 2a-b)",
-                      text=["Accuracy after pruning one group alone, no retraining; baseline filters sorted by L1 norm."]
-                      + [f"Not shown: {r}" for r in reasons])
+    section = Section(
+        "Sensitivity and filter norms (Li et al. 2017, Fig. 2a-b)",
+        text=["Accuracy after pruning one group alone, no retraining; baseline filters sorted by L1 norm."]
+        + [f"Not shown: {r}" for r in reasons],
+    )
     for name in made:
         section.images.append((f"{name}.png", name))
         section.files += [f"{name}.svg", f"{name}.csv"]
     return section
 
 
-def _table(title: str, write: Callable[[Store, Path], tuple[pd.DataFrame, pd.DataFrame]], name: str,
-           what: str) -> Callable[[Store, Path], Section]:
+def _table(
+    title: str, write: Callable[[Store, Path], tuple[pd.DataFrame, pd.DataFrame]], name: str, what: str
+) -> Callable[[Store, Path], Section]:
     def build(store: Store, out: Path) -> Section:
         _, shown = write(store, out)
         return Section(title, text=[what], tables=[shown], files=[f"{name}.md", f"{name}.tex", f"{name}.csv"])
+
     return build
 
 
 def _compression(store: Store, out: Path) -> Section:
     compression.build(store, out)
     table = compression.compression_table(compression.storage_long(store)[0])
-    return Section("Compression breakdown (Deep Compression, Table 1)",
-                   text=["Bytes per layer after pruning, quantization and Huffman coding; rate = dense / stage."],
-                   images=[("compression.png", "compression")], tables=[compression.shown_table(table)],
-                   files=["compression.svg", "compression.csv", "compression_table.md", "compression_table.tex"])
+    return Section(
+        "Compression breakdown (Deep Compression, Table 1)",
+        text=["Bytes per layer after pruning, quantization and Huffman coding; rate = dense / stage."],
+        images=[("compression.png", "compression")],
+        tables=[compression.shown_table(table)],
+        files=["compression.svg", "compression.csv", "compression_table.md", "compression_table.tex"],
+    )
 
 
 def _verdicts(store: Store, out: Path) -> Section:
     table, lines = verdicts.verdict_report(store, out)
-    section = Section("Lesson verdicts", text=[verdicts.rule_text(table)], items=lines,
-                      files=["verdicts.md", "verdicts.tex", "verdicts.csv"])
+    section = Section(
+        "Lesson verdicts",
+        text=[verdicts.rule_text(table)],
+        items=lines,
+        files=["verdicts.md", "verdicts.tex", "verdicts.csv"],
+    )
     if not table.empty:
         section.tables.append(verdicts.shown_table(table))
     return section
@@ -108,19 +127,53 @@ def _verdicts(store: Store, out: Path) -> Section:
 
 BUILDERS: tuple[tuple[str, Callable[[Store, Path], Section]], ...] = (
     ("verdicts", _verdicts),
-    ("strategy table", _table("Strategies", strategy_table.write_strategy_table, "strategy_table",
-                              "Accuracy change (final - baseline), MAC and parameter reduction, retraining cost; "
-                              "mean ± std over seeds.")),
-    ("paper comparison", _table("Paper comparison", paper_comparison.write_paper_table, "paper_comparison",
-                                "Our result next to the paper's for each paper preset; note our dataset column.")),
+    (
+        "strategy table",
+        _table(
+            "Strategies",
+            strategy_table.write_strategy_table,
+            "strategy_table",
+            "Accuracy change (final - baseline), MAC and parameter reduction, retraining cost; mean ± std over seeds.",
+        ),
+    ),
+    (
+        "paper comparison",
+        _table(
+            "Paper comparison",
+            paper_comparison.write_paper_table,
+            "paper_comparison",
+            "Our result next to the paper's for each paper preset; note our dataset column.",
+        ),
+    ),
     ("sensitivity", _sensitivity),
-    ("criteria", _figure("Pruning criteria (Li et al. 2017, Fig. 2c)", criteria.criteria_figure, ["criteria"],
-                         "Smallest L1 vs random vs largest L1 vs the others, with and without retraining.")),
-    ("trade-off", _figure("Accuracy vs compression (Han et al. 2015, Fig. 5)", tradeoff.tradeoff_figure, ["tradeoff"],
-                          "Accuracy vs fraction of weights and of MACs removed, one line per strategy.")),
+    (
+        "criteria",
+        _figure(
+            "Pruning criteria (Li et al. 2017, Fig. 2c)",
+            criteria.criteria_figure,
+            ["criteria"],
+            "Smallest L1 vs random vs largest L1 vs the others, with and without retraining.",
+        ),
+    ),
+    (
+        "trade-off",
+        _figure(
+            "Accuracy vs compression (Han et al. 2015, Fig. 5)",
+            tradeoff.tradeoff_figure,
+            ["tradeoff"],
+            "Accuracy vs fraction of weights and of MACs removed, one line per strategy.",
+        ),
+    ),
     ("compression", _compression),
-    ("speed", _figure("Speed vs MACs", speed.speed_figure, ["speed"],
-                      "Measured latency ratio vs MAC ratio at batch 1 and the largest batch; ideal y = x.")),
+    (
+        "speed",
+        _figure(
+            "Speed vs MACs",
+            speed.speed_figure,
+            ["speed"],
+            "Measured latency ratio vs MAC ratio at batch 1 and the largest batch; ideal y = x.",
+        ),
+    ),
 )
 
 
@@ -132,18 +185,26 @@ def problem_section(store: Store | None, runs: pd.DataFrame | None) -> Section:
         section.items += [f"duplicate {p}" for p in store.superseded]
     if runs is not None and not runs.empty:
         for _, r in runs[runs["status"] != "ok"].iterrows():
-            section.items.append(f"{r['status']} run {r['run_id']} ({r['source']}, {r['strategy']}, seed {r['seed']}): "
-                                 f"{r.get('error_type') or '?'} in {r.get('error_phase') or '?'}: {r.get('error_message') or ''}")
+            section.items.append(
+                f"{r['status']} run {r['run_id']} ({r['source']}, {r['strategy']}, seed {r['seed']}): "
+                f"{r.get('error_type') or '?'} in {r.get('error_phase') or '?'}: {r.get('error_message') or ''}"
+            )
         for _, r in runs[(runs["status"] == "ok") & runs["diverged"]].iterrows():
-            section.items.append(f"diverged run {r['run_id']} ({r['source']}, {r['strategy']}, seed {r['seed']}): final acc "
-                                 f"{r['final/acc']:.3f}, chance {r['chance']:.2f}; kept in every table and verdict")
+            section.items.append(
+                f"diverged run {r['run_id']} ({r['source']}, {r['strategy']}, seed {r['seed']}): final acc "
+                f"{r['final/acc']:.3f}, chance {r['chance']:.2f}; kept in every table and verdict"
+            )
     if not section.items:
         section.text.append("None: every row parsed, no duplicates, no failed runs.")
     return section
 
 
-def build_report(store_path: str | Path = "results", out: str | Path = "reports", wandb_dir: str | Path | None = None,
-                 wandb_project: str | None = None) -> tuple[list[Section], str]:
+def build_report(
+    store_path: str | Path = "results",
+    out: str | Path = "reports",
+    wandb_dir: str | Path | None = None,
+    wandb_project: str | None = None,
+) -> tuple[list[Section], str]:
     """Build every figure and table the runs support into ``out``; return the sections and a one-line status."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,17 +217,24 @@ def build_report(store_path: str | Path = "results", out: str | Path = "reports"
     head = Section("Runs")
     if ok.empty:
         where = store.path if store is not None else Path(store_path) / "runs.jsonl"
-        message = (f"No finished runs in {where}. Run for example `{EXAMPLE}`, then "
-                   f"`python -m analysis.report --store {store_path} --out {out}`.")
+        message = (
+            f"No finished runs in {where}. Run for example `{EXAMPLE}`, then "
+            f"`python -m analysis.report --store {store_path} --out {out}`."
+        )
         head.text.append(message)
         sections = [head, problem_section(store, everything)]
         write_index(sections, out)
         return sections, message
     statuses = everything["status"].value_counts().to_dict()
-    head.text.append(f"{len(ok)} finished runs from {store.path} (rows kept: "
-                     f"{', '.join(f'{n} {s}' for s, n in statuses.items())}); {provenance(ok)}.")
-    head.tables.append(ok.groupby(["dataset", "model", "strategy"], dropna=False)["seed"]
-                       .agg(runs="count", seeds="nunique").reset_index())
+    head.text.append(
+        f"{len(ok)} finished runs from {store.path} (rows kept: "
+        f"{', '.join(f'{n} {s}' for s, n in statuses.items())}); {provenance(ok)}."
+    )
+    head.tables.append(
+        ok.groupby(["dataset", "model", "strategy"], dropna=False)["seed"]
+        .agg(runs="count", seeds="nunique")
+        .reset_index()
+    )
     sections, skipped = [head, problem_section(store, everything)], Section("Not built (what to run)")
     for name, builder in BUILDERS:
         try:
@@ -174,8 +242,10 @@ def build_report(store_path: str | Path = "results", out: str | Path = "reports"
         except NoData as err:
             skipped.items.append(f"{name}: {err}")
         except Exception as err:  # noqa: BLE001 - one broken figure must not lose the rest of the report
-            skipped.items.append(f"{name}: could not be built ({type(err).__name__}: {err}); this is a bug in "
-                                 f"analysis/{name.replace(' ', '_')} - please report it with the store")
+            skipped.items.append(
+                f"{name}: could not be built ({type(err).__name__}: {err}); this is a bug in "
+                f"analysis/{name.replace(' ', '_')} - please report it with the store"
+            )
     if skipped.items:
         sections.append(skipped)
     write_index(sections, out)
@@ -185,8 +255,11 @@ def build_report(store_path: str | Path = "results", out: str | Path = "reports"
 def write_index(sections: list[Section], out: Path) -> None:
     """``index.md`` and ``index.html`` from the sections."""
     md = ["# Pruning report", ""]
-    page = ["<!doctype html><html><head><meta charset='utf-8'><title>Pruning report</title>", STYLE,
-            "</head><body><h1>Pruning report</h1>"]
+    page = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Pruning report</title>",
+        STYLE,
+        "</head><body><h1>Pruning report</h1>",
+    ]
     for s in sections:
         md += [f"## {s.title}", ""]
         page.append(f"<h2>{html.escape(s.title)}</h2>")
@@ -204,7 +277,9 @@ def write_index(sections: list[Section], out: Path) -> None:
             page.append(table.to_html(index=False, escape=True, border=0))
         if s.files:
             md += ["Files: " + ", ".join(f"[{f}]({f})" for f in s.files), ""]
-            page.append("<p>Files: " + ", ".join(f"<a href='{html.escape(f)}'>{html.escape(f)}</a>" for f in s.files) + "</p>")
+            page.append(
+                "<p>Files: " + ", ".join(f"<a href='{html.escape(f)}'>{html.escape(f)}</a>" for f in s.files) + "</p>"
+            )
     page.append("</body></html>")
     (out / "index.md").write_text("\n".join(md))
     (out / "index.html").write_text("\n".join(page))
@@ -219,8 +294,12 @@ def _inline(text: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", default="results", help="folder holding runs.jsonl, or the file (default: results)")
-    parser.add_argument("--out", default="reports", help="folder for index.md/index.html and every figure (default: reports)")
-    parser.add_argument("--wandb-dir", default=None, help="also read W&B offline run folders under this folder (e.g. outputs)")
+    parser.add_argument(
+        "--out", default="reports", help="folder for index.md/index.html and every figure (default: reports)"
+    )
+    parser.add_argument(
+        "--wandb-dir", default=None, help="also read W&B offline run folders under this folder (e.g. outputs)"
+    )
     parser.add_argument("--wandb-project", default=None, help="also read this W&B project (entity/project) online")
     args = parser.parse_args(argv)
     sections, message = build_report(args.store, args.out, args.wandb_dir, args.wandb_project)

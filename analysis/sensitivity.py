@@ -27,10 +27,14 @@ from analysis.output import (
     save,
 )
 
-SCAN_HINT = ("no sensitivity scans in the store (rows' tables.sensitivity): run a strategy whose ratios come from "
-             "a sensitivity scan (ratio=sensitivity; see `ls conf/strategy`) over seeds, e.g. "
-             "`python run.py -m strategy=<that preset> seed=0,1,2`, then this again")
-NORMS_HINT = "no filter norms in the store (rows' tables.filter_norms): run any filter-pruning strategy with schema-2 rows"
+SCAN_HINT = (
+    "no sensitivity scans in the store (rows' tables.sensitivity): run a strategy whose ratios come from "
+    "a sensitivity scan (ratio=sensitivity; see `ls conf/strategy`) over seeds, e.g. "
+    "`python run.py -m strategy=<that preset> seed=0,1,2`, then this again"
+)
+NORMS_HINT = (
+    "no filter norms in the store (rows' tables.filter_norms): run any filter-pruning strategy with schema-2 rows"
+)
 CONTEXT = ["dataset", "model", "baseline_epochs"]
 
 
@@ -65,14 +69,25 @@ def sensitivity_figure(store: StoreLike, out: str | Path | None = None) -> Figur
         for i, group in enumerate(groups):
             g = sub[sub["group"] == group].sort_values("ratio")
             yerr = g["metric_std"] * scale if (g["metric_n"] > 1).any() else None
-            ax.errorbar(g["ratio"] * 100, g["metric_mean"] * scale, yerr=yerr, marker="o", ms=3, capsize=2,
-                        color=colors(i / max(1, len(groups) - 1)) if len(groups) > 10 else colors(i), label=str(group))
+            ax.errorbar(
+                g["ratio"] * 100,
+                g["metric_mean"] * scale,
+                yerr=yerr,
+                marker="o",
+                ms=3,
+                capsize=2,
+                color=colors(i / max(1, len(groups) - 1)) if len(groups) > 10 else colors(i),
+                label=str(group),
+            )
         base = sub["base_metric_mean"].mean()
         if pd.notna(base):
             ax.axhline(base * scale, color="k", ls="--", lw=1, label=f"baseline (unpruned) {base * scale:.2f}")
         seeds = int(sub["seeds"].max())
-        ax.set_title(f"{context_title(ctx)}\none group pruned alone, no retraining; {seeds} seed{'s' * (seeds != 1)}, "
-                     f"mean ± std", fontsize=9)
+        ax.set_title(
+            f"{context_title(ctx)}\none group pruned alone, no retraining; {seeds} seed{'s' * (seeds != 1)}, "
+            f"mean ± std",
+            fontsize=9,
+        )
         ax.set_xlabel("filters pruned away in the group (%)")
         ax.set_ylabel("test accuracy (%)" if scale == 100 else "metric")
         ax.grid(alpha=0.3)

@@ -27,8 +27,10 @@ from analysis.output import (
 )
 from analysis.tradeoff import LINE, line_names
 
-HINT = ("no runs with both ratio/macs and a measured latency ratio (ratio/latency_b<N>): run any strategy with "
-        "measure.latency_batch_sizes=[1,64], e.g. `python run.py -m strategy=l1_oneshot strategy.ratio=0.3,0.6 seed=0,1`")
+HINT = (
+    "no runs with both ratio/macs and a measured latency ratio (ratio/latency_b<N>): run any strategy with "
+    "measure.latency_batch_sizes=[1,64], e.g. `python run.py -m strategy=l1_oneshot strategy.ratio=0.3,0.6 seed=0,1`"
+)
 FINAL_PHASES = ("quantized", "retrained", "pruned")
 
 
@@ -50,7 +52,9 @@ def speed_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[int]]:
     chosen = sorted({batches[0], batches[-1]})
     out = runs[["run_id", "time", "machine", "seed", *CONTEXT, *LINE, "ratio", "ratio/macs"]].copy()
     for b in chosen:
-        ratio = runs[f"ratio/latency_b{b}"] if f"ratio/latency_b{b}" in runs else pd.Series(float("nan"), index=runs.index)
+        ratio = (
+            runs[f"ratio/latency_b{b}"] if f"ratio/latency_b{b}" in runs else pd.Series(float("nan"), index=runs.index)
+        )
         base = f"baseline/latency_b{b}_ms"
         for phase in FINAL_PHASES:
             if base in runs and f"{phase}/latency_b{b}_ms" in runs:
@@ -75,8 +79,15 @@ def speed_figure(store: StoreLike, out: str | Path | None = None) -> Figure:
         for j, b in enumerate(batches):
             ax = axes[i * len(batches) + j]
             for name, g in sub.groupby("line", sort=False):
-                ax.plot(g["ratio/macs"], g[f"latency_ratio_b{b}"], ls="", marker="o", alpha=0.8,
-                        color=f"C{lines.index(name) % 10}", label=f"{name} ({g['seed'].nunique()} seeds)")
+                ax.plot(
+                    g["ratio/macs"],
+                    g[f"latency_ratio_b{b}"],
+                    ls="",
+                    marker="o",
+                    alpha=0.8,
+                    color=f"C{lines.index(name) % 10}",
+                    label=f"{name} ({g['seed'].nunique()} seeds)",
+                )
             top = max(1.05, float(sub[[f"latency_ratio_b{b}", "ratio/macs"]].max().max()) * 1.05)
             ax.plot([0, top], [0, top], "k--", lw=1, label="ideal: latency ratio = MAC ratio")
             ax.axhline(1.0, color="0.6", lw=0.8, ls=":", label="baseline (unpruned) = 1")

@@ -26,8 +26,18 @@ from analysis.output import (
 )
 from analysis.parts import PARTS
 
-VALUES = ["delta/acc", "final/acc", "baseline/acc", "ratio/macs", "ratio/params", "retrain/epochs", "retrain/wall_s",
-          "prune/wall_s", "wall_s", "diverged"]
+VALUES = [
+    "delta/acc",
+    "final/acc",
+    "baseline/acc",
+    "ratio/macs",
+    "ratio/params",
+    "retrain/epochs",
+    "retrain/wall_s",
+    "prune/wall_s",
+    "wall_s",
+    "diverged",
+]
 HINT = "no finished runs: run e.g. `python run.py -m strategy=l1_oneshot,l1_iterative seed=0,1,2`"
 
 
@@ -37,8 +47,9 @@ def strategy_table(runs: pd.DataFrame) -> pd.DataFrame:
         raise NoData(HINT)
     runs = runs.assign(diverged=runs["diverged"].astype(float)) if "diverged" in runs else runs
     table = over_seeds(runs, ARM, VALUES)
-    return table.sort_values(["dataset", "model", *[p for p in PARTS if p in table], "strategy"],
-                             key=lambda c: c.astype(str)).reset_index(drop=True)
+    return table.sort_values(
+        ["dataset", "model", *[p for p in PARTS if p in table], "strategy"], key=lambda c: c.astype(str)
+    ).reset_index(drop=True)
 
 
 def shown_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -72,9 +83,14 @@ def write_strategy_table(store: StoreLike, out: str | Path | None = None) -> tup
     """(numbers, text) of the strategy table; writes strategy_table.csv/.md/.tex into ``out``."""
     table = strategy_table(load_runs(store))
     shown = shown_table(table)
-    write_tables(table, shown, out, "strategy_table",
-                 "Strategies: accuracy change (final - baseline, percent points), MAC and parameter reduction of the "
-                 "final model, retraining epochs and wall time; mean ± std over seeds.")
+    write_tables(
+        table,
+        shown,
+        out,
+        "strategy_table",
+        "Strategies: accuracy change (final - baseline, percent points), MAC and parameter reduction of the "
+        "final model, retraining epochs and wall time; mean ± std over seeds.",
+    )
     return table, shown
 
 

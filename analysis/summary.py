@@ -40,7 +40,12 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
         out[COLUMNS[c]] = [f"{m:.4f} ± {s:.4f}" for m, s in zip(mean[c], std[c])]
     out["seeds"] = grouped["seed"].nunique()
     out = out.reset_index()
-    shown = ["dataset", "model", "strategy", *[k for k in varying(out, keys) if k not in ("dataset", "model", "strategy")]]
+    shown = [
+        "dataset",
+        "model",
+        "strategy",
+        *[k for k in varying(out, keys) if k not in ("dataset", "model", "strategy")],
+    ]
     return out[shown + [COLUMNS[c] for c in cols] + ["seeds"]]
 
 

@@ -33,8 +33,10 @@ from analysis.parts import OPERATING_POINT, PARTS
 
 LINE = ["strategy", *[p for p in PARTS if p not in OPERATING_POINT and p != "baseline_epochs"], "variant"]
 """A line: everything but the operating point and the seed."""
-HINT = ("no finished runs with measured compression (metrics ratio/nonzero_params or ratio/macs): run e.g. "
-        "`python run.py -m strategy=l1_oneshot strategy.ratio=0.2,0.4,0.6 seed=0,1,2`")
+HINT = (
+    "no finished runs with measured compression (metrics ratio/nonzero_params or ratio/macs): run e.g. "
+    "`python run.py -m strategy=l1_oneshot strategy.ratio=0.2,0.4,0.6 seed=0,1,2`"
+)
 AXES = (("weights", "weights", "weights (nonzero parameters) removed (%)"), ("macs", "MACs", "MACs removed (%)"))
 
 
@@ -88,17 +90,31 @@ def tradeoff_figure(store: StoreLike, out: str | Path | None = None) -> Figure:
                     if g[f"{metric}_mean"].isna().all() or (metric == "pruned/acc" and (g["retrain"] == "none").all()):
                         continue
                     yerr = g[f"{metric}_std"] * 100 if (g[f"{metric}_n"] > 1).any() else None
-                    ax.errorbar(x, g[f"{metric}_mean"] * 100, xerr=xerr, yerr=yerr, ls=style, marker="o",
-                                mfc=color if style == "-" else "white", color=color, capsize=2, label=f"{name}, {suffix}")
+                    ax.errorbar(
+                        x,
+                        g[f"{metric}_mean"] * 100,
+                        xerr=xerr,
+                        yerr=yerr,
+                        ls=style,
+                        marker="o",
+                        mfc=color if style == "-" else "white",
+                        color=color,
+                        capsize=2,
+                        label=f"{name}, {suffix}",
+                    )
             base = sub["baseline/acc_mean"].mean()
             if pd.notna(base):
                 ax.axhline(base * 100, color="k", ls=":", lw=1, label=f"baseline (unpruned) {base * 100:.2f}")
-            ax.set_title(f"{context_title(ctx)}: accuracy vs {name_of} removed ({int(sub['seeds'].max())} seeds max)", fontsize=9)
+            ax.set_title(
+                f"{context_title(ctx)}: accuracy vs {name_of} removed ({int(sub['seeds'].max())} seeds max)", fontsize=9
+            )
             ax.set_xlabel(xlabel)
             ax.set_ylabel("test accuracy (%)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle("Accuracy vs compression (Han et al. 2015, Fig. 5): solid after retraining, dashed before; mean ± std over seeds")
+    fig.suptitle(
+        "Accuracy vs compression (Han et al. 2015, Fig. 5): solid after retraining, dashed before; mean ± std over seeds"
+    )
     footer(fig, runs)
     save(fig, table, out, "tradeoff")
     return fig

@@ -55,22 +55,78 @@ class Lesson:
 
 
 LESSONS: tuple[Lesson, ...] = (
-    Lesson("L1", "schedule", lambda v: v == "layerwise", lambda v: v == "oneshot", "layerwise", "oneshot",
-           ("schedule", "rounds"), hint="runs with schedule=layerwise and schedule=oneshot at equal retraining epochs"),
-    Lesson("L1", "schedule", lambda v: v == "iterative", lambda v: v == "oneshot", "iterative", "oneshot",
-           ("schedule", "rounds"), hint="e.g. `python run.py -m strategy=l1_oneshot,l1_iterative seed=0,1,2` "
-                                        "(at equal retraining epochs)"),
-    Lesson("L2", "ratio", lambda v: v == "sensitivity", lambda v: not math.isnan(ratio_value(v)),
-           "sensitivity ratios", "uniform", OPERATING_POINT, equal_macs=True,
-           hint="runs with ratio=sensitivity and uniform runs of the same MACs, over the same seeds"),
-    Lesson("L3", "criterion", lambda v: v == "l1", lambda v: v != "l1", "l1", None, ("criterion",),
-           ("pruned/acc", "final/acc"), hint="e.g. `python run.py -m strategy=l1_oneshot,random_oneshot seed=0,1,2`"),
-    Lesson("L4", "retrain", lambda v: v == "finetune", lambda v: v == "scratch_e", "finetune", "scratch_e",
-           ("retrain", "epochs_budget"), hint="runs with retrain=finetune and retrain=scratch_e, same seeds"),
-    Lesson("L4", "retrain", lambda v: v == "finetune", lambda v: v == "scratch_b", "finetune", "scratch_b",
-           ("retrain", "epochs_budget"), hint="runs with retrain=finetune and retrain=scratch_b, same seeds"),
-    Lesson("L5", "freeze", lambda v: str(v).startswith("most_sensitive"), lambda v: v == "none",
-           "freeze most sensitive", "no freeze", ("freeze",), hint="runs with freeze=most_sensitive:<k> and freeze=none"),
+    Lesson(
+        "L1",
+        "schedule",
+        lambda v: v == "layerwise",
+        lambda v: v == "oneshot",
+        "layerwise",
+        "oneshot",
+        ("schedule", "rounds"),
+        hint="runs with schedule=layerwise and schedule=oneshot at equal retraining epochs",
+    ),
+    Lesson(
+        "L1",
+        "schedule",
+        lambda v: v == "iterative",
+        lambda v: v == "oneshot",
+        "iterative",
+        "oneshot",
+        ("schedule", "rounds"),
+        hint="e.g. `python run.py -m strategy=l1_oneshot,l1_iterative seed=0,1,2` (at equal retraining epochs)",
+    ),
+    Lesson(
+        "L2",
+        "ratio",
+        lambda v: v == "sensitivity",
+        lambda v: not math.isnan(ratio_value(v)),
+        "sensitivity ratios",
+        "uniform",
+        OPERATING_POINT,
+        equal_macs=True,
+        hint="runs with ratio=sensitivity and uniform runs of the same MACs, over the same seeds",
+    ),
+    Lesson(
+        "L3",
+        "criterion",
+        lambda v: v == "l1",
+        lambda v: v != "l1",
+        "l1",
+        None,
+        ("criterion",),
+        ("pruned/acc", "final/acc"),
+        hint="e.g. `python run.py -m strategy=l1_oneshot,random_oneshot seed=0,1,2`",
+    ),
+    Lesson(
+        "L4",
+        "retrain",
+        lambda v: v == "finetune",
+        lambda v: v == "scratch_e",
+        "finetune",
+        "scratch_e",
+        ("retrain", "epochs_budget"),
+        hint="runs with retrain=finetune and retrain=scratch_e, same seeds",
+    ),
+    Lesson(
+        "L4",
+        "retrain",
+        lambda v: v == "finetune",
+        lambda v: v == "scratch_b",
+        "finetune",
+        "scratch_b",
+        ("retrain", "epochs_budget"),
+        hint="runs with retrain=finetune and retrain=scratch_b, same seeds",
+    ),
+    Lesson(
+        "L5",
+        "freeze",
+        lambda v: str(v).startswith("most_sensitive"),
+        lambda v: v == "none",
+        "freeze most sensitive",
+        "no freeze",
+        ("freeze",),
+        hint="runs with freeze=most_sensitive:<k> and freeze=none",
+    ),
 )
 
 
@@ -81,8 +137,28 @@ def _arm_label(row: pd.Series, lesson: Lesson) -> str:
 
 def compare(runs: pd.DataFrame, lessons: tuple[Lesson, ...] = LESSONS, mac_tolerance: float = 0.02) -> pd.DataFrame:
     """One row per comparison (lesson, context, operating point, arms, metric) with the paired statistics and verdict."""
-    columns = ["lesson", "claim", "dataset", "model", "budget", "operating point", "metric", "A", "B", "n",
-               "mean", "std", "ci_low", "ci_high", "p", "p_holm", "verdict", "seeds_needed", "seeds", "notes"]
+    columns = [
+        "lesson",
+        "claim",
+        "dataset",
+        "model",
+        "budget",
+        "operating point",
+        "metric",
+        "A",
+        "B",
+        "n",
+        "mean",
+        "std",
+        "ci_low",
+        "ci_high",
+        "p",
+        "p_holm",
+        "verdict",
+        "seeds_needed",
+        "seeds",
+        "notes",
+    ]
     if runs.empty or "final/acc" not in runs:
         return pd.DataFrame(columns=columns)
     runs = keyed(runs, [*PARTS, "variant", "baseline_config", "strategy", "experiment"])
@@ -114,7 +190,9 @@ def _closest_macs(a: pd.DataFrame, b_groups: list[pd.DataFrame], tol: float) -> 
     if "ratio/macs" not in a or a["ratio/macs"].isna().all():
         return []
     target = a["ratio/macs"].mean()
-    scored = [(abs(b["ratio/macs"].mean() - target), i) for i, b in enumerate(b_groups) if b["ratio/macs"].notna().any()]
+    scored = [
+        (abs(b["ratio/macs"].mean() - target), i) for i, b in enumerate(b_groups) if b["ratio/macs"].notna().any()
+    ]
     scored = [s for s in scored if s[0] <= tol]
     return [b_groups[min(scored)[1]]] if scored else []
 
@@ -125,7 +203,9 @@ def _paired_line(lesson: Lesson, a: pd.DataFrame, b: pd.DataFrame, metric: str) 
     notes = []
     for name, arm in (("A", a), ("B", b)):
         if arm["seed"].duplicated().any():
-            notes.append(f"{name} has several runs per seed (settings differ outside the named parts); their mean is used")
+            notes.append(
+                f"{name} has several runs per seed (settings differ outside the named parts); their mean is used"
+            )
     a_by_seed = a.dropna(subset=[metric]).groupby("seed")[metric].mean()
     b_by_seed = b.dropna(subset=[metric]).groupby("seed")[metric].mean()
     common = sorted(set(a_by_seed.index) & set(b_by_seed.index))
@@ -135,8 +215,10 @@ def _paired_line(lesson: Lesson, a: pd.DataFrame, b: pd.DataFrame, metric: str) 
             notes.append(f"seeds {', '.join(map(str, alone))} only in {name} (unpaired)")
     for name, arm in (("A", a), ("B", b)):
         for _, r in arm[arm["diverged"].astype(bool)].iterrows() if "diverged" in arm else []:
-            notes.append(f"{name} seed {r['seed']} diverged (final acc {r['final/acc']:.3f}, near chance "
-                         f"{float(r['chance']):.2f}); kept")
+            notes.append(
+                f"{name} seed {r['seed']} diverged (final acc {r['final/acc']:.3f}, near chance "
+                f"{float(r['chance']):.2f}); kept"
+            )
     if not common:
         return None
     diffs = [a_by_seed[s] - b_by_seed[s] for s in common]
@@ -150,12 +232,26 @@ def _paired_line(lesson: Lesson, a: pd.DataFrame, b: pd.DataFrame, metric: str) 
     budget = f"retrain epochs {_int(budget_a)}" + (f" vs {_int(budget_b)}" if str(budget_a) != str(budget_b) else "")
     budget += f", baseline {_int(first_a['baseline_epochs'])} epochs"
     return {
-        "lesson": lesson.code, "claim": lesson.claim(first_b[lesson.part]), "dataset": first_a["dataset"],
-        "model": first_a["model"], "budget": budget, "operating point": point, "metric": METRIC_NAMES.get(metric, metric),
-        "A": _arm_label(first_a, lesson), "B": _arm_label(first_b, lesson), "n": stats.n, "mean": stats.mean,
-        "std": stats.std, "ci_low": stats.low, "ci_high": stats.high, "p": stats.p, "p_holm": math.nan,
-        "verdict": "", "seeds_needed": seeds_needed(stats.mean, stats.std) if stats.n >= 2 else None,
-        "seeds": " ".join(map(str, common)), "notes": "; ".join(notes),
+        "lesson": lesson.code,
+        "claim": lesson.claim(first_b[lesson.part]),
+        "dataset": first_a["dataset"],
+        "model": first_a["model"],
+        "budget": budget,
+        "operating point": point,
+        "metric": METRIC_NAMES.get(metric, metric),
+        "A": _arm_label(first_a, lesson),
+        "B": _arm_label(first_b, lesson),
+        "n": stats.n,
+        "mean": stats.mean,
+        "std": stats.std,
+        "ci_low": stats.low,
+        "ci_high": stats.high,
+        "p": stats.p,
+        "p_holm": math.nan,
+        "verdict": "",
+        "seeds_needed": seeds_needed(stats.mean, stats.std) if stats.n >= 2 else None,
+        "seeds": " ".join(map(str, common)),
+        "notes": "; ".join(notes),
     }
 
 
@@ -179,8 +275,13 @@ def decide(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
             verdicts.append("inconclusive (needs >= 2 seeds)")
         elif several:
             significant = r["p_holm"] < alpha
-            verdicts.append("holds" if significant and r["mean"] > 0 else
-                            "does not hold" if significant and r["mean"] < 0 else "inconclusive")
+            verdicts.append(
+                "holds"
+                if significant and r["mean"] > 0
+                else "does not hold"
+                if significant and r["mean"] < 0
+                else "inconclusive"
+            )
         else:
             verdicts.append("holds" if r["ci_low"] > 0 else "does not hold" if r["ci_high"] < 0 else "inconclusive")
     table["verdict"] = verdicts
@@ -208,11 +309,16 @@ def summary_lines(table: pd.DataFrame, lessons: tuple[Lesson, ...] = LESSONS) ->
         overall = "mixed" if holds and fails else "holds" if holds else "does not hold" if fails else "inconclusive"
         where = "; ".join(sorted({f"{r['dataset']}/{r['model']}, {r['budget']}" for _, r in rows.iterrows()}))
         best = rows.iloc[rows["mean"].abs().argmax()]
-        ci = (f"95% CI [{best['ci_low'] * 100:+.2f}, {best['ci_high'] * 100:+.2f}] pp" if best["n"] >= 2
-              else "no CI: needs >= 2 seeds")
-        lines.append(f"**{code}: {claim}**: {overall} ({holds} hold, {fails} do not hold, "
-                     f"{len(rows) - holds - fails} inconclusive of {len(rows)} comparisons; largest effect "
-                     f"{best['mean'] * 100:+.2f} pp, {ci}, n = {best['n']}) on {where}")
+        ci = (
+            f"95% CI [{best['ci_low'] * 100:+.2f}, {best['ci_high'] * 100:+.2f}] pp"
+            if best["n"] >= 2
+            else "no CI: needs >= 2 seeds"
+        )
+        lines.append(
+            f"**{code}: {claim}**: {overall} ({holds} hold, {fails} do not hold, "
+            f"{len(rows) - holds - fails} inconclusive of {len(rows)} comparisons; largest effect "
+            f"{best['mean'] * 100:+.2f} pp, {ci}, n = {best['n']}) on {where}"
+        )
     return lines
 
 
@@ -221,13 +327,17 @@ def shown_table(table: pd.DataFrame) -> pd.DataFrame:
     out = table[["lesson", "claim", "dataset", "model", "budget", "operating point", "metric", "A", "B", "n"]].copy()
     out["mean Δ (pp)"] = [f"{m * 100:+.2f}" for m in table["mean"]]
     out["std (pp)"] = [MISSING if pd.isna(s) else f"{s * 100:.2f}" for s in table["std"]]
-    out["95% CI (pp)"] = [MISSING if pd.isna(lo) else f"[{lo * 100:+.2f}, {hi * 100:+.2f}]"
-                          for lo, hi in zip(table["ci_low"], table["ci_high"])]
+    out["95% CI (pp)"] = [
+        MISSING if pd.isna(lo) else f"[{lo * 100:+.2f}, {hi * 100:+.2f}]"
+        for lo, hi in zip(table["ci_low"], table["ci_high"])
+    ]
     out["p"] = [MISSING if pd.isna(p) else f"{p:.3g}" for p in table["p"]]
     out["p (Holm)"] = [MISSING if pd.isna(p) else f"{p:.3g}" for p in table["p_holm"]]
     out["verdict"] = table["verdict"]
-    out["seeds a CI ∌ 0 would need"] = [str(int(s)) if v == "inconclusive" and pd.notna(s) else MISSING
-                                        for s, v in zip(table["seeds_needed"], table["verdict"])]
+    out["seeds a CI ∌ 0 would need"] = [
+        str(int(s)) if v == "inconclusive" and pd.notna(s) else MISSING
+        for s, v in zip(table["seeds_needed"], table["verdict"])
+    ]
     out["notes"] = table["notes"]
     return out
 
@@ -235,11 +345,16 @@ def shown_table(table: pd.DataFrame) -> pd.DataFrame:
 def rule_text(table: pd.DataFrame) -> str:
     """How the verdicts were decided, for the report (the number of comparisons included)."""
     m = int(table["p"].notna().sum()) if not table.empty else 0
-    decision = ("Holm-adjusted p < 0.05 with the sign of the mean difference" if m > 1
-                else "the 95% CI lying wholly above (holds) or below (does not hold) zero")
-    return (f"{len(table)} comparisons ({m} with >= 2 seeds). Each pairs seeds of two arms that differ only in the part "
-            f"the lesson is about (same dataset, model, baseline config, operating point). Test: {TEST}. "
-            f"Verdict: {decision}; otherwise inconclusive. CIs shown are per comparison (not adjusted).")
+    decision = (
+        "Holm-adjusted p < 0.05 with the sign of the mean difference"
+        if m > 1
+        else "the 95% CI lying wholly above (holds) or below (does not hold) zero"
+    )
+    return (
+        f"{len(table)} comparisons ({m} with >= 2 seeds). Each pairs seeds of two arms that differ only in the part "
+        f"the lesson is about (same dataset, model, baseline config, operating point). Test: {TEST}. "
+        f"Verdict: {decision}; otherwise inconclusive. CIs shown are per comparison (not adjusted)."
+    )
 
 
 def verdict_report(store: StoreLike, out: str | Path | None = None) -> tuple[pd.DataFrame, list[str]]:
@@ -249,8 +364,15 @@ def verdict_report(store: StoreLike, out: str | Path | None = None) -> tuple[pd.
     if out is not None:
         shown = shown_table(table)
         write_tables(table, shown, out, "verdicts", rule_text(table))
-        Path(out, "verdicts.md").write_text("# Lesson verdicts\n\n" + "\n".join(f"- {x}" for x in lines) + "\n\n"
-                                            + rule_text(table) + "\n\n" + (markdown(shown) if len(shown) else "") + "\n")
+        Path(out, "verdicts.md").write_text(
+            "# Lesson verdicts\n\n"
+            + "\n".join(f"- {x}" for x in lines)
+            + "\n\n"
+            + rule_text(table)
+            + "\n\n"
+            + (markdown(shown) if len(shown) else "")
+            + "\n"
+        )
     return table, lines
 
 

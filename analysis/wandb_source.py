@@ -30,9 +30,19 @@ def offline_rows(root: str | Path) -> list[tuple[str, dict[str, Any]]]:
         config = _read_config(files / "config.yaml")
         meta = _read_json(files / "wandb-metadata.json")
         match = _RUN_FOLDER.search(run_dir.name)
-        time = f"{match[1][:4]}-{match[1][4:6]}-{match[1][6:]}T{match[2][:2]}:{match[2][2:4]}:{match[2][4:]}" if match else None
-        row = to_row(summary, config, run_id=match[3] if match else run_dir.name, time=meta.get("startedAt") or time,
-                     output_dir=str(run_dir.parent.parent), machine=meta.get("host"))
+        time = (
+            f"{match[1][:4]}-{match[1][4:6]}-{match[1][6:]}T{match[2][:2]}:{match[2][2:4]}:{match[2][4:]}"
+            if match
+            else None
+        )
+        row = to_row(
+            summary,
+            config,
+            run_id=match[3] if match else run_dir.name,
+            time=meta.get("startedAt") or time,
+            output_dir=str(run_dir.parent.parent),
+            machine=meta.get("host"),
+        )
         rows.append((str(summary_path), row))
     return rows
 
@@ -47,25 +57,49 @@ def online_rows(project: str) -> list[tuple[str, dict[str, Any]]]:
     for run in wandb.Api().runs(project):
         summary = dict(getattr(run.summary, "_json_dict", run.summary) or {})
         config = {k: v for k, v in dict(run.config).items() if not k.startswith("_")}
-        state = {"finished": "ok", "failed": "failed", "crashed": "failed", "killed": "interrupted"}.get(run.state, "interrupted")
-        row = to_row(summary, _unflatten(config), run_id=run.id, time=str(run.created_at), output_dir=None,
-                     machine=(getattr(run, "metadata", None) or {}).get("host"), status=state)
+        state = {"finished": "ok", "failed": "failed", "crashed": "failed", "killed": "interrupted"}.get(
+            run.state, "interrupted"
+        )
+        row = to_row(
+            summary,
+            _unflatten(config),
+            run_id=run.id,
+            time=str(run.created_at),
+            output_dir=None,
+            machine=(getattr(run, "metadata", None) or {}).get("host"),
+            status=state,
+        )
         rows.append((f"wandb:{project}/{run.id}", row))
     return rows
 
 
-def to_row(summary: dict[str, Any], config: dict[str, Any], run_id: str, time: str | None,
-           output_dir: str | None, machine: str | None = None, status: str | None = None) -> dict[str, Any]:
+def to_row(
+    summary: dict[str, Any],
+    config: dict[str, Any],
+    run_id: str,
+    time: str | None,
+    output_dir: str | None,
+    machine: str | None = None,
+    status: str | None = None,
+) -> dict[str, Any]:
     """A results row from a W&B summary (``phase/metric`` keys) and the run's config."""
     metrics = {k: v for k, v in summary.items() if "/" in k and not k.startswith("_") and isinstance(v, (int, float))}
     if status is None:
         status = "ok" if any(k in metrics for k in ("final/acc", "retrained/acc", "quantized/acc")) else "interrupted"
     return {
-        "schema_version": 1, "run_id": run_id, "time": time, "status": status, "machine": machine,
-        "seed": config.get("seed"), "dataset": (config.get("dataset") or {}).get("name"),
-        "model": (config.get("model") or {}).get("name"), "strategy": (config.get("strategy") or {}).get("name"),
+        "schema_version": 1,
+        "run_id": run_id,
+        "time": time,
+        "status": status,
+        "machine": machine,
+        "seed": config.get("seed"),
+        "dataset": (config.get("dataset") or {}).get("name"),
+        "model": (config.get("model") or {}).get("name"),
+        "strategy": (config.get("strategy") or {}).get("name"),
         "experiment": config.get("experiment") if isinstance(config.get("experiment"), str) else None,
-        "output_dir": output_dir, "config": config, "metrics": metrics,
+        "output_dir": output_dir,
+        "config": config,
+        "metrics": metrics,
     }
 
 
@@ -87,8 +121,11 @@ def _read_config(path: Path) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:
         return {}
-    config = {k: (v.get("value") if isinstance(v, dict) and "value" in v else v)
-              for k, v in raw.items() if not str(k).startswith("_")}
+    config = {
+        k: (v.get("value") if isinstance(v, dict) and "value" in v else v)
+        for k, v in raw.items()
+        if not str(k).startswith("_")
+    }
     return _unflatten(config)
 
 

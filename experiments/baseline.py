@@ -63,8 +63,9 @@ def architecture_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def baseline_key_parts(cfg: DictConfig, model: nn.Module | None = None,
-                       data_identity: dict[str, Any] | None = None) -> dict[str, Any]:
+def baseline_key_parts(
+    cfg: DictConfig, model: nn.Module | None = None, data_identity: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The JSON-able description that :func:`baseline_key` hashes (kept beside the entry)."""
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     for volatile in VOLATILE_DATASET_KEYS:
@@ -74,8 +75,11 @@ def baseline_key_parts(cfg: DictConfig, model: nn.Module | None = None,
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "seed": cfg.seed,
         "baseline": OmegaConf.to_container(cfg.baseline, resolve=True),
-        "trainer": {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
-                    if k.startswith("limit_") or k in ("precision", "max_steps")},
+        "trainer": {
+            k: v
+            for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+            if k.startswith("limit_") or k in ("precision", "max_steps")
+        },
     }
     if model is not None:
         parts["architecture"] = architecture_fingerprint(model)
@@ -89,8 +93,9 @@ def baseline_key(cfg: DictConfig, model: nn.Module | None = None, data_identity:
     return config_key(baseline_key_parts(cfg, model, data_identity))
 
 
-def obtain_baseline(cfg: DictConfig, model: nn.Module, ctx: RunContext, example: torch.Tensor, *,
-                    cache: BaselineCache | None = None) -> BaselinePhase:
+def obtain_baseline(
+    cfg: DictConfig, model: nn.Module, ctx: RunContext, example: torch.Tensor, *, cache: BaselineCache | None = None
+) -> BaselinePhase:
     """Train ``model`` in place (or load the verified cached weights) and measure it.
 
     With ``baseline.reuse`` a process that finds another one training the same key waits
@@ -123,13 +128,25 @@ def obtain_baseline(cfg: DictConfig, model: nn.Module, ctx: RunContext, example:
     if cached is not None:
         log.info("baseline: reusing cached checkpoint %s", cache.path(key))
         wall = float(cached["metrics"].get("train_wall_s", 0.0))
-    return BaselinePhase("baseline", {
-        **ctx.test(module, "baseline"), **measure_model(model, example, cfg),
-        "wall_s": wall, "reused": cached is not None, "load_s": time.perf_counter() - start,
-    }, key=key, cache_path=str(cache.path(key)), data_source=source, data_identity=identity)
+    return BaselinePhase(
+        "baseline",
+        {
+            **ctx.test(module, "baseline"),
+            **measure_model(model, example, cfg),
+            "wall_s": wall,
+            "reused": cached is not None,
+            "load_s": time.perf_counter() - start,
+        },
+        key=key,
+        cache_path=str(cache.path(key)),
+        data_source=source,
+        data_identity=identity,
+    )
 
 
-def _load_into(model: nn.Module, cache: BaselineCache, key: str, like: dict[str, torch.Tensor]) -> dict[str, Any] | None:
+def _load_into(
+    model: nn.Module, cache: BaselineCache, key: str, like: dict[str, torch.Tensor]
+) -> dict[str, Any] | None:
     """Load the verified entry of ``key`` into ``model``; None (reported) if it does not load."""
     entry = cache.load(key, like)
     if entry is None:

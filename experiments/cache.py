@@ -46,7 +46,9 @@ def state_dict_mismatch(entry: Mapping[str, Any], like: Mapping[str, torch.Tenso
     if missing:
         problems.append(f"missing {missing[:5]}" + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
     if unexpected:
-        problems.append(f"unexpected {unexpected[:5]}" + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
+        problems.append(
+            f"unexpected {unexpected[:5]}" + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
+        )
     for k, ref in like.items():
         value = entry.get(k)
         if not torch.is_tensor(value):
@@ -100,21 +102,30 @@ class BaselineCache:
             except OSError as err:
                 return self._reject(path, f"cannot be read ({err})")
         if meta_text is None:
-            return self._reject(path, f"has no checksum file {meta_path.name} (written by an older prunekit, or "
-                                      "its run stopped between the two writes)")
+            return self._reject(
+                path,
+                f"has no checksum file {meta_path.name} (written by an older prunekit, or "
+                "its run stopped between the two writes)",
+            )
         try:
             meta = json.loads(meta_text)
             expected = str(meta["sha256"])
         except (ValueError, KeyError, TypeError) as err:
             return self._reject(path, f"has an unreadable checksum file {meta_path.name} ({err})")
         if meta.get("key", key) != key:
-            return self._reject(path, f"is recorded in {meta_path.name} as the entry of key {meta.get('key')!r}, "
-                                      f"not {key!r} (copied or renamed?)")
+            return self._reject(
+                path,
+                f"is recorded in {meta_path.name} as the entry of key {meta.get('key')!r}, "
+                f"not {key!r} (copied or renamed?)",
+            )
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected:
-            return self._reject(path, f"fails its checksum: the file's sha256 is {actual[:16]}..., "
-                                      f"{meta_path.name} recorded {expected[:16]}... (corrupted on disk or "
-                                      "overwritten)")
+            return self._reject(
+                path,
+                f"fails its checksum: the file's sha256 is {actual[:16]}..., "
+                f"{meta_path.name} recorded {expected[:16]}... (corrupted on disk or "
+                "overwritten)",
+            )
         try:
             entry = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as err:  # a corrupt entry is retrained, never trusted
@@ -133,15 +144,26 @@ class BaselineCache:
         log.warning("baseline cache entry %s %s; not using it, retraining the baseline", path, why)
         return None
 
-    def store(self, key: str, state_dict: Mapping[str, torch.Tensor], metrics: dict[str, float],
-              parts: dict[str, Any] | None = None) -> Path:
+    def store(
+        self,
+        key: str,
+        state_dict: Mapping[str, torch.Tensor],
+        metrics: dict[str, float],
+        parts: dict[str, Any] | None = None,
+    ) -> Path:
         """Write the entry, then its checksum file (an entry without one is never used)."""
         path = self.path(key)
         buffer = io.BytesIO()
         torch.save({"state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, "metrics": metrics}, buffer)
         data = buffer.getvalue()
-        meta = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "key": key, "parts": parts,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid()}
+        meta = {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+            "key": key,
+            "parts": parts,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "pid": os.getpid(),
+        }
         with file_lock(path):
             self.meta_path(key).unlink(missing_ok=True)
             atomic_write_bytes(path, data)

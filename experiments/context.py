@@ -12,8 +12,8 @@ from typing import Any, Mapping
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import WandbLogger
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -147,8 +147,9 @@ class RunContext:
             wandb.finish()
 
 
-def measure_model(model: nn.Module, example_inputs: torch.Tensor, cfg: DictConfig, strategy=None,
-                  latency: bool = True) -> dict[str, float]:
+def measure_model(
+    model: nn.Module, example_inputs: torch.Tensor, cfg: DictConfig, strategy=None, latency: bool = True
+) -> dict[str, float]:
     """Size, compute and latency of ``model`` (paper counts and totals kept apart).
 
     ``compressed_bytes`` is the real size of the model in our compact format with the
@@ -165,6 +166,8 @@ def measure_model(model: nn.Module, example_inputs: torch.Tensor, cfg: DictConfi
     out["compressed_bytes"] = pruning.compression_report(model, **options).file_bytes
     if latency:
         for batch in cfg.measure.latency_batch_sizes:
-            seconds = pruning.measure_latency(model, example_inputs, batch_size=batch, repeats=cfg.measure.latency_repeats)
+            seconds = pruning.measure_latency(
+                model, example_inputs, batch_size=batch, repeats=cfg.measure.latency_repeats
+            )
             out[f"latency_b{batch}_ms"] = seconds * 1e3
     return out

@@ -108,8 +108,8 @@ def random_crop_flip(padding: int = 4, flip: bool = True) -> Callable:
         padded = torch.nn.functional.pad(x, (padding,) * 4)
         dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device)
         dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(x.device)
-        rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])  # n, h
-        cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])  # n, w
+        rows = dy[:, None] + torch.arange(h, device=x.device)[None, :]  # n, h
+        cols = dx[:, None] + torch.arange(w, device=x.device)[None, :]  # n, w
         batch = torch.arange(n, device=x.device)[:, None, None]
         out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
         out = out.permute(0, 3, 1, 2)
@@ -182,8 +182,13 @@ class TensorDataModule(L.LightningDataModule):
         self._identity = arrays_identity(arrays)
         if self.data_source is None:  # a subclass that does not say where its arrays come from
             self.data_source = f"{type(self).__name__}.load_arrays()"
-        log.info("dataset %s: data from %s (%d train and %d test samples)", self.name or type(self).__name__,
-                 self.data_source, len(arrays["train"][1]), len(arrays["test"][1]))
+        log.info(
+            "dataset %s: data from %s (%d train and %d test samples)",
+            self.name or type(self).__name__,
+            self.data_source,
+            len(arrays["train"][1]),
+            len(arrays["test"][1]),
+        )
         x_train, y_train = self._to_tensors(*arrays["train"])
         x_test, y_test = self._to_tensors(*arrays["test"])
         if self.val_size >= len(y_train):
@@ -276,6 +281,7 @@ def list_missing(directory: Path, names: list[str]) -> list[str]:
 # IDX files (MNIST-family format)
 # ---------------------------------------------------------------------------------------
 
+
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally .gz) into a numpy array, validating its header."""
     opener = gzip.open if path.suffix == ".gz" else open
@@ -297,7 +303,12 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:
-    for candidate in (directory / stem, directory / f"{stem}.gz", directory / "raw" / stem, directory / "raw" / f"{stem}.gz"):
+    for candidate in (
+        directory / stem,
+        directory / f"{stem}.gz",
+        directory / "raw" / stem,
+        directory / "raw" / f"{stem}.gz",
+    ):
         if candidate.exists():
             return candidate
     return None
@@ -339,9 +350,15 @@ class FashionMNISTDataModule(TensorDataModule):
 
     @staticmethod
     def _scan(directory: Path) -> tuple[dict[str, tuple[Path | None, Path | None]], list[str]]:
-        found = {split: tuple(_find_idx(directory, stem) for stem in stems) for split, stems in FASHION_MNIST_FILES.items()}
-        missing = [stem for split, stems in FASHION_MNIST_FILES.items()
-                   for stem, path in zip(stems, found[split]) if path is None]
+        found = {
+            split: tuple(_find_idx(directory, stem) for stem in stems) for split, stems in FASHION_MNIST_FILES.items()
+        }
+        missing = [
+            stem
+            for split, stems in FASHION_MNIST_FILES.items()
+            for stem, path in zip(stems, found[split])
+            if path is None
+        ]
         return found, missing  # type: ignore[return-value]
 
     def locate(self) -> dict[str, tuple[Path, Path]] | None:
@@ -370,8 +387,9 @@ class FashionMNISTDataModule(TensorDataModule):
         self.data_files = [p for pair in found.values() for p in pair]
         self.data_source = str(found["train"][0].parent.resolve())
         if self.root and not any(_inside(Path(self.data_source), d) for d in self.root_dirs()):
-            log.warning("dataset.root=%s lacks Fashion-MNIST; dataset.fallback=true: using %s", self.root,
-                        self.data_source)
+            log.warning(
+                "dataset.root=%s lacks Fashion-MNIST; dataset.fallback=true: using %s", self.root, self.data_source
+            )
         return {split: (read_idx(img), read_idx(lbl)) for split, (img, lbl) in found.items()}
 
     def _download(self) -> None:
@@ -382,7 +400,9 @@ class FashionMNISTDataModule(TensorDataModule):
                 for train in (True, False):
                     FashionMNIST(self.root, train=train, download=True)
         except Exception as err:  # network errors come in many types
-            raise DataUnavailableError(f"Fashion-MNIST download to {self.root} failed ({err}). {self.how_to_get}") from err
+            raise DataUnavailableError(
+                f"Fashion-MNIST download to {self.root} failed ({err}). {self.how_to_get}"
+            ) from err
 
 
 def _inside(path: Path, directory: Path) -> bool:
@@ -406,7 +426,9 @@ class TorchvisionDataModule(TensorDataModule):
 
         cls = getattr(tvd, self.dataset_name)
         if hasattr(cls, "resources"):  # MNIST family: <root>/<Class>/raw/<file without .gz>
-            return Path(root) / cls.__name__ / "raw", [os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
+            return Path(root) / cls.__name__ / "raw", [
+                os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources
+            ]
         names = [name for name, _ in (*cls.train_list, *cls.test_list)] + [cls.meta["filename"]]
         return Path(root) / cls.base_folder, names
 
@@ -440,8 +462,11 @@ class TorchvisionDataModule(TensorDataModule):
     def _incomplete(self, root: str) -> str:
         folder, names = self.expected_files(root)
         missing = list_missing(folder, names)
-        what = (f"lacks {', '.join(missing)} in {folder}" if missing
-                else f"has every file in {folder} but they fail torchvision's checksum (corrupt?)")
+        what = (
+            f"lacks {', '.join(missing)} in {folder}"
+            if missing
+            else f"has every file in {folder} but they fail torchvision's checksum (corrupt?)"
+        )
         return (
             f"dataset.root={root!r} {what}. Copy torchvision's {self.dataset_name} files there, or pass "
             "dataset.fallback=true to download them into that folder (needs a network and dataset.download=true)."

@@ -60,9 +60,14 @@ def relaunched_argv(argv: list[str]) -> list[str]:
         return argv
     spec = json.loads(job)
     rank = global_rank()
-    return [argv[0], f"--config-name={spec['config_name']}", *spec["overrides"],
-            f'hydra.run.dir="{scratch_dir(spec["output_dir"], rank)}"', "hydra.output_subdir=null",
-            f"hydra.job.name=ddp_rank{rank}"]
+    return [
+        argv[0],
+        f"--config-name={spec['config_name']}",
+        *spec["overrides"],
+        f'hydra.run.dir="{scratch_dir(spec["output_dir"], rank)}"',
+        "hydra.output_subdir=null",
+        f"hydra.job.name=ddp_rank{rank}",
+    ]
 
 
 def prepare_job(cfg: DictConfig) -> None:
@@ -94,8 +99,13 @@ def prepare_job(cfg: DictConfig) -> None:
             "or use trainer.strategy=ddp_spawn"
         )
     _before_job.update({var: os.environ.get(var) for var in LAUNCH_ENV})
-    os.environ[JOB_ENV] = json.dumps({"overrides": list(hydra_cfg.overrides.task), "output_dir": str(cfg.paths.output_dir),
-                                      "config_name": hydra_cfg.job.config_name})
+    os.environ[JOB_ENV] = json.dumps(
+        {
+            "overrides": list(hydra_cfg.overrides.task),
+            "output_dir": str(cfg.paths.output_dir),
+            "config_name": hydra_cfg.job.config_name,
+        }
+    )
 
 
 def end_job() -> None:

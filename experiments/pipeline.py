@@ -86,12 +86,19 @@ def run_scan(model: nn.Module, example: torch.Tensor, strategy: Any, ctx: RunCon
         seen += take
         if seen >= spec.images:
             break
-    criterion = strategy.criterion if not isinstance(strategy.criterion, str) or strategy.criterion in ("l1", "l2", "largest_l1", "fpgm", "bn_gamma") else "l1"
+    criterion = (
+        strategy.criterion
+        if not isinstance(strategy.criterion, str)
+        or strategy.criterion in ("l1", "l2", "largest_l1", "fpgm", "bn_gamma")
+        else "l1"
+    )
 
     def progress(i: int, n: int, group: str) -> None:
         log.info("scan: group %d of %d (%s)", i, n, group)
 
-    table = pruning.sensitivity(model, example, batches, ratios=tuple(spec.ratios), criterion=criterion, progress=progress)
+    table = pruning.sensitivity(
+        model, example, batches, ratios=tuple(spec.ratios), criterion=criterion, progress=progress
+    )
     return as_scan(table)
 
 
@@ -105,8 +112,12 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     datamodule.setup()
 
     def build_model() -> nn.Module:
-        return instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels,
-                           input_size=datamodule.input_size)
+        return instantiate(
+            cfg.model,
+            num_classes=datamodule.num_classes,
+            in_channels=datamodule.in_channels,
+            input_size=datamodule.input_size,
+        )
 
     model = build_model()
     example = datamodule.example_inputs(2).cpu()
@@ -114,12 +125,22 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     def make_strategy() -> Any:
         return instantiate(cfg.strategy, _convert_="all")
 
-    rt = Runtime(cfg=cfg, example=example, build_model=build_model, strategy=make_strategy(),
-                 dense_counts=pruning.count(model, example))
+    rt = Runtime(
+        cfg=cfg,
+        example=example,
+        build_model=build_model,
+        strategy=make_strategy(),
+        dense_counts=pruning.count(model, example),
+    )
     # every bad value or combination fails here, before the baseline trains
     scan_spec = getattr(rt.strategy, "scan", None)
-    placeholder = (placeholder_scan(pruning.group_channels(model, example, getattr(rt.strategy, "ignore", ())),
-                                    list(scan_spec.ratios)) if scan_spec is not None else None)
+    placeholder = (
+        placeholder_scan(
+            pruning.group_channels(model, example, getattr(rt.strategy, "ignore", ())), list(scan_spec.ratios)
+        )
+        if scan_spec is not None
+        else None
+    )
     dry_run(make_strategy, model, rt, scan=placeholder)
 
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -160,10 +181,18 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         raise
     finally:
         if row["status"] != "ok":
-            row.update({"config": OmegaConf.to_container(cfg, resolve=True), "commit": git_commit(),
-                        "seed": cfg.seed, "dataset": cfg.dataset.get("name"), "model": cfg.model.get("name"),
-                        "strategy": cfg.strategy.get("name"), "experiment": experiment_name(),
-                        "wall_s": time.perf_counter() - started})
+            row.update(
+                {
+                    "config": OmegaConf.to_container(cfg, resolve=True),
+                    "commit": git_commit(),
+                    "seed": cfg.seed,
+                    "dataset": cfg.dataset.get("name"),
+                    "model": cfg.model.get("name"),
+                    "strategy": cfg.strategy.get("name"),
+                    "experiment": experiment_name(),
+                    "wall_s": time.perf_counter() - started,
+                }
+            )
             with contextlib.suppress(Exception):
                 row["parts"] = rt.strategy.parts()
         if cfg.results.write and is_global_zero():
@@ -181,12 +210,18 @@ def _row(cfg: DictConfig, run_id: str, rt: Runtime, tables: dict[str, Any], outp
         return final[key] / base[key] if key in final and key in base and base[key] else None
 
     derived = {
-        "ratio/params": ratio("params"), "ratio/nonzero_params": ratio("nonzero_params"),
-        "ratio/compressed_bytes": final["compressed_bytes"] / base["dense_bytes"], "ratio/macs": ratio("macs"),
-        "ratio/latency_b1": ratio("latency_b1_ms"), "ratio/latency_b64": ratio("latency_b64_ms"),
-        "delta/acc": final["acc"] - base["acc"], "final/acc": final["acc"],
-        "retrain/epochs": rt.totals["retrain_epochs"], "retrain/steps": rt.totals["retrain_steps"],
-        "retrain/wall_s": rt.totals["retrain_wall_s"], "prune/wall_s": rt.totals["prune_wall_s"],
+        "ratio/params": ratio("params"),
+        "ratio/nonzero_params": ratio("nonzero_params"),
+        "ratio/compressed_bytes": final["compressed_bytes"] / base["dense_bytes"],
+        "ratio/macs": ratio("macs"),
+        "ratio/latency_b1": ratio("latency_b1_ms"),
+        "ratio/latency_b64": ratio("latency_b64_ms"),
+        "delta/acc": final["acc"] - base["acc"],
+        "final/acc": final["acc"],
+        "retrain/epochs": rt.totals["retrain_epochs"],
+        "retrain/steps": rt.totals["retrain_steps"],
+        "retrain/wall_s": rt.totals["retrain_wall_s"],
+        "prune/wall_s": rt.totals["prune_wall_s"],
     }
     if "scan_wall_s" in rt.totals:
         derived["scan/wall_s"] = rt.totals["scan_wall_s"]
@@ -194,12 +229,21 @@ def _row(cfg: DictConfig, run_id: str, rt: Runtime, tables: dict[str, Any], outp
     if parts.get("epochs_budget") is None:
         parts["epochs_budget"] = rt.totals["retrain_epochs"]
     return {
-        "run_id": run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": git_commit(), "seed": cfg.seed,
-        "dataset": cfg.dataset.get("name"), "model": cfg.model.get("name"), "strategy": cfg.strategy.get("name"),
-        "experiment": experiment_name(), "output_dir": str(output_dir), "machine": machine(),
+        "run_id": run_id,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "commit": git_commit(),
+        "seed": cfg.seed,
+        "dataset": cfg.dataset.get("name"),
+        "model": cfg.model.get("name"),
+        "strategy": cfg.strategy.get("name"),
+        "experiment": experiment_name(),
+        "output_dir": str(output_dir),
+        "machine": machine(),
         "data_source": str(source) if (source := getattr(rt.ctx.datamodule, "data_source", None)) else None,
-        "config": OmegaConf.to_container(cfg, resolve=True), "parts": parts,
-        "metrics": {**flat, **derived}, "tables": tables,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "parts": parts,
+        "metrics": {**flat, **derived},
+        "tables": tables,
     }
 
 
@@ -212,7 +256,9 @@ def _log_summary(ctx: RunContext, row: dict[str, Any], tables: dict[str, Any]) -
     for key, rows in tables.items():
         if isinstance(rows, list) and rows and isinstance(rows[0], dict):
             columns = list(rows[0])
-            ctx.wandb_logger.log_table(key=f"tables/{key}", columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+            ctx.wandb_logger.log_table(
+                key=f"tables/{key}", columns=columns, data=[[r.get(c) for c in columns] for r in rows]
+            )
 
 
 __all__ = ["run", "save_model", "Phase"]

@@ -46,8 +46,9 @@ class Runtime:
     dense_counts: pruning.Counts | None = None
     phases: dict[str, Phase] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
-    totals: dict[str, float] = field(default_factory=lambda: {"prune_wall_s": 0.0, "retrain_wall_s": 0.0,
-                                                               "retrain_steps": 0, "retrain_epochs": 0.0})
+    totals: dict[str, float] = field(
+        default_factory=lambda: {"prune_wall_s": 0.0, "retrain_wall_s": 0.0, "retrain_steps": 0, "retrain_epochs": 0.0}
+    )
     current: str = "plan"
     _teacher: nn.Module | None = None
     _baseline_state: dict[str, torch.Tensor] | None = None
@@ -149,9 +150,18 @@ class Train(Step):
         penalty, after_step = self.hooks() if self.hooks is not None else (None, [])
         teacher = rt.teacher() if self.retrain.distill > 0 else None
         frozen = freeze(model, self.freeze)
-        module = Classifier(model, self.optimizer or self.retrain.optimizer, self.lr_schedule or self.retrain.lr_schedule,
-                            teacher=teacher, distill=self.retrain.distill, temperature=self.retrain.temperature,
-                            penalty=penalty, after_step=after_step, average=self.average, frozen_modules=frozen)
+        module = Classifier(
+            model,
+            self.optimizer or self.retrain.optimizer,
+            self.lr_schedule or self.retrain.lr_schedule,
+            teacher=teacher,
+            distill=self.retrain.distill,
+            temperature=self.retrain.temperature,
+            penalty=penalty,
+            after_step=after_step,
+            average=self.average,
+            frozen_modules=frozen,
+        )
         try:
             wall = rt.ctx.fit(module, self.label, epochs or 0, steps=self.steps)
         finally:
@@ -201,8 +211,15 @@ def dry_run(make_strategy: Callable[[], Any], model: nn.Module, rt: Runtime, sca
     strategy = make_strategy()
     strategy.validate(model)
     trial = copy.deepcopy(model)
-    dry = Runtime(cfg=rt.cfg, example=rt.example, build_model=rt.build_model, strategy=strategy, dry=True,
-                  scan=scan, dense_counts=rt.dense_counts)
+    dry = Runtime(
+        cfg=rt.cfg,
+        example=rt.example,
+        build_model=rt.build_model,
+        strategy=strategy,
+        dry=True,
+        scan=scan,
+        dense_counts=rt.dense_counts,
+    )
     steps = strategy.plan(trial, dry)
     try:
         execute(steps, trial, dry)
@@ -250,7 +267,9 @@ def check_freeze(model: nn.Module, names: Sequence[str]) -> None:
         frozen |= {id(p) for p in (item.parameters() if isinstance(item, nn.Module) else [item])}
     trainable = [p for p in model.parameters() if p.requires_grad and id(p) not in frozen]
     if not trainable:
-        raise ConfigError(f"strategy.freeze={list(names)} freezes every trainable parameter: nothing would be retrained")
+        raise ConfigError(
+            f"strategy.freeze={list(names)} freezes every trainable parameter: nothing would be retrained"
+        )
 
 
 def freeze(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:

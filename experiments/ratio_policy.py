@@ -27,7 +27,9 @@ class ConvIndexRatios:
         out = {}
         for index, ratio in self.ratios.items():
             if not 1 <= int(index) <= len(convs):
-                raise ConfigError(f"strategy.ratio.ratios names conv layer {index}; the model has convs 1..{len(convs)}")
+                raise ConfigError(
+                    f"strategy.ratio.ratios names conv layer {index}; the model has convs 1..{len(convs)}"
+                )
             out[convs[int(index) - 1]] = check_ratio(f"strategy.ratio.ratios.{index}", ratio)
         return out
 
@@ -76,7 +78,9 @@ class ScanTable:
         non-decreasing in the ratio (pruning more never predicts less damage)."""
         by_group: dict[str, list[tuple[float, float]]] = {}
         for row in self.rows:
-            by_group.setdefault(row["group"], []).append((float(row["ratio"]), max(0.0, self.base - float(row["metric"]))))
+            by_group.setdefault(row["group"], []).append(
+                (float(row["ratio"]), max(0.0, self.base - float(row["metric"])))
+            )
         out = {}
         for group, points in by_group.items():
             points.sort()
@@ -106,8 +110,14 @@ def as_scan(result: Any) -> ScanTable:
 def placeholder_scan(groups: dict[str, tuple[int, int]], ratios: list[float]) -> ScanTable:
     """A scan that predicts no damage anywhere: lets the dry run plan a scan-driven strategy
     before the baseline exists (shapes and feasibility are what it checks)."""
-    return ScanTable(1.0, [{"group": g, "ratio": r, "kept": 0, "channels": c, "metric": 1.0}
-                           for g, (c, _) in groups.items() for r in ratios])
+    return ScanTable(
+        1.0,
+        [
+            {"group": g, "ratio": r, "kept": 0, "channels": c, "metric": 1.0}
+            for g, (c, _) in groups.items()
+            for r in ratios
+        ],
+    )
 
 
 class ScanPolicy:
@@ -125,7 +135,9 @@ class SensitivityMaxDrop(ScanPolicy):
 
     def validate(self) -> None:
         if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or not 0 <= self.max_drop < 1:
-            raise ConfigError(f"strategy.ratio.max_drop={self.max_drop!r}: must be a number in [0, 1) (accuracy, not percent)")
+            raise ConfigError(
+                f"strategy.ratio.max_drop={self.max_drop!r}: must be a number in [0, 1) (accuracy, not percent)"
+            )
 
     def __call__(self, model: nn.Module, example: Any, scan: ScanTable) -> dict[str, float]:
         out = {}
@@ -149,12 +161,18 @@ class SensitivityTarget(ScanPolicy):
 
     def validate(self) -> None:
         if (self.reduction is None) == (self.match_uniform is None):
-            raise ConfigError("strategy.ratio: set exactly one of reduction (a fraction of the MACs/params) and "
-                              "match_uniform (a uniform ratio whose reduction to match)")
+            raise ConfigError(
+                "strategy.ratio: set exactly one of reduction (a fraction of the MACs/params) and "
+                "match_uniform (a uniform ratio whose reduction to match)"
+            )
         if self.match_uniform is not None:
             check_ratio("strategy.ratio.match_uniform", self.match_uniform)
             return
-        if isinstance(self.reduction, bool) or not isinstance(self.reduction, (int, float)) or not 0 < self.reduction < 1:
+        if (
+            isinstance(self.reduction, bool)
+            or not isinstance(self.reduction, (int, float))
+            or not 0 < self.reduction < 1
+        ):
             raise ConfigError(f"strategy.ratio.reduction={self.reduction!r}: must be a fraction in (0, 1)")
         if self.resource not in ("macs", "params"):
             raise ConfigError(f"strategy.ratio.resource={self.resource!r}: allowed values are 'macs', 'params'")

@@ -54,7 +54,11 @@ class Retrain:
         check_choice(f"{key}.mode", self.mode, RETRAIN_MODES)
         if isinstance(self.distill, bool) or not isinstance(self.distill, (int, float)) or not 0 <= self.distill <= 1:
             raise ConfigError(f"{key}.distill={self.distill!r}: must be a number in [0, 1] (0: no distillation)")
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
+        if (
+            isinstance(self.temperature, bool)
+            or not isinstance(self.temperature, (int, float))
+            or self.temperature <= 0
+        ):
             raise ConfigError(f"{key}.temperature={self.temperature!r}: must be a number > 0")
         if isinstance(self.scratch_cap, bool) or not isinstance(self.scratch_cap, (int, float)) or self.scratch_cap < 1:
             raise ConfigError(f"{key}.scratch_cap={self.scratch_cap!r}: must be a number >= 1")
@@ -128,8 +132,10 @@ def freeze_spec(freeze: Any) -> tuple[list[str], int]:
     if isinstance(freeze, Mapping):
         unknown = set(freeze) - {"most_sensitive"}
         if unknown:
-            raise ConfigError(f"strategy.freeze has unknown keys {sorted(unknown)}: use a list of module names or "
-                              "{most_sensitive: k}")
+            raise ConfigError(
+                f"strategy.freeze has unknown keys {sorted(unknown)}: use a list of module names or "
+                "{most_sensitive: k}"
+            )
         k = freeze.get("most_sensitive")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"strategy.freeze.most_sensitive={k!r}: must be an integer >= 1")
@@ -173,8 +179,10 @@ class FilterPruning(Strategy):
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
             raise ConfigError(f"strategy.rounds={self.rounds!r}: must be an integer >= 1")
         if self.schedule != "iterative" and self.rounds > 1:
-            raise ConfigError(f"strategy.rounds={self.rounds} with strategy.schedule={self.schedule}: rounds > 1 "
-                              "needs schedule=iterative (layerwise prunes each group once, in strategy.order)")
+            raise ConfigError(
+                f"strategy.rounds={self.rounds} with strategy.schedule={self.schedule}: rounds > 1 "
+                "needs schedule=iterative (layerwise prunes each group once, in strategy.order)"
+            )
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"strategy.round_to={self.round_to!r}: must be an integer >= 1")
         if check_nonnegative_int("strategy.calibration_batches", self.calibration_batches) < 1:
@@ -183,19 +191,32 @@ class FilterPruning(Strategy):
         if isinstance(self.criterion, str):
             check_choice("strategy.criterion", self.criterion, pruning.criterion_names())
         if self.retrain.mode.startswith("scratch") and self.schedule != "oneshot":
-            raise ConfigError(f"strategy.retrain.mode={self.retrain.mode} trains the pruned architecture from scratch "
-                              f"once: use strategy.schedule=oneshot (not {self.schedule})")
+            raise ConfigError(
+                f"strategy.retrain.mode={self.retrain.mode} trains the pruned architecture from scratch "
+                f"once: use strategy.schedule=oneshot (not {self.schedule})"
+            )
         names, k = freeze_spec(self.freeze)
         if (names or k) and self.retrain.mode != "finetune":
-            raise ConfigError(f"strategy.freeze with strategy.retrain.mode={self.retrain.mode}: freezing applies "
-                              "to fine-tuning only")
-        wants = [w for w, need in (("strategy.freeze.most_sensitive", k > 0),
-                                   ("strategy.ratio", getattr(self.ratio, "needs_scan", False)),
-                                   ("strategy.order=least_sensitive_first", self.order == "least_sensitive_first"
-                                    and self.schedule == "layerwise")) if need]
+            raise ConfigError(
+                f"strategy.freeze with strategy.retrain.mode={self.retrain.mode}: freezing applies to fine-tuning only"
+            )
+        wants = [
+            w
+            for w, need in (
+                ("strategy.freeze.most_sensitive", k > 0),
+                ("strategy.ratio", getattr(self.ratio, "needs_scan", False)),
+                (
+                    "strategy.order=least_sensitive_first",
+                    self.order == "least_sensitive_first" and self.schedule == "layerwise",
+                ),
+            )
+            if need
+        ]
         if wants and self.scan is None:
-            raise ConfigError(f"{wants[0]} needs a sensitivity scan: set strategy.scan (e.g. strategy=l1_sensitivity "
-                              "has one) or drop it")
+            raise ConfigError(
+                f"{wants[0]} needs a sensitivity scan: set strategy.scan (e.g. strategy=l1_sensitivity "
+                "has one) or drop it"
+            )
         if self.scan is not None:
             self.scan.validate()
         if hasattr(self.ratio, "validate"):
@@ -216,14 +237,19 @@ class FilterPruning(Strategy):
 
     def _ratios_by_layer(self, model: nn.Module) -> dict[str, float]:
         last = output_layer_name(model)
-        prunable = [n for n, m in model.named_modules()
-                    if isinstance(m, (nn.Conv2d, nn.Linear)) and n != last and n not in self.ignore]
+        prunable = [
+            n
+            for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and n != last and n not in self.ignore
+        ]
         if isinstance(self.ratio, Mapping):
             out = {}
             for layer, ratio in self.ratio.items():
                 if layer not in prunable:
-                    raise ConfigError(f"strategy.ratio names layer {layer!r}, which is not a prunable layer; "
-                                      f"prunable layers: {', '.join(prunable)}")
+                    raise ConfigError(
+                        f"strategy.ratio names layer {layer!r}, which is not a prunable layer; "
+                        f"prunable layers: {', '.join(prunable)}"
+                    )
                 out[layer] = check_ratio(f"strategy.ratio.{layer}", ratio)
             return out
         ratio = check_ratio("strategy.ratio", self.ratio)
@@ -274,13 +300,22 @@ class FilterPruning(Strategy):
                 record = pruning.prune_to(m, rt.example, counts, criterion, self.ignore, self.scoring)
                 self.record = self.record + record
                 return {"kind": "filter", **record.to_dict()}
+
             return apply
 
         if self.schedule == "oneshot":
             stages = [("prune", dict(self.targets))]
         elif self.schedule == "iterative":
-            stages = [(f"round{r}", {g: pruning.channel_schedule(self.channels[g], k, r + 1, self.rounds)
-                                     for g, k in self.targets.items()}) for r in range(self.rounds)]
+            stages = [
+                (
+                    f"round{r}",
+                    {
+                        g: pruning.channel_schedule(self.channels[g], k, r + 1, self.rounds)
+                        for g, k in self.targets.items()
+                    },
+                )
+                for r in range(self.rounds)
+            ]
         else:
             stages = [(f"layer{i}", {g: self.targets[g]}) for i, g in enumerate(self._order(model, rt))]
         mode = self.retrain.mode
@@ -292,13 +327,24 @@ class FilterPruning(Strategy):
             steps.append(Prune(f"{label}/prune" if len(stages) > 1 else "prune", prune(counts)))
             steps.append(Measure("pruned") if last else Measure(f"{label}/pruned", full=False))
             if mode == "finetune":
-                steps.append(Train(f"{label}/retrain" if len(stages) > 1 else "retrain", self.retrain,
-                                   steps=share, freeze=frozen))
+                steps.append(
+                    Train(
+                        f"{label}/retrain" if len(stages) > 1 else "retrain", self.retrain, steps=share, freeze=frozen
+                    )
+                )
                 if not last:
                     steps.append(Measure(f"{label}/retrained", full=False))
         if mode.startswith("scratch"):
-            steps.append(Train(mode, self.retrain, epochs=self._scratch_epochs, init="reinit",
-                               optimizer=scratch_optimizer(rt.cfg), lr_schedule=rt.cfg.baseline.lr_schedule))
+            steps.append(
+                Train(
+                    mode,
+                    self.retrain,
+                    epochs=self._scratch_epochs,
+                    init="reinit",
+                    optimizer=scratch_optimizer(rt.cfg),
+                    lr_schedule=rt.cfg.baseline.lr_schedule,
+                )
+            )
         steps.append(Measure("retrained"))
         return steps
 
@@ -306,7 +352,11 @@ class FilterPruning(Strategy):
         """Scratch-E: the baseline's epochs; Scratch-B: scaled by the MACs saved, capped."""
         epochs = int(rt.cfg.baseline.epochs)
         if self.retrain.mode == "scratch_b":
-            dense = rt.dense_counts.macs if rt.dense_counts is not None else pruning.count(rt.build_model(), rt.example).macs
+            dense = (
+                rt.dense_counts.macs
+                if rt.dense_counts is not None
+                else pruning.count(rt.build_model(), rt.example).macs
+            )
             pruned = pruning.count(model, rt.example).macs
             epochs = min(int(epochs * self.retrain.scratch_cap), int(epochs * dense / max(1, pruned)))
         return epochs
@@ -332,17 +382,35 @@ class FilterPruning(Strategy):
 
     # -- what the run stores ------------------------------------------------------------------
     def parts(self) -> dict[str, Any]:
-        policy = ("uniform" if isinstance(self.ratio, (int, float)) else "per_layer" if isinstance(self.ratio, Mapping)
-                  else {"SensitivityMaxDrop": "max_drop"}.get(type(self.ratio).__name__,
-                  f"target_{getattr(self.ratio, 'resource', '')}" if hasattr(self.ratio, "reduction") else "policy"))
+        policy = (
+            "uniform"
+            if isinstance(self.ratio, (int, float))
+            else "per_layer"
+            if isinstance(self.ratio, Mapping)
+            else {"SensitivityMaxDrop": "max_drop"}.get(
+                type(self.ratio).__name__,
+                f"target_{getattr(self.ratio, 'resource', '')}" if hasattr(self.ratio, "reduction") else "policy",
+            )
+        )
         names, k = freeze_spec(self.freeze)
-        crit = self.criterion if isinstance(self.criterion, str) else getattr(self.criterion, "name", type(self.criterion).__name__)
+        crit = (
+            self.criterion
+            if isinstance(self.criterion, str)
+            else getattr(self.criterion, "name", type(self.criterion).__name__)
+        )
         return {
-            "kind": "filter", "criterion": crit, "schedule": self.schedule, "rounds": self.rounds,
+            "kind": "filter",
+            "criterion": crit,
+            "schedule": self.schedule,
+            "rounds": self.rounds,
             "order": self.order if self.schedule == "layerwise" else None,
-            "ratio": str(float(self.ratio)) if policy == "uniform" else ("sensitivity" if getattr(self.ratio, "needs_scan", False) else policy),
-            "ratio_policy": policy, "max_drop": getattr(self.ratio, "max_drop", None),
-            "target_reduction": getattr(self.ratio, "reduction", None), "scoring": self.scoring,
+            "ratio": str(float(self.ratio))
+            if policy == "uniform"
+            else ("sensitivity" if getattr(self.ratio, "needs_scan", False) else policy),
+            "ratio_policy": policy,
+            "max_drop": getattr(self.ratio, "max_drop", None),
+            "target_reduction": getattr(self.ratio, "reduction", None),
+            "scoring": self.scoring,
             "retrain": self.retrain.mode,
             "freeze": f"most_sensitive:{k}" if k else ("list:" + ",".join(names) if names else "none"),
             "epochs_budget": self.retrain.epochs if self.retrain.mode == "finetune" else None,
@@ -353,8 +421,9 @@ class FilterPruning(Strategy):
         layers = []
         for g, c in self.channels.items():
             kept = after.get(g, (self.targets.get(g, c), c))[0] if g in self.targets else c
-            layers.append({"name": g, "kind": "filter", "channels_before": c, "channels_after": kept,
-                           "kept_fraction": kept / c})
+            layers.append(
+                {"name": g, "kind": "filter", "channels_before": c, "channels_after": kept, "kept_fraction": kept / c}
+            )
         out: dict[str, Any] = {"layers": layers, "ratios": self.ratios_used}
         if self.filter_norms:
             out["filter_norms"] = self.filter_norms

@@ -136,7 +136,11 @@ def completed_run(cfg: DictConfig, force: bool = False) -> dict[str, Any] | None
     ignore = list(cfg.get("sweep", {}).get("ignore", []))
     want = comparable(OmegaConf.to_container(cfg, resolve=True), ignore)
     for row in reversed(read_rows(cfg.paths.results_dir)):
-        if row.get("status") == "ok" and isinstance(row.get("config"), dict) and comparable(row["config"], ignore) == want:
+        if (
+            row.get("status") == "ok"
+            and isinstance(row.get("config"), dict)
+            and comparable(row["config"], ignore) == want
+        ):
             return row
     return None
 
@@ -184,14 +188,20 @@ class SweepProgress(Callback):
         total, swept = sweep_plan(config)
         state = {"total": total, "swept": swept, "started": time.time(), "finished": 0, "failed": 0}
         atomic_write_bytes(self._path(config), json.dumps(state).encode())
-        log.info("sweep: %s job(s) into %s", total if total is not None else "an unknown number of", config.hydra.sweep.dir)
+        log.info(
+            "sweep: %s job(s) into %s", total if total is not None else "an unknown number of", config.hydra.sweep.dir
+        )
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         state = self._read(config)
         if state is not None and is_global_zero():
             swept = [o for o in config.hydra.overrides.task if o.split("=", 1)[0] in state["swept"]]
-            log.info("sweep: job %d of %s started: %s", config.hydra.job.num + 1, state["total"] or "?",
-                     " ".join(swept) or "(nothing swept)")
+            log.info(
+                "sweep: job %d of %s started: %s",
+                config.hydra.job.num + 1,
+                state["total"] or "?",
+                " ".join(swept) or "(nothing swept)",
+            )
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         path = self._path(config)
@@ -208,14 +218,27 @@ class SweepProgress(Callback):
         elapsed = time.time() - state["started"]
         total, done = state["total"], state["finished"]
         left = f", about {clock(elapsed / done * max(0, total - done))} left" if total else ""
-        log.info("sweep: job %d of %s %s (%d of %s finished), elapsed %s%s", config.hydra.job.num + 1, total or "?",
-                 "failed" if failed else "done", done, total or "?", clock(elapsed), left)
+        log.info(
+            "sweep: job %d of %s %s (%d of %s finished), elapsed %s%s",
+            config.hydra.job.num + 1,
+            total or "?",
+            "failed" if failed else "done",
+            done,
+            total or "?",
+            clock(elapsed),
+            left,
+        )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         state = self._read(config)
         if state is not None:
-            log.info("sweep: %d of %s job(s) finished in %s (%d failed)", state["finished"], state["total"] or "?",
-                     clock(time.time() - state["started"]), state["failed"])
+            log.info(
+                "sweep: %d of %s job(s) finished in %s (%d failed)",
+                state["finished"],
+                state["total"] or "?",
+                clock(time.time() - state["started"]),
+                state["failed"],
+            )
 
     @staticmethod
     def _path(config: DictConfig) -> Path:

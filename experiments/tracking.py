@@ -33,8 +33,9 @@ def _endpoint(url: str) -> tuple[str, int]:
     """(host, port) of ``url``; the default port of its scheme when none is given."""
     parts = urlsplit(url if "://" in url else f"https://{url}")
     if not parts.hostname:
-        raise TrackingUnavailable(f"W&B base URL {url!r} has no host name: fix WANDB_BASE_URL "
-                                  "(e.g. https://api.wandb.ai)")
+        raise TrackingUnavailable(
+            f"W&B base URL {url!r} has no host name: fix WANDB_BASE_URL (e.g. https://api.wandb.ai)"
+        )
     try:
         port = parts.port
     except ValueError:
@@ -56,8 +57,7 @@ def _connect(host: str, port: int, timeout_s: float) -> None:
     sock.close()
 
 
-def check_wandb_online(timeout_s: float = 5.0, fallback_offline: bool = False,
-                       base_url: str | None = None) -> str:
+def check_wandb_online(timeout_s: float = 5.0, fallback_offline: bool = False, base_url: str | None = None) -> str:
     """Check within ``timeout_s`` that the W&B server accepts connections.
 
     Returns ``"online"`` when it does. When it does not, raises :class:`TrackingUnavailable`
@@ -84,9 +84,11 @@ def check_wandb_online(timeout_s: float = 5.0, fallback_offline: bool = False,
     worker.join(timeout_s)
     if outcome and outcome[0] is None:
         return "online"
-    why = (f"{type(outcome[0]).__name__}: {outcome[0]}" if outcome else f"no answer within {timeout_s:g}s")
-    message = (f"W&B server {target} is unreachable ({why}); log offline with logger.wandb.offline=true "
-               "(sync later with `wandb sync`), or fix the network or WANDB_BASE_URL")
+    why = f"{type(outcome[0]).__name__}: {outcome[0]}" if outcome else f"no answer within {timeout_s:g}s"
+    message = (
+        f"W&B server {target} is unreachable ({why}); log offline with logger.wandb.offline=true "
+        "(sync later with `wandb sync`), or fix the network or WANDB_BASE_URL"
+    )
     if fallback_offline:
         log.warning("%s. Logging offline instead.", message.split("; ")[0])
         return "offline"

@@ -55,8 +55,9 @@ class Storage:
 
     def bits_for(self, model: nn.Module, names: Iterable[str]) -> dict[str, int]:
         modules = dict(model.named_modules())
-        return {n: self.conv_bits if isinstance(modules[n.rsplit(".", 1)[0]], nn.Conv2d) else self.fc_bits
-                for n in names}
+        return {
+            n: self.conv_bits if isinstance(modules[n.rsplit(".", 1)[0]], nn.Conv2d) else self.fc_bits for n in names
+        }
 
 
 @dataclass
@@ -97,15 +98,19 @@ class WeightPruning(Strategy):
         check_choice("strategy.schedule", self.schedule, ("linear", "geometric", "cubic"))
         check_choice("strategy.regularization", self.regularization, REGULARIZATION_CHOICES)
         if isinstance(self.freeze, Mapping):
-            raise ConfigError("strategy.freeze.most_sensitive needs a sensitivity scan, which weight pruning does not "
-                              "run: freeze by kind (conv, fc) or a list of module names")
+            raise ConfigError(
+                "strategy.freeze.most_sensitive needs a sensitivity scan, which weight pruning does not "
+                "run: freeze by kind (conv, fc) or a list of module names"
+            )
         if isinstance(self.freeze, str) or self.freeze is None:
             check_choice("strategy.freeze", self.freeze, FREEZE_CHOICES)
         else:
             freeze_spec(self.freeze)
         if self.retrain.mode not in ("finetune", "none"):
-            raise ConfigError(f"strategy.retrain.mode={self.retrain.mode}: training from scratch needs a pruned "
-                              "architecture (filter pruning); weight pruning keeps the dense shapes. Use finetune or none")
+            raise ConfigError(
+                f"strategy.retrain.mode={self.retrain.mode}: training from scratch needs a pruned "
+                "architecture (filter pruning); weight pruning keeps the dense shapes. Use finetune or none"
+            )
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
             raise ConfigError(f"strategy.rounds={self.rounds!r}: must be an integer >= 1")
         if self.regularization_strength < 0:
@@ -116,7 +121,9 @@ class WeightPruning(Strategy):
             if isinstance(amount, Mapping):
                 for layer, value in amount.items():
                     if layer not in params and layer not in modules:
-                        raise ConfigError(f"strategy.{key} names {layer!r}, which is not a parameter or module of the model")
+                        raise ConfigError(
+                            f"strategy.{key} names {layer!r}, which is not a parameter or module of the model"
+                        )
                     if key == "sparsity":
                         check_ratio(f"strategy.sparsity.{layer}", value)
                     elif value < 0:
@@ -138,6 +145,7 @@ class WeightPruning(Strategy):
     # -- pruning ----------------------------------------------------------------------------
     def _amount_at(self, amount: Any, round_index: int) -> Any:
         """This round's target: the schedule applied to each layer's final amount."""
+
         def at(final: float) -> float:
             if self.quality is not None:  # quality grows linearly to its final value
                 return final * (round_index + 1) / self.rounds
@@ -148,11 +156,13 @@ class WeightPruning(Strategy):
     def prune(self, model: nn.Module, example_inputs: torch.Tensor, round_index: int) -> dict[str, Any]:
         original_dropout = {n: m.p for n, m in model.named_modules() if isinstance(m, nn.Dropout)}
         if self.sparsity is not None:
-            new = pruning.prune_weights(model, sparsity=self._amount_at(self.sparsity, round_index),
-                                        scope=self.scope, include=self.include)
+            new = pruning.prune_weights(
+                model, sparsity=self._amount_at(self.sparsity, round_index), scope=self.scope, include=self.include
+            )
         else:
-            new = pruning.prune_weights(model, quality=self._amount_at(self.quality, round_index),
-                                        scope=self.scope, include=self.include)
+            new = pruning.prune_weights(
+                model, quality=self._amount_at(self.quality, round_index), scope=self.scope, include=self.include
+            )
         if self.masks is not None:  # pruned weights never come back
             new = pruning.Masks({n: new[n] & self.masks[n] for n in new})
             new.apply_(model)
@@ -160,9 +170,12 @@ class WeightPruning(Strategy):
         if self.adjust_dropout and round_index == 0:
             self._adjust_dropout(model, original_dropout)
         sparsity = new.sparsity()
-        return {"round": round_index, "kind": "weight",
-                "layers": {n: {"kept": c[0], "total": c[1]} for n, c in new.counts().items()},
-                "sparsity": float(sparsity.total) if hasattr(sparsity, "total") else None}
+        return {
+            "round": round_index,
+            "kind": "weight",
+            "layers": {n: {"kept": c[0], "total": c[1]} for n, c in new.counts().items()},
+            "sparsity": float(sparsity.total) if hasattr(sparsity, "total") else None,
+        }
 
     def _adjust_dropout(self, model: nn.Module, original: dict[str, float]) -> None:
         """Han: D_r = D_o * sqrt(C_ir / C_io) for each Dropout feeding a masked Linear."""
@@ -204,17 +217,31 @@ class WeightPruning(Strategy):
         for r in range(self.rounds):
             last = r == self.rounds - 1
             label = f"round{r}" if self.rounds > 1 else ""
-            steps.append(Prune(f"{label}/prune" if label else "prune",
-                               lambda m, rt, r=r: self.prune(m, rt.example, r)))
+            steps.append(Prune(f"{label}/prune" if label else "prune", lambda m, rt, r=r: self.prune(m, rt.example, r)))
             steps.append(Measure("pruned") if last else Measure(f"{label}/pruned", full=False))
             if self.retrain.mode == "finetune":
-                steps.append(Train(f"{label}/retrain" if label else "retrain", self.retrain, epochs=self.retrain.epochs,
-                                   freeze=frozen, hooks=self.retrain_hooks))
+                steps.append(
+                    Train(
+                        f"{label}/retrain" if label else "retrain",
+                        self.retrain,
+                        epochs=self.retrain.epochs,
+                        freeze=frozen,
+                        hooks=self.retrain_hooks,
+                    )
+                )
                 if not last:
                     steps.append(Measure(f"{label}/retrained", full=False))
         if self.average is not None and self.average.epochs > 0 and self.retrain.mode == "finetune":
-            steps.append(Train("average", self.average, epochs=self.average.epochs, freeze=frozen,
-                               hooks=self.retrain_hooks, average=True))
+            steps.append(
+                Train(
+                    "average",
+                    self.average,
+                    epochs=self.average.epochs,
+                    freeze=frozen,
+                    hooks=self.retrain_hooks,
+                    average=True,
+                )
+            )
         steps.append(Measure("retrained"))
         if self.quantize_retrain is not None:
             steps.append(Quantize("quantized", self))
@@ -223,17 +250,27 @@ class WeightPruning(Strategy):
     def parts(self) -> dict[str, Any]:
         amount = self.sparsity if self.sparsity is not None else self.quality
         return {
-            "kind": "weight", "criterion": "magnitude", "schedule": "iterative" if self.rounds > 1 else "oneshot",
-            "rounds": self.rounds, "ratio": str(float(amount)) if isinstance(amount, (int, float)) else "per_layer",
-            "ratio_policy": "sparsity" if self.sparsity is not None else "quality", "max_drop": None,
-            "target_reduction": None, "scoring": self.scope, "retrain": self.retrain.mode,
-            "freeze": "none" if not self.freeze else (self.freeze if isinstance(self.freeze, str) else "list:" + ",".join(self.freeze)),
+            "kind": "weight",
+            "criterion": "magnitude",
+            "schedule": "iterative" if self.rounds > 1 else "oneshot",
+            "rounds": self.rounds,
+            "ratio": str(float(amount)) if isinstance(amount, (int, float)) else "per_layer",
+            "ratio_policy": "sparsity" if self.sparsity is not None else "quality",
+            "max_drop": None,
+            "target_reduction": None,
+            "scoring": self.scope,
+            "retrain": self.retrain.mode,
+            "freeze": "none"
+            if not self.freeze
+            else (self.freeze if isinstance(self.freeze, str) else "list:" + ",".join(self.freeze)),
             "epochs_budget": self.retrain.epochs * self.rounds + (self.average.epochs if self.average else 0),
         }
 
     def tables(self, model: nn.Module) -> dict[str, Any]:
-        layers = [{"name": n, "kind": "weight", "total": c[1], "kept": c[0], "density": c[0] / c[1] if c[1] else 0.0}
-                  for n, c in (self.masks.counts().items() if self.masks is not None else [])]
+        layers = [
+            {"name": n, "kind": "weight", "total": c[1], "kept": c[0], "density": c[0] / c[1] if c[1] else 0.0}
+            for n, c in (self.masks.counts().items() if self.masks is not None else [])
+        ]
         out: dict[str, Any] = {"layers": layers}
         if getattr(self, "storage_rows", None):
             out["storage"] = self.storage_rows
@@ -242,8 +279,12 @@ class WeightPruning(Strategy):
     # -- final storage ----------------------------------------------------------------------
     def storage_options(self, model: nn.Module) -> dict[str, Any]:
         names = [n for n in (self.masks or {})]
-        options: dict[str, Any] = {"index_bits": self.storage.index_bits, "values": self.storage.values,
-                                   "huffman": self.storage.huffman, "rest": self.storage.rest}
+        options: dict[str, Any] = {
+            "index_bits": self.storage.index_bits,
+            "values": self.storage.values,
+            "huffman": self.storage.huffman,
+            "rest": self.storage.rest,
+        }
         if self.storage.values == "codebook":
             options["bits"] = self.storage.bits_for(model, names) if names else None
             options["codebook_dtype"] = self.storage.codebook_dtype
@@ -269,31 +310,56 @@ class Quantize(Step):
         start = time.perf_counter()
         options = strategy.storage_options(model)
         masks = strategy.masks
-        shared = pruning.share_weights(model, bits=options.get("bits"), include=list(masks) if masks is not None else None)
+        shared = pruning.share_weights(
+            model, bits=options.get("bits"), include=list(masks) if masks is not None else None
+        )
         tuner = pruning.CentroidTuner(model, shared)
         retrain = strategy.quantize_retrain
         teacher = rt.teacher() if retrain.distill > 0 and retrain.epochs > 0 else None
-        module = Classifier(model, retrain.optimizer, retrain.lr_schedule, teacher=teacher, distill=retrain.distill,
-                            temperature=retrain.temperature, trainable=tuner.parameters,
-                            after_step=[tuner.sync_] + ([masks.apply_] if masks is not None else []))
+        module = Classifier(
+            model,
+            retrain.optimizer,
+            retrain.lr_schedule,
+            teacher=teacher,
+            distill=retrain.distill,
+            temperature=retrain.temperature,
+            trainable=tuner.parameters,
+            after_step=[tuner.sync_] + ([masks.apply_] if masks is not None else []),
+        )
         ctx.fit(module, "quantize", retrain.epochs)
         for name, codebook in zip(tuner.names, tuner.codebooks):
             shared[name].codebook = codebook.detach().clone()
         path = ctx.output_dir / "model.pkdc"
-        report = pruning.save_compressed(model, path, shared=shared, **{k: v for k, v in options.items() if k != "bits"})
+        report = pruning.save_compressed(
+            model, path, shared=shared, **{k: v for k, v in options.items() if k != "bits"}
+        )
         atomic_write_bytes(ctx.output_dir / "storage_report.txt", (str(report) + "\n").encode())
-        strategy.storage_rows = [{"layer": r.name, "dense_bytes": r.dense, "pruned_bytes": r.pruned,
-                                  "quantized_bytes": r.quantized, "huffman_bytes": r.huffman}
-                                 for r in getattr(report, "layers", [])]
+        strategy.storage_rows = [
+            {
+                "layer": r.name,
+                "dense_bytes": r.dense,
+                "pruned_bytes": r.pruned,
+                "quantized_bytes": r.quantized,
+                "huffman_bytes": r.huffman,
+            }
+            for r in getattr(report, "layers", [])
+        ]
         with torch.inference_mode():
             before = model.eval()(example)
         pruning.load_compressed(path, model)  # from here on the model is exactly what the file holds
         with torch.inference_mode():
             diff = float((model.eval()(example) - before).abs().max())
         total = report.total()
-        rt.phases[self.label] = Phase(self.label, {
-            **ctx.test(Classifier(model, None), "quantized"), **measure_model(model, example, rt.cfg),
-            "compressed_bytes": report.file_bytes, "storage_pruned_bytes": total.pruned,
-            "storage_quantized_bytes": total.quantized, "storage_huffman_bytes": total.huffman,
-            "storage_max_abs_diff": diff, "wall_s": time.perf_counter() - start,
-        })
+        rt.phases[self.label] = Phase(
+            self.label,
+            {
+                **ctx.test(Classifier(model, None), "quantized"),
+                **measure_model(model, example, rt.cfg),
+                "compressed_bytes": report.file_bytes,
+                "storage_pruned_bytes": total.pruned,
+                "storage_quantized_bytes": total.quantized,
+                "storage_huffman_bytes": total.huffman,
+                "storage_max_abs_diff": diff,
+                "wall_s": time.perf_counter() - start,
+            },
+        )

@@ -5,33 +5,6 @@ Deep Compression storage, BatchNorm folding and honest measurement.
 """
 
 # --- measurement (measure.py) ---
-from pruning.measure import Counts, count, dense_bytes, measure_latency, nonzero_params
-
-# --- structured pruning engine (trace, oprules, dryrun, graph, handlers, criteria, structured, record) ---
-from pruning.criteria import (
-    APoZ,
-    BNGamma,
-    FPGM,
-    L1,
-    L2,
-    ActivationMean,
-    ActivationStd,
-    Criterion,
-    LargestL1,
-    Random,
-    Taylor,
-    criterion_names,
-    get_criterion,
-    register_criterion,
-)
-from pruning.graph import ChannelGroup, GroupMember, dependency_groups
-from pruning.handlers import ChannelwiseHandler, FilterHandler, register_handler
-from pruning.oprules import register_op_rule
-from pruning.record import PruningRecord, apply_record, load_pruned, read_record, save_pruned
-from pruning.structured import group_channels, kept_channels, planned_channels, prune_filters, prune_to
-from pruning.sensitivity import SensitivityTable, sensitivity
-from pruning.trace import ChannelMappingError
-
 # --- connection pruning, Deep Compression, sparse inference, BN folding ---
 from pruning.compress import (
     CentroidTuner,
@@ -43,7 +16,106 @@ from pruning.compress import (
     save_compressed,
     share_weights,
 )
+
+# --- structured pruning engine (trace, oprules, dryrun, graph, handlers, criteria, structured, record) ---
+from pruning.criteria import (
+    FPGM,
+    L1,
+    L2,
+    ActivationMean,
+    ActivationStd,
+    APoZ,
+    BNGamma,
+    Criterion,
+    LargestL1,
+    Random,
+    Taylor,
+    criterion_names,
+    get_criterion,
+    register_criterion,
+)
 from pruning.fold import fold_batchnorm, foldable_pairs
-from pruning.masks import Masks, MaskCount, Sparsity, adjusted_dropout, prune_weights
+from pruning.graph import ChannelGroup, GroupMember, dependency_groups
+from pruning.handlers import ChannelwiseHandler, FilterHandler, register_handler
+from pruning.masks import MaskCount, Masks, Sparsity, adjusted_dropout, prune_weights
+from pruning.measure import Counts, count, dense_bytes, measure_latency, nonzero_params
+from pruning.oprules import register_op_rule
+from pruning.record import (
+    PruningRecord,
+    RecordError,
+    RecordMismatchError,
+    apply_record,
+    load_pruned,
+    read_record,
+    save_pruned,
+)
 from pruning.schedules import channel_schedule, sparsity_schedule
+from pruning.sensitivity import SensitivityTable, sensitivity
 from pruning.sparse import SparseChoice, SparseConv2d, SparseLinear, sparsify
+from pruning.structured import group_channels, kept_channels, planned_channels, prune_filters, prune_to
+from pruning.trace import ChannelMappingError
+
+__all__ = [
+    "ActivationMean",
+    "ActivationStd",
+    "adjusted_dropout",
+    "APoZ",
+    "apply_record",
+    "BNGamma",
+    "CentroidTuner",
+    "channel_schedule",
+    "ChannelGroup",
+    "ChannelMappingError",
+    "ChannelwiseHandler",
+    "CompressedFormatError",
+    "compression_report",
+    "count",
+    "Counts",
+    "Criterion",
+    "criterion_names",
+    "dense_bytes",
+    "dependency_groups",
+    "FilterHandler",
+    "fold_batchnorm",
+    "foldable_pairs",
+    "FPGM",
+    "get_criterion",
+    "group_channels",
+    "GroupMember",
+    "kept_channels",
+    "L1",
+    "L2",
+    "LargestL1",
+    "load_compressed",
+    "load_pruned",
+    "MaskCount",
+    "Masks",
+    "measure_latency",
+    "nonzero_params",
+    "planned_channels",
+    "prune_filters",
+    "prune_to",
+    "prune_weights",
+    "PruningRecord",
+    "Random",
+    "read_record",
+    "RecordError",
+    "RecordMismatchError",
+    "register_criterion",
+    "register_handler",
+    "register_op_rule",
+    "save_compressed",
+    "save_pruned",
+    "sensitivity",
+    "SensitivityTable",
+    "share_weights",
+    "SharedWeights",
+    "SizeReport",
+    "SparseChoice",
+    "SparseConv2d",
+    "SparseLinear",
+    "sparsify",
+    "Sparsity",
+    "sparsity_schedule",
+    "Taylor",
+]

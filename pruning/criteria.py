@@ -268,13 +268,18 @@ class _Activation(Criterion):
         raise NotImplementedError
 
     def prepare(self, model: nn.Module, groups: Sequence[ChannelGroup]) -> None:
-        axes = {id(m.module): (m.module, m.axis) for g in groups for m in g.members
-                if m.kind == "module" and m.role in ("out", "dw")}
+        axes = {
+            id(m.module): (m.module, m.axis)
+            for g in groups
+            for m in g.members
+            if m.kind == "module" and m.role in ("out", "dw")
+        }
         rows: dict[int, list[Tensor]] = {}
 
         def hook(key: int, axis: int):
             def f(module, args, out):
                 rows.setdefault(key, []).append(out.detach().movedim(axis, 0).reshape(out.shape[axis], -1))
+
             return f
 
         handles = [mod.register_forward_hook(hook(k, axis)) for k, (mod, axis) in axes.items()]
@@ -291,8 +296,11 @@ class _Activation(Criterion):
         self._stats = {k: self._stat(torch.cat(v, 1).double()) for k, v in rows.items()}
 
     def __call__(self, group: ChannelGroup) -> Tensor | None:
-        parts = [per_channel(group, m, self._stats[id(m.module)], reduce="mean") for m in group.members
-                 if m.kind == "module" and m.role in ("out", "dw") and id(m.module) in self._stats]
+        parts = [
+            per_channel(group, m, self._stats[id(m.module)], reduce="mean")
+            for m in group.members
+            if m.kind == "module" and m.role in ("out", "dw") and id(m.module) in self._stats
+        ]
         return combine_scores(parts, self.combine) if parts else None
 
     def __repr__(self) -> str:
@@ -331,8 +339,13 @@ class Taylor(Criterion):
     needs_data = True
     data_hint = "inputs, targets, loss_fn=torch.nn.functional.cross_entropy"
 
-    def __init__(self, inputs: Any, targets: Tensor, loss_fn: Callable[[Any, Tensor], Tensor] = F.cross_entropy,
-                 combine: str = "sum"):
+    def __init__(
+        self,
+        inputs: Any,
+        targets: Tensor,
+        loss_fn: Callable[[Any, Tensor], Tensor] = F.cross_entropy,
+        combine: str = "sum",
+    ):
         self.inputs = inputs
         self.targets = targets
         self.loss_fn = loss_fn

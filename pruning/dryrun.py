@@ -23,10 +23,34 @@ class NeedsValues(Exception):
     """The model reads activation values (control flow, ``.item()``...): trace with real values."""
 
 
-_VALUE_READS = {"__bool__", "__int__", "__float__", "__index__", "__complex__", "__array__", "item", "tolist",
-                "numpy", "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "bincount",
-                "equal", "allclose", "topk", "sort", "argsort", "argmax", "argmin", "multinomial",
-                "repeat_interleave", "masked_scatter", "histc"}
+_VALUE_READS = {
+    "__bool__",
+    "__int__",
+    "__float__",
+    "__index__",
+    "__complex__",
+    "__array__",
+    "item",
+    "tolist",
+    "numpy",
+    "nonzero",
+    "argwhere",
+    "masked_select",
+    "unique",
+    "unique_consecutive",
+    "bincount",
+    "equal",
+    "allclose",
+    "topk",
+    "sort",
+    "argsort",
+    "argmax",
+    "argmin",
+    "multinomial",
+    "repeat_interleave",
+    "masked_scatter",
+    "histc",
+}
 _READS_VALUES: dict[Any, bool] = {}
 
 

@@ -23,9 +23,7 @@ _PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
-def fold_batchnorm(
-    model: nn.Module, example_inputs: Any, *, inplace: bool = False, check: bool = True
-) -> nn.Module:
+def fold_batchnorm(model: nn.Module, example_inputs: Any, *, inplace: bool = False, check: bool = True) -> nn.Module:
     """Return ``model`` (a copy unless ``inplace``) with foldable BNs merged and replaced
     by ``nn.Identity``. With ``check``, the outputs on ``example_inputs`` are compared to
     the original's and a mismatch raises instead of returning a wrong model.

@@ -95,12 +95,16 @@ class ChannelGroup:
         return [m.name for m in self.members if m.dim == 0 or m.kind == "param"]
 
     def __str__(self) -> str:
-        head = (f"Group {self.index}: {self.n_channels} channels, {self.n_prunable} prunable"
-                f"{'' if self.exact else ', inexact (normalised over channels)'}")
+        head = (
+            f"Group {self.index}: {self.n_channels} channels, {self.n_prunable} prunable"
+            f"{'' if self.exact else ', inexact (normalised over channels)'}"
+        )
         if self.reasons:
             head += f"; frozen: {'; '.join(self.reasons[:3])}{' ...' if len(self.reasons) > 3 else ''}"
-        rows = [f"  {m.name or '<model>':40s} {m.role:5s} dim {m.dim}  {len(m.positions):6d}/{m.size:<6d} {m.mapping()}"
-                for m in self.members]
+        rows = [
+            f"  {m.name or '<model>':40s} {m.role:5s} dim {m.dim}  {len(m.positions):6d}/{m.size:<6d} {m.mapping()}"
+            for m in self.members
+        ]
         return "\n".join([head] + rows)
 
 
@@ -202,15 +206,31 @@ class ChannelGraph:
                         pos = (grp == g).nonzero().flatten()
                         parts.append((g, pos, local_split[i][pos], False))
                 for g, pos, chans, identity in parts:
-                    members[g].append(GroupMember(m.name, m.kind, m.dim, m.role, pos, chans, size, m.module,
-                                                  m.handler, m.param, m.axis, identity))
+                    members[g].append(
+                        GroupMember(
+                            m.name,
+                            m.kind,
+                            m.dim,
+                            m.role,
+                            pos,
+                            chans,
+                            size,
+                            m.module,
+                            m.handler,
+                            m.param,
+                            m.axis,
+                            identity,
+                        )
+                    )
         else:
             self._seg = self._comps_all = torch.empty(0, dtype=torch.long)
             self.member_comps = []
         slices = torch.split(order, counts.tolist())
         frozen_slices = torch.split(frozen[order], counts.tolist())
-        self.groups = [ChannelGroup(g, int(counts[g]), members[g], frozen_slices[g], reasons[g], not bool(inexact[g]))
-                       for g in range(len(group_ids))]
+        self.groups = [
+            ChannelGroup(g, int(counts[g]), members[g], frozen_slices[g], reasons[g], not bool(inexact[g]))
+            for g in range(len(group_ids))
+        ]
         self._comp_of_group_local = slices
 
     def removed_per_member(self, removed: Tensor) -> Tensor:
@@ -237,6 +257,8 @@ def build_graph(model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] |
     return ChannelGraph(model, trace_channels(model, example_inputs, ignore))
 
 
-def dependency_groups(model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] | list[str] = ()) -> list[ChannelGroup]:
+def dependency_groups(
+    model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] | list[str] = ()
+) -> list[ChannelGroup]:
     """The coupled channel groups of ``model`` (printable: ``print(*groups, sep="\\n")``)."""
     return build_graph(model, example_inputs, ignore).groups

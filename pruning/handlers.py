@@ -144,12 +144,14 @@ class ConvHandler(FilterHandler):
     def output_shape(self, module: nn.Module, x: Tensor) -> tuple[int, ...] | None:
         n = len(module.kernel_size)
         if isinstance(module.padding, str) or x.dim() < n + 1:
-            return None if module.padding != "same" else (*x.shape[:-n - 1], module.out_channels, *x.shape[-n:])
+            return None if module.padding != "same" else (*x.shape[: -n - 1], module.out_channels, *x.shape[-n:])
         sizes = [
             (size + 2 * p - d * (k - 1) - 1) // s + 1
-            for size, p, d, k, s in zip(x.shape[-n:], module.padding, module.dilation, module.kernel_size, module.stride)
+            for size, p, d, k, s in zip(
+                x.shape[-n:], module.padding, module.dilation, module.kernel_size, module.stride
+            )
         ]
-        return (*x.shape[:-n - 1], module.out_channels, *sizes)
+        return (*x.shape[: -n - 1], module.out_channels, *sizes)
 
     def _depthwise(self, module: nn.Module) -> bool:
         return module.groups > 1 and module.groups == module.in_channels
@@ -182,8 +184,10 @@ class ConvHandler(FilterHandler):
         if g > 1:
             n = len(keep) // g
             grid = keep.view(g, n) if n * g == len(keep) else None
-            if grid is None or not bool(((grid // per) == torch.arange(g).view(g, 1)).all()) or not bool(
-                ((grid % per) == (grid[:1] % per)).all()
+            if (
+                grid is None
+                or not bool(((grid // per) == torch.arange(g).view(g, 1)).all())
+                or not bool(((grid % per) == (grid[:1] % per)).all())
             ):
                 raise ValueError(f"grouped conv (groups={g}): every group must keep the same input offsets")
             local = grid[0] % per
@@ -395,8 +399,15 @@ def _register_builtins(register: Callable[[type, Handler], None]) -> None:
     for t in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
         register(t, ConvTransposeHandler())
     register(nn.Linear, LinearHandler())
-    for t in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
-              nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d):
+    for t in (
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.BatchNorm3d,
+        nn.SyncBatchNorm,
+        nn.InstanceNorm1d,
+        nn.InstanceNorm2d,
+        nn.InstanceNorm3d,
+    ):
         register(t, BatchNormHandler())
     register(nn.LayerNorm, LayerNormHandler())
     register(nn.GroupNorm, GroupNormHandler())

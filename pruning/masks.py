@@ -39,9 +39,7 @@ class Sparsity(NamedTuple):
     total: float
 
 
-def select_parameters(
-    model: nn.Module, include: Include = None, allow_empty: bool = False
-) -> dict[str, nn.Parameter]:
+def select_parameters(model: nn.Module, include: Include = None, allow_empty: bool = False) -> dict[str, nn.Parameter]:
     """The parameters ``include`` names, in model order.
 
     ``None``: the weights of every Conv1d/2d/3d and Linear (no biases, no BatchNorm).

@@ -79,11 +79,7 @@ def count(model: nn.Module, example_inputs: Any) -> Counts:
         elif isinstance(module, _AFFINE_NORMS) and any(p is not None for p in module.parameters()):
             macs_extra += out_elems
 
-    handles = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if isinstance(m, _WEIGHTED + _AFFINE_NORMS)
-    ]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _WEIGHTED + _AFFINE_NORMS)]
     was_training = model.training
     model.eval()
     try:

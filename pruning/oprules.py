@@ -257,7 +257,9 @@ def chunk(tr, func, name, args, kwargs, ins, labs, out) -> None:
     dim = _arg(args, kwargs, 2 if name in ("chunk", "split", "tensor_split") else 1, "dim", 0) % x.dim()
     if lab.shape[dim] > 1:
         equal = all(p.shape == parts[0].shape for p in parts)
-        sized_by_count = name == "chunk" or (name == "tensor_split" and isinstance(_arg(args, kwargs, 1, "sections"), int))
+        sized_by_count = name == "chunk" or (
+            name == "tensor_split" and isinstance(_arg(args, kwargs, 1, "sections"), int)
+        )
         if equal and sized_by_count and len(parts) > 1:
             for p in parts[1:]:
                 tr.union(parts[0], p, f"op {name!r} splits channels into equal chunks")
@@ -291,7 +293,7 @@ def positional(tr, func, name, args, kwargs, ins, labs, out) -> None:
 
 def pad(tr, func, name, args, kwargs, ins, labs, out) -> None:
     """``F.pad``: padded channel positions belong to no channel (-1)."""
-    x, lab = args[0], labs[0]
+    lab = labs[0]
     if lab is None:
         return _set_all(tr, out, None)
     pads = list(_arg(args, kwargs, 1, "pad"))
@@ -375,7 +377,9 @@ RULES: dict[str, Callable] = {}
 PARAM_OK: set[str] = set()
 
 
-def register_op_rule(names: str | tuple[str, ...], rule: Callable, *, params_ok: bool = False, replace: bool = False) -> None:
+def register_op_rule(
+    names: str | tuple[str, ...], rule: Callable, *, params_ok: bool = False, replace: bool = False
+) -> None:
     """Register how an op (by normalised name, see :func:`op_name`) maps channels."""
     for n in (names,) if isinstance(names, str) else names:
         if n in RULES and not replace:

@@ -58,8 +58,11 @@ class PruningRecord:
     version: int = VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "entries": [e.to_dict() for e in self.entries],
-                "shapes": {k: list(v) for k, v in self.shapes.items()}}
+        return {
+            "version": self.version,
+            "entries": [e.to_dict() for e in self.entries],
+            "shapes": {k: list(v) for k, v in self.shapes.items()},
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PruningRecord":
@@ -68,11 +71,16 @@ class PruningRecord:
         entries = []
         for i, e in enumerate(d.get("entries", ())):
             try:
-                entries.append(RecordEntry(str(e["name"]), str(e["kind"]), int(e["dim"]),
-                                           tuple(int(k) for k in e["keep"]), int(e["size"])))
+                entries.append(
+                    RecordEntry(
+                        str(e["name"]), str(e["kind"]), int(e["dim"]), tuple(int(k) for k in e["keep"]), int(e["size"])
+                    )
+                )
             except (KeyError, TypeError, ValueError) as err:
-                raise RecordError(f"pruning record entry {i} is malformed ({type(err).__name__}: {err}); each entry "
-                                  "needs name, kind, dim, keep (a list of ints) and size") from None
+                raise RecordError(
+                    f"pruning record entry {i} is malformed ({type(err).__name__}: {err}); each entry "
+                    "needs name, kind, dim, keep (a list of ints) and size"
+                ) from None
         try:
             shapes = {str(k): [int(s) for s in v] for k, v in d.get("shapes", {}).items()}
         except (AttributeError, TypeError, ValueError) as err:
@@ -115,8 +123,10 @@ def _current_size(model: nn.Module, e: RecordEntry) -> int:
 def _handler(module: nn.Module, name: str):
     handler = get_handler(module)
     if handler is None:
-        raise TypeError(f"record names {name!r} ({type(module).__name__}), which has no pruning handler; "
-                        f"register one with pruning.register_handler before replaying")
+        raise TypeError(
+            f"record names {name!r} ({type(module).__name__}), which has no pruning handler; "
+            f"register one with pruning.register_handler before replaying"
+        )
     return handler
 
 
@@ -146,40 +156,53 @@ def check_entry(model: nn.Module, i: int, e: RecordEntry) -> None:
         try:
             owner = model.get_submodule(owner_name)
         except AttributeError:
-            raise RecordMismatchError(f"{where}: this model does not have a module {owner_name!r} "
-                                      "(the record was made on a different architecture)") from None
+            raise RecordMismatchError(
+                f"{where}: this model does not have a module {owner_name!r} "
+                "(the record was made on a different architecture)"
+            ) from None
         tensor = getattr(owner, pname, None)
         if not torch.is_tensor(tensor):
-            raise RecordMismatchError(f"{where}: this model does not have a parameter or buffer {e.name!r} "
-                                      "(the record was made on a different architecture)")
+            raise RecordMismatchError(
+                f"{where}: this model does not have a parameter or buffer {e.name!r} "
+                "(the record was made on a different architecture)"
+            )
         if not 0 <= e.dim < tensor.dim():
-            raise RecordMismatchError(f"{where}: {e.name!r} has {tensor.dim()} dims, so dim must be in "
-                                      f"[0, {tensor.dim()})")
+            raise RecordMismatchError(
+                f"{where}: {e.name!r} has {tensor.dim()} dims, so dim must be in [0, {tensor.dim()})"
+            )
     elif e.kind == "module":
         try:
             module = model.get_submodule(e.name)
         except AttributeError:
-            raise RecordMismatchError(f"{where}: this model does not have a module {e.name!r} "
-                                      "(the record was made on a different architecture)") from None
+            raise RecordMismatchError(
+                f"{where}: this model does not have a module {e.name!r} "
+                "(the record was made on a different architecture)"
+            ) from None
         handler = _handler(module, e.name)
         allowed = (0,) if isinstance(handler, ChannelwiseHandler) else (0, 1)
         if e.dim not in allowed:
-            raise RecordMismatchError(f"{where}: {type(module).__name__} channels are cut along dim "
-                                      f"{' or '.join(map(str, allowed))} (0: outputs, 1: inputs), not {e.dim}")
+            raise RecordMismatchError(
+                f"{where}: {type(module).__name__} channels are cut along dim "
+                f"{' or '.join(map(str, allowed))} (0: outputs, 1: inputs), not {e.dim}"
+            )
     else:
         raise RecordMismatchError(f"{where}: kind must be 'module' or 'param', not {e.kind!r}")
     if e.size < 1:
         raise RecordMismatchError(f"{where}: size={e.size}, a cut needs at least one channel before it")
     bad = [k for k in e.keep if not 0 <= k < e.size]
     if bad:
-        raise RecordMismatchError(f"{where}: keep indices {bad[:5]} are outside [0, {e.size}) "
-                                  f"(size {e.size}); the record is corrupt or from another model")
+        raise RecordMismatchError(
+            f"{where}: keep indices {bad[:5]} are outside [0, {e.size}) "
+            f"(size {e.size}); the record is corrupt or from another model"
+        )
     if len(set(e.keep)) != len(e.keep):
         dups = sorted({k for k in e.keep if e.keep.count(k) > 1})
         raise RecordMismatchError(f"{where}: keep lists indices {dups[:5]} more than once")
     if any(a >= b for a, b in zip(e.keep, e.keep[1:])):
-        raise RecordMismatchError(f"{where}: keep indices are not in increasing order; prunekit records kept "
-                                  "channels in their original order, so this record was altered")
+        raise RecordMismatchError(
+            f"{where}: keep indices are not in increasing order; prunekit records kept "
+            "channels in their original order, so this record was altered"
+        )
 
 
 def apply_record(model: nn.Module, record: PruningRecord | dict[str, Any]) -> nn.Module:
@@ -196,23 +219,28 @@ def apply_record(model: nn.Module, record: PruningRecord | dict[str, Any]) -> nn
     for i, e in enumerate(record.entries):
         size = _current_size(model, e)
         if size != e.size:
-            raise RecordMismatchError(f"{_where(i, e)} expects {e.size} channels, the model has {size} at that "
-                                      "point: the record was made on a different architecture")
+            raise RecordMismatchError(
+                f"{_where(i, e)} expects {e.size} channels, the model has {size} at that "
+                "point: the record was made on a different architecture"
+            )
         apply_cut(model, e)
     if record.shapes:
         actual = {k: list(v.shape) for k, v in model.state_dict().items()}
         bad = [k for k, v in record.shapes.items() if actual.get(k) != v]
         if bad:
             detail = ", ".join(f"{k}: record {record.shapes[k]}, model {actual.get(k, 'absent')}" for k in bad[:5])
-            raise RecordMismatchError(f"after replay, shapes differ from the record for {detail}: "
-                                      f"the model does not match the record's architecture")
+            raise RecordMismatchError(
+                f"after replay, shapes differ from the record for {detail}: "
+                f"the model does not match the record's architecture"
+            )
     return model
 
 
 def save_pruned(model: nn.Module, record: PruningRecord, path: str | os.PathLike | BinaryIO) -> None:
     """Save the pruned weights and the record that rebuilds their shapes (no pickled model)."""
-    torch.save({"format": FORMAT, "version": VERSION, "record": record.to_dict(), "state_dict": model.state_dict()},
-               path)
+    torch.save(
+        {"format": FORMAT, "version": VERSION, "record": record.to_dict(), "state_dict": model.state_dict()}, path
+    )
 
 
 def read_record(path: str | os.PathLike | BinaryIO) -> PruningRecord:
@@ -234,6 +262,8 @@ def load_pruned(builder: Callable[[], nn.Module], path: str | os.PathLike | Bina
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as err:
-        raise RecordMismatchError(f"{path}: the weights do not fit the model rebuilt from its record ({err}); "
-                                  "the builder must make the dense model the file was pruned from") from None
+        raise RecordMismatchError(
+            f"{path}: the weights do not fit the model rebuilt from its record ({err}); "
+            "the builder must make the dense model the file was pruned from"
+        ) from None
     return model

@@ -7,9 +7,7 @@ import math
 SCHEDULE_KINDS = ("linear", "geometric", "cubic")
 
 
-def sparsity_schedule(
-    step: int, total: int, final: float, initial: float = 0.0, kind: str = "linear"
-) -> float:
+def sparsity_schedule(step: int, total: int, final: float, initial: float = 0.0, kind: str = "linear") -> float:
     """Target sparsity after pruning step ``step`` of ``total`` (step 0 -> ``initial``,
     step ``total`` -> ``final``).
 

@@ -54,9 +54,7 @@ def _to_csr(matrix: torch.Tensor) -> torch.Tensor:
 class SparseLinear(nn.Module):
     """``y = x W^T + b`` with ``W`` held as a CSR matrix (only its non-zeros)."""
 
-    def __init__(
-        self, weight: torch.Tensor, bias: torch.Tensor | None, num_threads: int | None = None
-    ) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, num_threads: int | None = None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.register_buffer("weight_csr", _to_csr(weight))
@@ -110,12 +108,8 @@ class SparseConv2d(nn.Module):
         n, _, h, w = x.shape
         if isinstance(self.padding, str):
             raise NotImplementedError("string padding is not supported by SparseConv2d")
-        oh = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[
-            0
-        ] + 1
-        ow = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[
-            1
-        ] + 1
+        oh = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
+        ow = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
         with _threads(self.num_threads):
             if self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0):
                 cols = x.transpose(0, 1).reshape(x.shape[1], -1)  # 1x1 conv: no im2col needed
@@ -228,25 +222,19 @@ def sparsify(
         density = float((module.weight != 0).float().mean())
         x = captured.get(name)
         if x is None:
-            choices[name] = SparseChoice(
-                name, density, None, None, None, "dense", "not run by example_inputs"
-            )
+            choices[name] = SparseChoice(name, density, None, None, None, "dense", "not run by example_inputs")
             continue
         if density > max_density:
             choices[name] = SparseChoice(
                 name, density, None, None, None, "dense", f"density {density:.2f} > {max_density}"
             )
             continue
-        dense_ms = min(
-            _timed(module, x, threads, repeats) for threads in thread_options
-        )  # fair: best of both
+        dense_ms = min(_timed(module, x, threads, repeats) for threads in thread_options)  # fair: best of both
         expected = module(x)
         best: tuple[float, int | None, nn.Module] | None = None
         for threads in thread_options:
             sparse = to_sparse(module, threads)
-            if not torch.allclose(
-                sparse(x), expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max() + 1)
-            ):
+            if not torch.allclose(sparse(x), expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max() + 1)):
                 raise RuntimeError(f"sparse '{name}' disagrees with the dense layer; please report")
             ms = _timed(sparse, x, None, repeats)
             if best is None or ms < best[0]:

@@ -69,7 +69,9 @@ def _group_ratios(model: nn.Module, groups: list[ChannelGroup], ratio: Ratio) ->
                 f"prunable layers: {shown}"
             )
         if g.n_prunable == 0 and r > 0:
-            raise ValueError(f"layer {name!r} cannot be pruned: {'; '.join(g.reasons) or 'all its channels are frozen'}")
+            raise ValueError(
+                f"layer {name!r} cannot be pruned: {'; '.join(g.reasons) or 'all its channels are frozen'}"
+            )
         if g.index in out and out[g.index] != r:
             raise ValueError(
                 f"layers {named[g.index]!r} and {name!r} share one channel group (they lose the same channels) "
@@ -103,8 +105,10 @@ def removal_for_keep(graph: ChannelGraph, keeps: dict[int, int], criterion: Crit
             continue
         s = torch.as_tensor(s).detach().to("cpu", torch.float64).flatten()
         if s.shape != (g.n_channels,) or bool(torch.isnan(s).any()):
-            raise ValueError(f"criterion {criterion!r} returned {tuple(s.shape)} scores (NaN?) for group "
-                             f"{g.index} with {g.n_channels} channels")
+            raise ValueError(
+                f"criterion {criterion!r} returned {tuple(s.shape)} scores (NaN?) for group "
+                f"{g.index} with {g.n_channels} channels"
+            )
         comps = graph.comps(g)
         scores[comps] = s
         if g.n_prunable == g.n_channels:
@@ -162,8 +166,14 @@ def state_shapes(modules: dict[str, nn.Module]) -> dict[str, list[int]]:
     return shapes
 
 
-def prune_filters(model: nn.Module, example_inputs: Any, ratio: Ratio, criterion: str | Criterion = "l1",
-                  ignore: tuple[str, ...] | list[str] = (), round_to: int = 1) -> PruningRecord:
+def prune_filters(
+    model: nn.Module,
+    example_inputs: Any,
+    ratio: Ratio,
+    criterion: str | Criterion = "l1",
+    ignore: tuple[str, ...] | list[str] = (),
+    round_to: int = 1,
+) -> PruningRecord:
     """Remove filters from ``model`` in place; return the record of what was removed.
 
     ratio: a float for every prunable group, or ``{module_name: ratio}`` for the groups
@@ -197,15 +207,18 @@ def group_name(group: ChannelGroup) -> str:
     return group.names[0] if group.names else f"group{group.index}"
 
 
-def group_channels(model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] | list[str] = ()) -> dict[str, tuple[int, int]]:
+def group_channels(
+    model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] | list[str] = ()
+) -> dict[str, tuple[int, int]]:
     """``{group name: (channels, prunable channels)}`` for every group that can lose channels, in
     forward order. The names are the keys :func:`prune_to` and :func:`prune_filters` accept."""
     graph = build_graph(model, example_inputs, tuple(ignore))
     return {group_name(g): (g.n_channels, g.n_prunable) for g in graph.groups if g.n_prunable > 0}
 
 
-def planned_channels(model: nn.Module, example_inputs: Any, ratio: Ratio, ignore: tuple[str, ...] | list[str] = (),
-                     round_to: int = 1) -> dict[str, tuple[int, int]]:
+def planned_channels(
+    model: nn.Module, example_inputs: Any, ratio: Ratio, ignore: tuple[str, ...] | list[str] = (), round_to: int = 1
+) -> dict[str, tuple[int, int]]:
     """``{group name: (channels, channels kept)}`` that :func:`prune_filters` with these
     arguments would leave, without cutting anything."""
     graph = build_graph(model, example_inputs, tuple(ignore))
@@ -216,15 +229,24 @@ def planned_channels(model: nn.Module, example_inputs: Any, ratio: Ratio, ignore
             continue
         frozen = g.n_channels - g.n_prunable
         r = ratios.get(g.index, 0.0)
-        out[group_name(g)] = (g.n_channels, frozen + (kept_channels(g.n_prunable, r, round_to, frozen) if r > 0 else g.n_prunable))
+        out[group_name(g)] = (
+            g.n_channels,
+            frozen + (kept_channels(g.n_prunable, r, round_to, frozen) if r > 0 else g.n_prunable),
+        )
     return out
 
 
 SCORINGS = ("independent", "greedy")
 
 
-def prune_to(model: nn.Module, example_inputs: Any, channels: Mapping[str, int], criterion: str | Criterion = "l1",
-             ignore: tuple[str, ...] | list[str] = (), scoring: str = "independent") -> PruningRecord:
+def prune_to(
+    model: nn.Module,
+    example_inputs: Any,
+    channels: Mapping[str, int],
+    criterion: str | Criterion = "l1",
+    ignore: tuple[str, ...] | list[str] = (),
+    scoring: str = "independent",
+) -> PruningRecord:
     """Cut the named groups down to ``channels[name]`` channels each (a group already at or
     below its count is left alone); return the record.
 
@@ -247,8 +269,10 @@ def prune_to(model: nn.Module, example_inputs: Any, channels: Mapping[str, int],
     for name, count in channels.items():
         g = by_name.get(name)
         if g is None:
-            raise ValueError(f"channels names {name!r}, which is not a prunable group; groups: "
-                             f"{', '.join(group_name(x) for x in graph.groups if x.n_prunable > 0)}")
+            raise ValueError(
+                f"channels names {name!r}, which is not a prunable group; groups: "
+                f"{', '.join(group_name(x) for x in graph.groups if x.n_prunable > 0)}"
+            )
         frozen = g.n_channels - g.n_prunable
         if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < max(1, frozen):
             raise ValueError(f"channels[{name!r}]={count!r}: keep an integer in [{max(1, frozen)}, {g.n_channels}]")
@@ -257,7 +281,9 @@ def prune_to(model: nn.Module, example_inputs: Any, channels: Mapping[str, int],
     return cut(model, graph, removed)
 
 
-def group_members(model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] | list[str] = ()) -> dict[str, list[str]]:
+def group_members(
+    model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] | list[str] = ()
+) -> dict[str, list[str]]:
     """``{group name: names of the modules/parameters whose output channels the group is}``
     (a conv, its BatchNorm, and every layer tied to them), for the prunable groups."""
     graph = build_graph(model, example_inputs, tuple(ignore))

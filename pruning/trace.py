@@ -28,9 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from pruning import dryrun, oprules
 from pruning.handlers import ChannelwiseHandler, get_handler
-from pruning import oprules
-from pruning import dryrun
 from pruning.oprules import tensors_in
 
 
@@ -165,7 +164,9 @@ class _Tracer:
         if not self.stack:
             return "the model's forward"
         name, module = self.stack[-1]
-        return f"module {name!r} ({type(module).__name__})" if name else f"the model's forward ({type(module).__name__})"
+        return (
+            f"module {name!r} ({type(module).__name__})" if name else f"the model's forward ({type(module).__name__})"
+        )
 
     def error(self, message: str) -> ChannelMappingError:
         return ChannelMappingError(message)
@@ -174,8 +175,18 @@ class _Tracer:
         return any(_ignored(n, self.ignore) for n, _ in self.stack if n)
 
     # ---- members --------------------------------------------------------------
-    def member(self, name: str, kind: str, dim: int, role: str, ids: Tensor, module: nn.Module,
-               handler: Any = None, param: str | None = None, axis: int = 1) -> Tensor:
+    def member(
+        self,
+        name: str,
+        kind: str,
+        dim: int,
+        role: str,
+        ids: Tensor,
+        module: nn.Module,
+        handler: Any = None,
+        param: str | None = None,
+        axis: int = 1,
+    ) -> Tensor:
         """Add a member, or unite with the same member seen before (a module called twice)."""
         key = (name if param is None else f"{name}.{param}", dim, 0 if kind == "module" else 1)
         old = self.seen.get(key)
@@ -184,8 +195,17 @@ class _Tracer:
                 self.union(old.ids, ids, f"{key[0]} is used twice")
                 return old.ids
             raise ChannelMappingError(f"{key[0]} is used twice with different channel counts")
-        m = Member(name if param is None else (f"{name}.{param}" if name else param), kind, dim, role,
-                   ids.reshape(-1), module, handler, param, axis)
+        m = Member(
+            name if param is None else (f"{name}.{param}" if name else param),
+            kind,
+            dim,
+            role,
+            ids.reshape(-1),
+            module,
+            handler,
+            param,
+            axis,
+        )
         self.seen[key] = m
         self.result.members.append(m)
         if handler is not None and not handler.exact:
@@ -235,8 +255,9 @@ class _Tracer:
             if in_ids is None:
                 out_ids = None
             else:
-                out_ids = self.member(name, "module", 0, "dw", in_ids.repeat_interleave(cout // cin),
-                                      module, handler, axis=out_axis)
+                out_ids = self.member(
+                    name, "module", 0, "dw", in_ids.repeat_interleave(cout // cin), module, handler, axis=out_axis
+                )
         else:
             if in_ids is not None:
                 if g > 1:
@@ -307,8 +328,9 @@ class _Tracer:
         rule(self, func, name, args, kwargs, ins, labs, out)
 
 
-def trace_channels(model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] | list[str] = (),
-                   values: bool = False) -> ChannelTrace:
+def trace_channels(
+    model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] | list[str] = (), values: bool = False
+) -> ChannelTrace:
     """Run ``model`` once on ``example_inputs`` and record how channels flow.
 
     The model runs in training mode (so train-only branches such as auxiliary heads

@@ -42,12 +42,12 @@ HAN_SPARSITY = {
 BASELINE_EPOCHS = {"lenet300": 20, "lenet5": 12}
 DEFAULT = {
     "name": "preset",
-    "sparsity": None,           # {param: sparsity}; None: Han's per-layer values
-    "global_sparsity": None,    # one threshold over all weights instead
+    "sparsity": None,  # {param: sparsity}; None: Han's per-layer values
+    "global_sparsity": None,  # one threshold over all weights instead
     "rounds": 3,
     "schedule": "geometric",
-    "epochs": 8,                # retraining epochs per round
-    "final_epochs": 0,          # extra retraining after the last round
+    "epochs": 8,  # retraining epochs per round
+    "final_epochs": 0,  # extra retraining after the last round
     "opt": "sgd",
     "lr": 0.01,
     "wd": 1e-4,
@@ -56,13 +56,13 @@ DEFAULT = {
     "distill": 0.0,
     "temperature": 4.0,
     "label_smoothing": 0.0,
-    "gradual": 0,               # > 0: one long run, pruning every `gradual` steps (cubic) over its first half
-    "swa_epochs": 0,            # > 0: that many constant-lr epochs after the rounds, weights averaged per epoch
+    "gradual": 0,  # > 0: one long run, pruning every `gradual` steps (cubic) over its first half
+    "swa_epochs": 0,  # > 0: that many constant-lr epochs after the rounds, weights averaged per epoch
     "swa_lr": 0.005,
-    "regrow": 0.0,              # > 0: in the last round, every `regrow_every` steps move this (cosine-decayed)
-    "regrow_every": 100,        #   fraction of each layer's kept weights: drop the smallest, grow the largest |grad|
-    "select": "last",           # last | best_val: the checkpoint of the last phase with the best val accuracy
-    "baseline_epochs": None,    # None: the preset's
+    "regrow": 0.0,  # > 0: in the last round, every `regrow_every` steps move this (cosine-decayed)
+    "regrow_every": 100,  #   fraction of each layer's kept weights: drop the smallest, grow the largest |grad|
+    "select": "last",  # last | best_val: the checkpoint of the last phase with the best val accuracy
+    "baseline_epochs": None,  # None: the preset's
     "baseline_wd": 5e-4,
 }
 
@@ -80,17 +80,38 @@ def accuracy(model: torch.nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -
     return correct / len(y)
 
 
-def train(model, data, *, epochs, lr, wd, opt="sgd", momentum=0.9, nesterov=False, batch_size=128,
-          gen=None, masks=None, teacher=None, distill=0.0, temperature=4.0, label_smoothing=0.0,
-          schedule="cosine", on_step=None, on_epoch=None) -> None:
+def train(
+    model,
+    data,
+    *,
+    epochs,
+    lr,
+    wd,
+    opt="sgd",
+    momentum=0.9,
+    nesterov=False,
+    batch_size=128,
+    gen=None,
+    masks=None,
+    teacher=None,
+    distill=0.0,
+    temperature=4.0,
+    label_smoothing=0.0,
+    schedule="cosine",
+    on_step=None,
+    on_epoch=None,
+) -> None:
     """SGD/AdamW with a per-step cosine (or constant) lr; masks re-applied after every step.
 
     ``masks`` is a one-element list so a hook (gradual pruning, regrowth) can swap them mid-run.
     """
     x_all, y_all = data["train"]
     params = list(model.parameters())
-    optim = (torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=wd)
-             if opt == "sgd" else torch.optim.AdamW(params, lr=lr, weight_decay=wd))
+    optim = (
+        torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=wd)
+        if opt == "sgd"
+        else torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    )
     n = len(y_all)
     steps, step = epochs * math.ceil(n / batch_size), 0
     for epoch in range(epochs):
@@ -129,8 +150,11 @@ def run_baseline(model_name: str, seed: int, epochs: int, wd: float, data, devic
     torch.manual_seed(seed)
     model = new_model(model_name, device)
     train(model, data, epochs=epochs, lr=0.05, wd=wd, nesterov=True, gen=torch.Generator().manual_seed(seed))
-    return {"state": {k: v.cpu() for k, v in model.state_dict().items()}, "test": accuracy(model, data["test"]),
-            "val": accuracy(model, data["val"])}
+    return {
+        "state": {k: v.cpu() for k, v in model.state_dict().items()},
+        "test": accuracy(model, data["test"]),
+        "val": accuracy(model, data["val"]),
+    }
 
 
 def prune_to(model, masks, model_name, r, step, total) -> pruning.Masks:
@@ -140,8 +164,9 @@ def prune_to(model, masks, model_name, r, step, total) -> pruning.Masks:
         new = pruning.prune_weights(model, sparsity=s, scope="global")
     else:
         final = r["sparsity"] or HAN_SPARSITY[model_name]
-        new = pruning.prune_weights(model, sparsity={
-            k: pruning.sparsity_schedule(step, total, v, kind=r["schedule"]) for k, v in final.items()})
+        new = pruning.prune_weights(
+            model, sparsity={k: pruning.sparsity_schedule(step, total, v, kind=r["schedule"]) for k, v in final.items()}
+        )
     if masks is not None:
         new = pruning.Masks({n: new[n] & masks[n] for n in new})
         new.apply_(model)
@@ -154,9 +179,18 @@ def run_recipe(model_name: str, r: dict, seed: int, base: dict, data, device: st
     model.load_state_dict(base["state"])
     teacher = copy.deepcopy(model).eval()
     gen = torch.Generator().manual_seed(seed)
-    common = dict(lr=r["lr"], wd=r["wd"], opt=r["opt"], momentum=r["momentum"], batch_size=r["batch_size"], gen=gen,
-                  teacher=teacher, distill=r["distill"], temperature=r["temperature"],
-                  label_smoothing=r["label_smoothing"])
+    common = dict(
+        lr=r["lr"],
+        wd=r["wd"],
+        opt=r["opt"],
+        momentum=r["momentum"],
+        batch_size=r["batch_size"],
+        gen=gen,
+        teacher=teacher,
+        distill=r["distill"],
+        temperature=r["temperature"],
+        label_smoothing=r["label_smoothing"],
+    )
     log: list[dict] = []
     best = {"val": -1.0, "state": None}
 
@@ -176,8 +210,15 @@ def run_recipe(model_name: str, r: dict, seed: int, base: dict, data, device: st
             if step % r["gradual"] == 0 and step // r["gradual"] <= events:
                 holder[0] = prune_to(model, holder[0], model_name, r, step // r["gradual"], events)
 
-        train(model, data, epochs=epochs, masks=holder, on_step=on_step,
-              on_epoch=track if r["select"] == "best_val" else None, **common)
+        train(
+            model,
+            data,
+            epochs=epochs,
+            masks=holder,
+            on_step=on_step,
+            on_epoch=track if r["select"] == "best_val" else None,
+            **common,
+        )
         masks = holder[0]
         log.append({"val": accuracy(model, data["val"]), "test": accuracy(model, data["test"])})
     else:
@@ -186,14 +227,31 @@ def run_recipe(model_name: str, r: dict, seed: int, base: dict, data, device: st
             masks = prune_to(model, masks, model_name, r, i + 1, r["rounds"])
             last = i == r["rounds"] - 1 and not r["final_epochs"]
             holder = [masks]
-            grow = make_regrow(model, holder, r["regrow"], r["regrow_every"]) if r["regrow"] and i == r["rounds"] - 1 else None
-            train(model, data, epochs=r["epochs"], masks=holder, on_step=grow,
-                  on_epoch=track if (last and r["select"] == "best_val") else None, **common)
+            grow = (
+                make_regrow(model, holder, r["regrow"], r["regrow_every"])
+                if r["regrow"] and i == r["rounds"] - 1
+                else None
+            )
+            train(
+                model,
+                data,
+                epochs=r["epochs"],
+                masks=holder,
+                on_step=grow,
+                on_epoch=track if (last and r["select"] == "best_val") else None,
+                **common,
+            )
             masks = holder[0]
             log.append({"val": accuracy(model, data["val"]), "test": accuracy(model, data["test"])})
         if r["final_epochs"]:
-            train(model, data, epochs=r["final_epochs"], masks=[masks],
-                  on_epoch=track if r["select"] == "best_val" else None, **common)
+            train(
+                model,
+                data,
+                epochs=r["final_epochs"],
+                masks=[masks],
+                on_epoch=track if r["select"] == "best_val" else None,
+                **common,
+            )
             log.append({"val": accuracy(model, data["val"]), "test": accuracy(model, data["test"])})
     if r["swa_epochs"]:
         avg = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
@@ -204,8 +262,15 @@ def run_recipe(model_name: str, r: dict, seed: int, base: dict, data, device: st
             for k, v in model.state_dict().items():
                 avg[k] += (v - avg[k]) / count[0]
 
-        train(model, data, epochs=r["swa_epochs"], masks=[masks], schedule="constant",
-              on_epoch=accumulate, **{**common, "lr": r["swa_lr"]})
+        train(
+            model,
+            data,
+            epochs=r["swa_epochs"],
+            masks=[masks],
+            schedule="constant",
+            on_epoch=accumulate,
+            **{**common, "lr": r["swa_lr"]},
+        )
         model.load_state_dict(avg)
         log.append({"val": accuracy(model, data["val"]), "test": accuracy(model, data["test"])})
     elif r["select"] == "best_val" and best["state"] is not None:
@@ -214,8 +279,13 @@ def run_recipe(model_name: str, r: dict, seed: int, base: dict, data, device: st
     weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
     ratio = sum(p.numel() for p in weights) / sum(int((p != 0).sum()) for p in weights)
     final = log[-1]["test"]
-    return {"final_test": final, "final_val": log[-1]["val"], "delta_pp": round(100 * (base["test"] - final), 3),
-            "weights_ratio": round(ratio, 3), "rounds": log}
+    return {
+        "final_test": final,
+        "final_val": log[-1]["val"],
+        "delta_pp": round(100 * (base["test"] - final), 3),
+        "weights_ratio": round(ratio, 3),
+        "rounds": log,
+    }
 
 
 def make_regrow(model: torch.nn.Module, holder: list, alpha: float, every: int):
@@ -307,8 +377,13 @@ def plot_summary(table: list[tuple], path: str) -> None:
 
     models = sorted({t[0] for t in table})
     heights = [sum(t[0] == m for t in table) for m in models]
-    fig, axes = plt.subplots(len(models), 1, figsize=(8, 0.28 * sum(heights) + 1.5 * len(models)),
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    fig, axes = plt.subplots(
+        len(models),
+        1,
+        figsize=(8, 0.28 * sum(heights) + 1.5 * len(models)),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+    )
     for ax, model in zip(axes[:, 0], models):
         rows = [t for t in table if t[0] == model][::-1]
         for y, (_, name, d, mean, sd, _) in enumerate(rows):
@@ -336,7 +411,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="worker processes on --device")
     p.add_argument("--cpu-workers", type=int, default=0, help="extra worker processes on the CPU")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--data", default=None, help="folder with the Fashion-MNIST IDX files (default: as the pipeline looks)")
+    p.add_argument(
+        "--data", default=None, help="folder with the Fashion-MNIST IDX files (default: as the pipeline looks)"
+    )
     p.add_argument("--tmp", default="/tmp/screen_recipes")
     p.add_argument("--out", default="results/screen_recipes.jsonl")
     p.add_argument("--budget-s", type=float, default=1e9, help="stop handing out jobs after this many seconds")
@@ -358,7 +435,9 @@ def main() -> None:
     for proc in procs:
         proc.start()
     start = time.time()
-    bases = sorted({(s, r["baseline_epochs"] or BASELINE_EPOCHS[args.model], r["baseline_wd"]) for r in recipes for s in seeds})
+    bases = sorted(
+        {(s, r["baseline_epochs"] or BASELINE_EPOCHS[args.model], r["baseline_wd"]) for r in recipes for s in seeds}
+    )
     for b in bases:
         jobs.put(("baseline", b))
     base_acc = {}
@@ -384,8 +463,11 @@ def main() -> None:
         with open(out_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         by_name.setdefault(recipe["name"], []).append(out["delta_pp"])
-        print(f"[{time.time() - start:6.0f}s] {recipe['name']:<28} seed {seed}: err {out['delta_pp']:+.2f} pp "
-              f"({out['baseline_test']:.4f} -> {out['final_test']:.4f}, {out['weights_ratio']}x, {wall:.0f}s)", flush=True)
+        print(
+            f"[{time.time() - start:6.0f}s] {recipe['name']:<28} seed {seed}: err {out['delta_pp']:+.2f} pp "
+            f"({out['baseline_test']:.4f} -> {out['final_test']:.4f}, {out['weights_ratio']}x, {wall:.0f}s)",
+            flush=True,
+        )
         if time.time() - start > args.budget_s:
             print("budget reached: stopping", flush=True)
             break

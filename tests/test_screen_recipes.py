@@ -18,15 +18,26 @@ def screen():
 
 
 def row(name, seed, delta, base=0.9, device="cpu"):
-    return {"model": "lenet300", "seed": seed, "device": device, "recipe": {"name": name},
-            "baseline_test": base, "final_test": base - delta / 100, "delta_pp": delta, "weights_ratio": 12.9}
+    return {
+        "model": "lenet300",
+        "seed": seed,
+        "device": device,
+        "recipe": {"name": name},
+        "baseline_test": base,
+        "final_test": base - delta / 100,
+        "delta_pp": delta,
+        "weights_ratio": 12.9,
+    }
 
 
 def test_summary_means_dedupes_and_drops_diverged_baselines(screen, tmp_path, capsys):
     a = tmp_path / "a.jsonl"
     b = tmp_path / "b.jsonl"
-    a.write_text("\n".join(json.dumps(r) for r in [row("x", 0, 0.2), row("x", 1, 0.4), row("y", 0, 0.1),
-                                                   row("y", 1, 5.0, base=0.1)]))  # diverged: dropped
+    a.write_text(
+        "\n".join(
+            json.dumps(r) for r in [row("x", 0, 0.2), row("x", 1, 0.4), row("y", 0, 0.1), row("y", 1, 5.0, base=0.1)]
+        )
+    )  # diverged: dropped
     b.write_text(json.dumps(row("x", 0, 0.2)) + "\n" + json.dumps(row("x", 0, 0.6, device="cuda")))
     screen.summarize([str(a), str(b)], plot=str(tmp_path / "s.png"))
     out = capsys.readouterr().out.splitlines()
@@ -35,7 +46,9 @@ def test_summary_means_dedupes_and_drops_diverged_baselines(screen, tmp_path, ca
     assert x[2] == "3" and float(x[3]) == pytest.approx(0.4, abs=1e-3)  # (0.2 + 0.4 + 0.6) / 3; the repeat counted once
     assert float(x[5]) == pytest.approx(0.2, abs=1e-3)  # std
     assert y[2] == "1" and float(y[3]) == pytest.approx(0.1, abs=1e-3)
-    assert out.index(next(line for line in out if " y " in line)) < out.index(next(line for line in out if " x " in line))
+    assert out.index(next(line for line in out if " y " in line)) < out.index(
+        next(line for line in out if " x " in line)
+    )
     assert (tmp_path / "s.png").stat().st_size > 1000
 
 
@@ -47,8 +60,15 @@ def test_unknown_recipe_keys_are_rejected(screen, tmp_path, monkeypatch):
         screen.main()
 
 
-@pytest.mark.parametrize("extra", [{}, {"swa_epochs": 1, "distill": 0.5}, {"gradual": 2, "schedule": "cubic"},
-                                   {"regrow": 0.3, "regrow_every": 1, "select": "best_val"}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"swa_epochs": 1, "distill": 0.5},
+        {"gradual": 2, "schedule": "cubic"},
+        {"regrow": 0.3, "regrow_every": 1, "select": "best_val"},
+    ],
+)
 def test_a_recipe_reaches_the_han_sparsities(screen, extra):
     import torch
 

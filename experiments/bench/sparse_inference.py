@@ -129,9 +129,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 256])
@@ -152,15 +150,11 @@ def main() -> None:
         for keep in args.densities:
             rows += layer_rows(label, pruned_linear(n_in, n_out, keep), keep, args.batches, args.repeats)
     print_table(rows)
-    print(
-        f"load average after: {os.getloadavg()[0]:.2f} (on a shared machine multi-threaded timings are noisy)"
-    )
+    print(f"load average after: {os.getloadavg()[0]:.2f} (on a shared machine multi-threaded timings are noisy)")
     for r in rows:
         if r["case"].startswith("VGG") and r["batch"] == 1:
             verdict = "meets" if r["ratio"] >= 3 else "MISSES"
-            print(
-                f"target >= 3x at batch 1: {r['case']} @ {r['density']:.0%}: {r['ratio']:.1f}x -> {verdict}"
-            )
+            print(f"target >= 3x at batch 1: {r['case']} @ {r['density']:.0%}: {r['ratio']:.1f}x -> {verdict}")
 
 
 if __name__ == "__main__":

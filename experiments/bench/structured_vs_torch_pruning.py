@@ -88,14 +88,18 @@ def check_forward(model: nn.Module, x: torch.Tensor, shape: torch.Size) -> None:
     with torch.inference_mode():
         y = model(x)
     if y.shape != shape or not bool(torch.isfinite(y).all()):
-        raise RuntimeError(f"output {tuple(y.shape)} (finite: {bool(torch.isfinite(y).all())}), expected {tuple(shape)}")
+        raise RuntimeError(
+            f"output {tuple(y.shape)} (finite: {bool(torch.isfinite(y).all())}), expected {tuple(shape)}"
+        )
 
 
 class Failed(Exception):
     """A tool failed on a model at ``stage``."""
 
     def __init__(self, stage: str, error: BaseException):
-        super().__init__(f"FAILED ({stage}): {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        super().__init__(
+            f"FAILED ({stage}): {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        )
 
 
 def staged(stage: str, fn: Callable, *args, **kwargs):
@@ -126,9 +130,14 @@ def prune_torch_pruning(base: nn.Module, x: torch.Tensor, ignore: str, ratio: fl
         warnings.simplefilter("ignore")
         t0 = time.perf_counter()
         pruner = staged(
-            "group build", tp.pruner.BasePruner, model, x,
-            importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
-            ignored_layers=[model.get_submodule(ignore)], global_pruning=False,
+            "group build",
+            tp.pruner.BasePruner,
+            model,
+            x,
+            importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=ratio,
+            ignored_layers=[model.get_submodule(ignore)],
+            global_pruning=False,
         )
         t1 = time.perf_counter()
         staged("prune", pruner.step)
@@ -151,21 +160,26 @@ def timed_runs(tools: dict[str, Callable], repeats: int) -> dict[str, tuple | Fa
                 out[tool] = e
                 continue
             samples[tool].append((build_s, prune_s))
-            out[tool] = (model, statistics.median(b for b, _ in samples[tool]),
-                         statistics.median(p for _, p in samples[tool]))
+            out[tool] = (
+                model,
+                statistics.median(b for b, _ in samples[tool]),
+                statistics.median(p for _, p in samples[tool]),
+            )
     return out
 
 
-def latencies(variants: dict[str, nn.Module], x: torch.Tensor, batches: Sequence[int], repeats: int,
-              rounds: int) -> dict[str, dict[int, float]]:
+def latencies(
+    variants: dict[str, nn.Module], x: torch.Tensor, batches: Sequence[int], repeats: int, rounds: int
+) -> dict[str, dict[int, float]]:
     """Seconds per forward of every variant at every batch: best of ``rounds`` medians,
     variants interleaved so load drift hits them alike."""
     out = {k: {b: float("inf") for b in batches} for k in variants}
     for _ in range(rounds):
         for b in batches:
             for k, m in variants.items():
-                out[k][b] = min(out[k][b], pruning.measure_latency(m, x, batch_size=b, repeats=repeats,
-                                                                   warmup=2 if b == 1 else 1))
+                out[k][b] = min(
+                    out[k][b], pruning.measure_latency(m, x, batch_size=b, repeats=repeats, warmup=2 if b == 1 else 1)
+                )
     return out
 
 
@@ -180,9 +194,20 @@ def width_differences(a: nn.Module, b: nn.Module, limit: int = 6) -> list[str]:
     return diffs[:limit] + ([f"... {len(diffs) - limit} more"] if len(diffs) > limit else [])
 
 
-def bench_model(name: str, *, ratio: float = 0.3, round_to: int = 8, repeats: int = 3, latency_repeats: int = 5,
-                latency_rounds: int = 3, batches: Sequence[int] = (1, 32), tv_size: int = 224,
-                cifar_size: int = 32, seed: int = 0, torch_pruning: bool = True) -> tuple[list[dict], list[str]]:
+def bench_model(
+    name: str,
+    *,
+    ratio: float = 0.3,
+    round_to: int = 8,
+    repeats: int = 3,
+    latency_repeats: int = 5,
+    latency_rounds: int = 3,
+    batches: Sequence[int] = (1, 32),
+    tv_size: int = 224,
+    cifar_size: int = 32,
+    seed: int = 0,
+    torch_pruning: bool = True,
+) -> tuple[list[dict], list[str]]:
     """Rows (dense, ours, ours round_to, TP) for one model, and notes on width differences."""
     base, x = build(name, tv_size, cifar_size, seed)
     ignore = output_layer(base, x)
@@ -211,8 +236,9 @@ def bench_model(name: str, *, ratio: float = 0.3, round_to: int = 8, repeats: in
             continue
         times[tool] = (build_s, total)
         models[tool] = model
-        rows[tool] = dict(row, params=counts.params, macs=counts.macs, build_s=build_s, prune_s=prune_s,
-                          total_s=total, status="ok")
+        rows[tool] = dict(
+            row, params=counts.params, macs=counts.macs, build_s=build_s, prune_s=prune_s, total_s=total, status="ok"
+        )
     lat = latencies(models, x, batches, latency_repeats, latency_rounds)
     tp_key = next((k for k in times if k.startswith("Torch-Pruning")), None)
     for tool, row in rows.items():
@@ -266,8 +292,10 @@ def _fmt(value, spec: str) -> str:
 
 def print_table(rows: list[dict], batches: Sequence[int]) -> None:
     lat_heads = "".join(f" {'lat b' + str(b):>8} {'ms b' + str(b):>9}" for b in batches)
-    head = (f"{'model':<19} {'tool':<20} {'params':>10} {'MACs':>13} {'MAC r':>6}{lat_heads} "
-            f"{'build s':>8} {'prune s':>8} {'ours/TP':>7}")
+    head = (
+        f"{'model':<19} {'tool':<20} {'params':>10} {'MACs':>13} {'MAC r':>6}{lat_heads} "
+        f"{'build s':>8} {'prune s':>8} {'ours/TP':>7}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -279,7 +307,8 @@ def print_table(rows: list[dict], batches: Sequence[int]) -> None:
             f" {_fmt(r.get(f'lat_b{b}_ratio'), '.2f'):>8} {_fmt(r.get(f'lat_b{b}_ms'), '.2f'):>9}" for b in batches
         )
         print(
-            line + f"{r['params']:>10,} {r['macs']:>13,} {r['mac_ratio']:>6.3f}{lat} {_fmt(r.get('build_s'), '.3f'):>8} "
+            line
+            + f"{r['params']:>10,} {r['macs']:>13,} {r['mac_ratio']:>6.3f}{lat} {_fmt(r.get('build_s'), '.3f'):>8} "
             f"{_fmt(r.get('prune_s'), '.3f'):>8} {_fmt(r.get('time_vs_tp'), '.2f'):>7}"
         )
 
@@ -296,11 +325,16 @@ def print_goals(rows: list[dict], round_to: int, batches: Sequence[int]) -> None
         if tp.get("status") != "ok":
             parts.append(f"TP {tp.get('status', 'not run')}")
         else:
-            parts.append(f"time ours/TP {ours.get('time_vs_tp', float('nan')):.2f} "
-                         f"({'meets' if ours.get('time_vs_tp', 9) <= 0.5 else 'MISSES'} <= 0.5)")
+            parts.append(
+                f"time ours/TP {ours.get('time_vs_tp', float('nan')):.2f} "
+                f"({'meets' if ours.get('time_vs_tp', 9) <= 0.5 else 'MISSES'} <= 0.5)"
+            )
         for b in batches:
-            gaps = [(k, abs(r[f"lat_b{b}_ratio"] - r["mac_ratio"])) for k, r in
-                    (("ours", ours), (f"r{round_to}", rt), ("TP", tp)) if r.get(f"lat_b{b}_ratio") is not None]
+            gaps = [
+                (k, abs(r[f"lat_b{b}_ratio"] - r["mac_ratio"]))
+                for k, r in (("ours", ours), (f"r{round_to}", rt), ("TP", tp))
+                if r.get(f"lat_b{b}_ratio") is not None
+            ]
             if gaps:
                 parts.append(f"|lat-MAC| b{b}: " + ", ".join(f"{k} {g:.2f}" for k, g in gaps))
         print(f"{name}: " + "; ".join(parts))
@@ -316,8 +350,11 @@ def write_csv(path: str, rows: list[dict]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                        help=f"comma-separated zoo or torchvision names (also: {', '.join(EXTRA_MODELS)})")
+    parser.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help=f"comma-separated zoo or torchvision names (also: {', '.join(EXTRA_MODELS)})",
+    )
     parser.add_argument("--ratio", type=float, default=0.3)
     parser.add_argument("--round-to", type=int, default=8, help="our extra row's round_to (1: no extra row)")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats of group build / prune")
@@ -339,25 +376,41 @@ def main(argv: Sequence[str] | None = None) -> None:
         tp_version = metadata.version("torch-pruning")
     except metadata.PackageNotFoundError:
         sys.exit("Torch-Pruning is not installed: pip install -e .[bench] (torch-pruning==1.6.1)")
-    print("command: python -m experiments.bench.structured_vs_torch_pruning " + shlex.join(sys.argv[1:] if argv is None else argv))
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, torch_pruning {tp_version}, "
-          f"{platform.processor() or platform.machine()}, threads={args.threads}, "
-          f"load average before: {os.getloadavg()[0]:.2f}")
+    print(
+        "command: python -m experiments.bench.structured_vs_torch_pruning "
+        + shlex.join(sys.argv[1:] if argv is None else argv)
+    )
+    print(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, torch_pruning {tp_version}, "
+        f"{platform.processor() or platform.machine()}, threads={args.threads}, "
+        f"load average before: {os.getloadavg()[0]:.2f}"
+    )
     start = time.perf_counter()
     rows, notes = run_benchmark(
-        models, ratio=args.ratio, round_to=args.round_to, repeats=args.repeats, latency_repeats=args.latency_repeats,
-        latency_rounds=args.latency_rounds, batches=batches, tv_size=args.tv_size, seed=args.seed,
+        models,
+        ratio=args.ratio,
+        round_to=args.round_to,
+        repeats=args.repeats,
+        latency_repeats=args.latency_repeats,
+        latency_rounds=args.latency_rounds,
+        batches=batches,
+        tv_size=args.tv_size,
+        seed=args.seed,
     )
     print()
     print_table(rows, batches)
-    print("\nlat bN: pruned/dense latency at batch N (compare with MAC r); ms bN: ms per forward; "
-          "ours/TP: total (build + prune) wall time ratio, target <= 0.5;\nour prune s = prune_filters minus "
-          "dependency_groups (scoring + cutting; 0.000 where below timing noise)")
+    print(
+        "\nlat bN: pruned/dense latency at batch N (compare with MAC r); ms bN: ms per forward; "
+        "ours/TP: total (build + prune) wall time ratio, target <= 0.5;\nour prune s = prune_filters minus "
+        "dependency_groups (scoring + cutting; 0.000 where below timing noise)"
+    )
     print("\n".join(["", *notes]))
     print()
     print_goals(rows, args.round_to, batches)
-    print(f"\nwall {time.perf_counter() - start:.0f} s, load average after: {os.getloadavg()[0]:.2f} "
-          "(a shared CPU makes timings noisy)")
+    print(
+        f"\nwall {time.perf_counter() - start:.0f} s, load average after: {os.getloadavg()[0]:.2f} "
+        "(a shared CPU makes timings noisy)"
+    )
     if args.csv:
         write_csv(args.csv, rows)
         print(f"wrote {args.csv}")

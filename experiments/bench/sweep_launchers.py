@@ -29,16 +29,30 @@ from experiments.sweep import cpu_cores
 
 ROOT = Path(__file__).resolve().parents[2]
 FASHION = ["dataset=fashion_mnist", "model=lenet300", "baseline.epochs=1", "strategy.retrain.epochs=1"]
-SYNTHETIC = ["dataset=synthetic", "dataset.n_train=4096", "dataset.n_test=1024", "model=lenet300",
-             "baseline.epochs=1", "strategy.retrain.epochs=1"]
+SYNTHETIC = [
+    "dataset=synthetic",
+    "dataset.n_train=4096",
+    "dataset.n_test=1024",
+    "model=lenet300",
+    "baseline.epochs=1",
+    "strategy.retrain.epochs=1",
+]
 QUIET = ["logger=[csv]", "trainer.enable_progress_bar=false", "measure.latency_repeats=5"]
 
 
 def sweep(folder: Path, jobs: int, overrides: list[str], launcher: list[str]) -> tuple[float, list[dict]]:
     """Run one ``run.py -m`` sweep of ``jobs`` seeds in ``folder``; wall seconds and its rows."""
     folder.mkdir(parents=True)
-    command = [sys.executable, str(ROOT / "run.py"), "-m", *overrides, *QUIET, f"seed={','.join(map(str, range(jobs)))}",
-               f"hydra.sweep.dir={folder / 'multirun'}", *launcher]
+    command = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "-m",
+        *overrides,
+        *QUIET,
+        f"seed={','.join(map(str, range(jobs)))}",
+        f"hydra.sweep.dir={folder / 'multirun'}",
+        *launcher,
+    ]
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
@@ -67,8 +81,12 @@ def main() -> None:
     basic, joblib = [], []
     for i in range(args.repeats):
         basic_s, basic_rows = sweep(base / f"basic{i}", args.jobs, overrides, [])
-        joblib_s, joblib_rows = sweep(base / f"joblib{i}", args.jobs, overrides,
-                                      ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.workers}"])
+        joblib_s, joblib_rows = sweep(
+            base / f"joblib{i}",
+            args.jobs,
+            overrides,
+            ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.workers}"],
+        )
         basic.append(basic_s)
         joblib.append(joblib_s)
     basic_s, joblib_s = statistics.median(basic), statistics.median(joblib)
@@ -77,13 +95,19 @@ def main() -> None:
         found = {m.group(1) for r in rows if (m := re.search(r"(\d+) threads", str(r.get("machine"))))}
         return ",".join(sorted(found)) or "?"
 
-    print(f"sweep: {' '.join(overrides)} seed=0..{args.jobs - 1} ({args.jobs} jobs), {cpu_cores()} cores, "
-          f"median of {args.repeats}")
+    print(
+        f"sweep: {' '.join(overrides)} seed=0..{args.jobs - 1} ({args.jobs} jobs), {cpu_cores()} cores, "
+        f"median of {args.repeats}"
+    )
     print(f"{'launcher':<22}{'wall s':>9}{'s/job':>8}{'threads/job':>13}")
     print(f"{'basic (sequential)':<22}{basic_s:>9.1f}{basic_s / args.jobs:>8.1f}{threads(basic_rows):>13}")
-    print(f"{f'joblib ({args.workers} workers)':<22}{joblib_s:>9.1f}{joblib_s / args.jobs:>8.1f}{threads(joblib_rows):>13}")
-    print(f"load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
-          f"(above {cpu_cores()}, other processes shared the cores)")
+    print(
+        f"{f'joblib ({args.workers} workers)':<22}{joblib_s:>9.1f}{joblib_s / args.jobs:>8.1f}{threads(joblib_rows):>13}"
+    )
+    print(
+        f"load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
+        f"(above {cpu_cores()}, other processes shared the cores)"
+    )
     print(f"ratio joblib/basic: {joblib_s / basic_s:.2f}x (target <= 0.6x with 2 workers on 2 cores)")
     if args.keep:
         print(f"sweep folders: {base}")

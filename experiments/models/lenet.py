@@ -39,8 +39,7 @@ def lenet5(*, num_classes: int, in_channels: int, input_size: int) -> nn.Module:
     side = _conv_pool_side(_conv_pool_side(input_size))
     if side < 1:
         raise ValueError(
-            f"lenet5: input_size={input_size} is too small; two 5x5 convs and two 2x2 "
-            "pools need input_size >= 16"
+            f"lenet5: input_size={input_size} is too small; two 5x5 convs and two 2x2 pools need input_size >= 16"
         )
     return nn.Sequential(
         OrderedDict(

@@ -37,9 +37,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded
 
 
-def _conv_bn_relu6(
-    inp: int, out: int, kernel: int, stride: int = 1, groups: int = 1
-) -> nn.Sequential:
+def _conv_bn_relu6(inp: int, out: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
     return nn.Sequential(
         OrderedDict(
             conv=nn.Conv2d(inp, out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
@@ -58,9 +56,7 @@ class InvertedResidual(nn.Module):
         self.use_residual = stride == 1 and inp == out
         self.expand = _conv_bn_relu6(inp, hidden, 1) if expansion != 1 else nn.Identity()
         self.depthwise = _conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden)
-        self.project = nn.Sequential(
-            OrderedDict(conv=nn.Conv2d(hidden, out, 1, bias=False), bn=nn.BatchNorm2d(out))
-        )
+        self.project = nn.Sequential(OrderedDict(conv=nn.Conv2d(hidden, out, 1, bias=False), bn=nn.BatchNorm2d(out)))
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.project(self.depthwise(self.expand(x)))
@@ -94,9 +90,7 @@ class MobileNetV2Cifar(nn.Module):
 
 
 @register_model("mobilenetv2_cifar")
-def mobilenetv2_cifar(
-    *, num_classes: int, in_channels: int, input_size: int, width: float = 1.0
-) -> nn.Module:
+def mobilenetv2_cifar(*, num_classes: int, in_channels: int, input_size: int, width: float = 1.0) -> nn.Module:
     """MobileNetV2 for 32x32 inputs (three stride-2 stages: 32 -> 4); ``width`` multiplier."""
     if input_size < 8:
         raise ValueError(f"mobilenetv2_cifar: input_size={input_size} is too small; use >= 8")

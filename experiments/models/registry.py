@@ -54,9 +54,7 @@ def _check_options(name: str, builder: ModelBuilder, kwargs: dict) -> None:
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
         accepted = ", ".join(p for p in params if p not in IO_ARGS) or "(none)"
-        raise TypeError(
-            f"model '{name}' got unknown option(s) {unknown}; its options are: {accepted}"
-        )
+        raise TypeError(f"model '{name}' got unknown option(s) {unknown}; its options are: {accepted}")
 
 
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:

@@ -83,8 +83,7 @@ class CifarResNet(nn.Module):
         block_widths = [int(w) for w in block_widths]
         if len(block_widths) != 3 * n or min(block_widths) < 1:
             raise ValueError(
-                f"resnet{depth}: block_widths must be {3 * n} positive ints (one per "
-                f"block), got {block_widths}"
+                f"resnet{depth}: block_widths must be {3 * n} positive ints (one per block), got {block_widths}"
             )
         self.conv1 = nn.Conv2d(in_channels, STAGE_WIDTHS[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0])
@@ -112,14 +111,15 @@ def _builder(depth: int) -> Callable[..., nn.Module]:
     """The registered builder of ResNet-``depth`` (one per depth, same options)."""
 
     def build(
-        *, num_classes: int, in_channels: int, input_size: int,
+        *,
+        num_classes: int,
+        in_channels: int,
+        input_size: int,
         block_widths: Sequence[int] | None = None,
     ) -> nn.Module:
         if input_size < 4:
             raise ValueError(f"resnet{depth}: input_size={input_size} is too small; use >= 4")
-        return CifarResNet(
-            depth, num_classes=num_classes, in_channels=in_channels, block_widths=block_widths
-        )
+        return CifarResNet(depth, num_classes=num_classes, in_channels=in_channels, block_widths=block_widths)
 
     build.__name__ = build.__qualname__ = f"resnet{depth}"
     build.__doc__ = f"ResNet-{depth} for CIFAR ({(depth - 2) // 6} blocks per stage)."

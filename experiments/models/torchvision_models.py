@@ -35,8 +35,14 @@ def _replace_stem(model: nn.Module, name: str, in_channels: int) -> None:
             "zoo model (experiments.models.MODELS)"
         )
     stem = nn.Conv2d(
-        in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-        module.dilation, bias=module.bias is not None, padding_mode=module.padding_mode,
+        in_channels,
+        module.out_channels,
+        module.kernel_size,
+        module.stride,
+        module.padding,
+        module.dilation,
+        bias=module.bias is not None,
+        padding_mode=module.padding_mode,
     )
     parent_path, _, attr = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
@@ -44,9 +50,7 @@ def _replace_stem(model: nn.Module, name: str, in_channels: int) -> None:
 
 
 @register_model("tv")
-def torchvision_model(
-    *, num_classes: int, in_channels: int, input_size: int, name: str = "resnet18"
-) -> nn.Module:
+def torchvision_model(*, num_classes: int, in_channels: int, input_size: int, name: str = "resnet18") -> nn.Module:
     """torchvision's ``name`` with ``num_classes`` outputs and an ``in_channels`` stem.
 
     Untrained (``weights=None``; no network). A non-RGB input gets a fresh first conv
@@ -55,10 +59,7 @@ def torchvision_model(
     """
     names = classification_models()
     if name not in names:
-        raise ValueError(
-            f"unknown torchvision classification model '{name}'; choose one of: "
-            f"{', '.join(names)}"
-        )
+        raise ValueError(f"unknown torchvision classification model '{name}'; choose one of: {', '.join(names)}")
     options: dict = {"weights": None, "num_classes": num_classes}
     if name in _NO_AUX_LOGITS:
         options["aux_logits"] = False

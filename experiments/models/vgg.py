@@ -57,8 +57,7 @@ class VGG(nn.Module):
         if side < 1:
             pools = sum(item == POOL for item in cfg)
             raise ValueError(
-                f"{name}: input_size={input_size} is too small for {pools} 2x2 max-pools; "
-                f"use input_size >= {2**pools}"
+                f"{name}: input_size={input_size} is too small for {pools} 2x2 max-pools; use input_size >= {2**pools}"
             )
         self.features = nn.Sequential(*layers)
         self.flatten = nn.Flatten()
@@ -79,9 +78,7 @@ def _with_widths(model: str, cfg: Sequence[int | str], widths: Sequence[int]) ->
     widths = [int(w) for w in widths]
     n_convs = sum(item != POOL for item in cfg)
     if len(widths) != n_convs or min(widths) < 1:
-        raise ValueError(
-            f"{model}: widths={widths} must be {n_convs} positive ints, one per conv"
-        )
+        raise ValueError(f"{model}: widths={widths} must be {n_convs} positive ints, one per conv")
     it = iter(widths)
     return [item if item == POOL else next(it) for item in cfg]
 
@@ -107,8 +104,12 @@ def vgg_small(
         widths = [max(1, round(item * width)) for item in VGG_SMALL if item != POOL]
     cfg = _with_widths("vgg_small", VGG_SMALL, widths)
     return VGG(
-        cfg, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
-        hidden=hidden, name="vgg_small",
+        cfg,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        input_size=input_size,
+        hidden=hidden,
+        name="vgg_small",
     )
 
 
@@ -128,6 +129,10 @@ def vgg16_cifar(
     """
     cfg = VGG16_CIFAR if widths is None else _with_widths("vgg16_cifar", VGG16_CIFAR, widths)
     return VGG(
-        cfg, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
-        hidden=hidden, name="vgg16_cifar",
+        cfg,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        input_size=input_size,
+        hidden=hidden,
+        name="vgg16_cifar",
     )

@@ -112,9 +112,7 @@ def save_compressed(
     return report
 
 
-def load_compressed(
-    path: str | os.PathLike, model: nn.Module | None = None
-) -> nn.Module | dict[str, torch.Tensor]:
+def load_compressed(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module | dict[str, torch.Tensor]:
     """Read a file written by :func:`save_compressed`.
 
     Returns the state dict, or loads it into ``model`` (strict: names and shapes must
@@ -268,8 +266,16 @@ def best_index_bits(positions: np.ndarray, use_huffman: bool) -> int:
     return best
 
 
-def _write_weight(out, name, tensor, index_bits, values, use_huffman, sw: SharedWeights | None,
-                  codebook_dtype: torch.dtype = torch.float32) -> LayerSize:
+def _write_weight(
+    out,
+    name,
+    tensor,
+    index_bits,
+    values,
+    use_huffman,
+    sw: SharedWeights | None,
+    codebook_dtype: torch.dtype = torch.float32,
+) -> LayerSize:
     """Choose the smallest layout for one weight and write it."""
     dense = tensor.numel() * tensor.element_size()
     if sw is not None:
@@ -284,9 +290,7 @@ def _write_weight(out, name, tensor, index_bits, values, use_huffman, sw: Shared
     has_zeros = nnz < tensor.numel()
     if sw is not None:
         if sw.mask.shape != tensor.shape:
-            raise ValueError(
-                f"codebook for '{name}' has shape {tuple(sw.mask.shape)}, weight {tuple(tensor.shape)}"
-            )
+            raise ValueError(f"codebook for '{name}' has shape {tuple(sw.mask.shape)}, weight {tuple(tensor.shape)}")
         itemsize = torch.empty(0, dtype=codebook_dtype).element_size()
         quantized = (idx_fixed if has_zeros else 0) + fixed_nbytes(nnz, sw.bits) + itemsize * sw.codebook.numel()
         block = ByteWriter()
@@ -330,8 +334,9 @@ def _write_raw_values(out: ByteWriter, vals: torch.Tensor) -> int:
     return len(data)
 
 
-def _write_codebook_values(out: ByteWriter, sw: SharedWeights, use_huffman: bool,
-                           dtype: torch.dtype = torch.float32) -> int:
+def _write_codebook_values(
+    out: ByteWriter, sw: SharedWeights, use_huffman: bool, dtype: torch.dtype = torch.float32
+) -> int:
     """Write a codebook value block; return its data bytes (codebook + code stream)."""
     codebook = _raw_bytes(sw.codebook.to(dtype))
     out.u8(VAL_CODEBOOK)
@@ -360,28 +365,22 @@ def decode_file(blob: bytes) -> dict[str, torch.Tensor]:
     """Validate the header and checksum of a whole file, then decode its tensors."""
     if len(blob) < HEADER.size:
         raise CompressedFormatError(
-            f"file is {len(blob)} bytes, shorter than the {HEADER.size}-byte header: "
-            "truncated or not a prunekit file"
+            f"file is {len(blob)} bytes, shorter than the {HEADER.size}-byte header: truncated or not a prunekit file"
         )
     magic, version, flags, length, crc = HEADER.unpack_from(blob)
     if magic != MAGIC:
-        raise CompressedFormatError(
-            f"bad magic {magic!r} (expected {MAGIC!r}): not a prunekit compressed file"
-        )
+        raise CompressedFormatError(f"bad magic {magic!r} (expected {MAGIC!r}): not a prunekit compressed file")
     if version != VERSION:
         raise CompressedFormatError(
             f"format version {version} is not supported (this prunekit reads version {VERSION}); "
             "re-save the model with a matching prunekit"
         )
     if flags != 0:
-        raise CompressedFormatError(
-            f"unknown header flags {flags:#x}: file corrupted or from a newer prunekit"
-        )
+        raise CompressedFormatError(f"unknown header flags {flags:#x}: file corrupted or from a newer prunekit")
     payload = blob[HEADER.size :]
     if len(payload) != length:
         raise CompressedFormatError(
-            f"payload is {len(payload)} bytes but the header says {length}: "
-            "the file is truncated or has trailing data"
+            f"payload is {len(payload)} bytes but the header says {length}: the file is truncated or has trailing data"
         )
     if zlib.crc32(payload, zlib.crc32(blob[4:14])) != crc:
         raise CompressedFormatError("checksum mismatch (CRC32): the file is corrupted")

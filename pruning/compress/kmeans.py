@@ -172,9 +172,7 @@ class CentroidTuner(nn.Module):
     def shared(self) -> dict[str, SharedWeights]:
         """The current codebooks as :class:`SharedWeights` (e.g. for ``save_compressed``)."""
         return {
-            n: SharedWeights(
-                self.codebooks[i].detach().cpu().clone(), self._codes[i].cpu(), self._masks[i].cpu()
-            )
+            n: SharedWeights(self.codebooks[i].detach().cpu().clone(), self._codes[i].cpu(), self._masks[i].cpu())
             for i, n in enumerate(self.names)
         }
 

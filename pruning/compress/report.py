@@ -26,9 +26,7 @@ class LayerSize:
     encoding: str  # e.g. "raw", "csr5+fp32", "csr5+cb5+huff"
 
     def ratios(self) -> dict[str, float]:
-        return {
-            stage: _ratio(self.dense, getattr(self, stage)) for stage in ("pruned", "quantized", "huffman")
-        }
+        return {stage: _ratio(self.dense, getattr(self, stage)) for stage in ("pruned", "quantized", "huffman")}
 
 
 @dataclass

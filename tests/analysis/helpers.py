@@ -13,29 +13,83 @@ matplotlib.use("Agg")
 _counter = [0]
 
 
-def run_row(seed: int, *, final_acc: float = 0.90, pruned_acc: float = 0.80, base_acc: float = 0.92,
-            strategy: str = "l1_oneshot", experiment: str | None = None, dataset: str = "fashion_mnist",
-            model: str = "vgg_small", macs: float = 0.5, params: float = 0.3, nonzero: float | None = None,
-            time: str | None = None, status: str = "ok", tables: dict[str, Any] | None = None,
-            metrics: dict[str, float] | None = None, config: dict[str, Any] | None = None, **parts: Any) -> dict[str, Any]:
+def run_row(
+    seed: int,
+    *,
+    final_acc: float = 0.90,
+    pruned_acc: float = 0.80,
+    base_acc: float = 0.92,
+    strategy: str = "l1_oneshot",
+    experiment: str | None = None,
+    dataset: str = "fashion_mnist",
+    model: str = "vgg_small",
+    macs: float = 0.5,
+    params: float = 0.3,
+    nonzero: float | None = None,
+    time: str | None = None,
+    status: str = "ok",
+    tables: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    config: dict[str, Any] | None = None,
+    **parts: Any,
+) -> dict[str, Any]:
     """One schema-2 row; ``parts`` override the defaults (a one-shot uniform L1 run at ratio 0.5)."""
     _counter[0] += 1
-    p = {"kind": "filter", "criterion": "l1", "schedule": "oneshot", "rounds": 1, "ratio": "0.5",
-         "ratio_policy": "uniform", "max_drop": None, "target_reduction": None, "scoring": "independent",
-         "retrain": "finetune", "freeze": "none", "epochs_budget": 2, "baseline_epochs": 2}
+    p = {
+        "kind": "filter",
+        "criterion": "l1",
+        "schedule": "oneshot",
+        "rounds": 1,
+        "ratio": "0.5",
+        "ratio_policy": "uniform",
+        "max_drop": None,
+        "target_reduction": None,
+        "scoring": "independent",
+        "retrain": "finetune",
+        "freeze": "none",
+        "epochs_budget": 2,
+        "baseline_epochs": 2,
+    }
     p.update(parts)
-    m = {"baseline/acc": base_acc, "baseline/params": 1000.0, "baseline/macs": 1e6, "baseline/dense_bytes": 4000.0,
-         "baseline/latency_b1_ms": 1.0, "baseline/latency_b64_ms": 10.0,
-         "pruned/acc": pruned_acc, "retrained/acc": final_acc, "final/acc": final_acc, "delta/acc": final_acc - base_acc,
-         "ratio/params": params, "ratio/macs": macs, "ratio/nonzero_params": params if nonzero is None else nonzero,
-         "ratio/latency_b1": 0.8, "ratio/latency_b64": 0.6, "retrain/epochs": float(p["epochs_budget"]),
-         "retrain/wall_s": 10.0, "prune/wall_s": 1.0}
+    m = {
+        "baseline/acc": base_acc,
+        "baseline/params": 1000.0,
+        "baseline/macs": 1e6,
+        "baseline/dense_bytes": 4000.0,
+        "baseline/latency_b1_ms": 1.0,
+        "baseline/latency_b64_ms": 10.0,
+        "pruned/acc": pruned_acc,
+        "retrained/acc": final_acc,
+        "final/acc": final_acc,
+        "delta/acc": final_acc - base_acc,
+        "ratio/params": params,
+        "ratio/macs": macs,
+        "ratio/nonzero_params": params if nonzero is None else nonzero,
+        "ratio/latency_b1": 0.8,
+        "ratio/latency_b64": 0.6,
+        "retrain/epochs": float(p["epochs_budget"]),
+        "retrain/wall_s": 10.0,
+        "prune/wall_s": 1.0,
+    }
     m.update(metrics or {})
-    row = {"schema_version": 2, "run_id": f"run{_counter[0]}", "time": time or f"2026-12-01T22:{_counter[0] % 60:02d}:00",
-           "commit": "abc", "status": status, "seed": seed, "dataset": dataset, "model": model, "strategy": strategy,
-           "experiment": experiment, "output_dir": f"outputs/run{_counter[0]}",
-           "config": config if config is not None else {"seed": seed, "machine": "testbox"},
-           "wall_s": 20.0, "parts": p, "metrics": m, "tables": tables or {}}
+    row = {
+        "schema_version": 2,
+        "run_id": f"run{_counter[0]}",
+        "time": time or f"2026-12-01T22:{_counter[0] % 60:02d}:00",
+        "commit": "abc",
+        "status": status,
+        "seed": seed,
+        "dataset": dataset,
+        "model": model,
+        "strategy": strategy,
+        "experiment": experiment,
+        "output_dir": f"outputs/run{_counter[0]}",
+        "config": config if config is not None else {"seed": seed, "machine": "testbox"},
+        "wall_s": 20.0,
+        "parts": p,
+        "metrics": m,
+        "tables": tables or {},
+    }
     if status != "ok":
         row["error"] = {"type": "RuntimeError", "message": "loss is nan", "phase": "retrain"}
         row["metrics"] = {"baseline/acc": base_acc}
@@ -55,18 +109,41 @@ def sensitivity_tables(seed: int, groups: tuple[str, ...] = ("features.0", "feat
     sens, norms = [], []
     for g, group in enumerate(groups):
         for ratio in (0.25, 0.5, 0.75):
-            sens.append({"group": group, "ratio": ratio, "kept": int(16 * (1 - ratio)), "channels": 16,
-                         "metric": 0.92 - ratio * (0.2 if g == 0 else 0.05) - 0.01 * seed, "base_metric": 0.92})
+            sens.append(
+                {
+                    "group": group,
+                    "ratio": ratio,
+                    "kept": int(16 * (1 - ratio)),
+                    "channels": 16,
+                    "metric": 0.92 - ratio * (0.2 if g == 0 else 0.05) - 0.01 * seed,
+                    "base_metric": 0.92,
+                }
+            )
         norms += [{"layer": group, "rank": r, "l1": 1.0 - r / 8} for r in range(8)]
     return {"sensitivity": sens, "filter_norms": norms, "ratios": {group: 0.5 for group in groups}}
 
 
 def storage_tables(seed: int) -> dict[str, Any]:
     """Two layers: dense 100 KB / 20 KB -> pruned 10 / 4 -> quantized 3 / 1 -> Huffman 2 / 0.5 KB."""
-    return {"storage": [
-        {"layer": "fc1.weight", "dense_bytes": 100_000, "pruned_bytes": 10_000 + seed, "quantized_bytes": 3_000, "huffman_bytes": 2_000},
-        {"layer": "fc2.weight", "dense_bytes": 20_000, "pruned_bytes": 4_000, "quantized_bytes": 1_000, "huffman_bytes": 500},
-    ], "layers": [{"name": "fc1.weight", "kind": "weight", "total": 25_000, "kept": 2_000, "density": 0.08}]}
+    return {
+        "storage": [
+            {
+                "layer": "fc1.weight",
+                "dense_bytes": 100_000,
+                "pruned_bytes": 10_000 + seed,
+                "quantized_bytes": 3_000,
+                "huffman_bytes": 2_000,
+            },
+            {
+                "layer": "fc2.weight",
+                "dense_bytes": 20_000,
+                "pruned_bytes": 4_000,
+                "quantized_bytes": 1_000,
+                "huffman_bytes": 500,
+            },
+        ],
+        "layers": [{"name": "fc1.weight", "kind": "weight", "total": 25_000, "kept": 2_000, "density": 0.08}],
+    }
 
 
 def full_store(path: Path, extra_lines: list[str] = ()) -> Path:
@@ -76,16 +153,44 @@ def full_store(path: Path, extra_lines: list[str] = ()) -> Path:
         for ratio in ("0.3", "0.5"):
             for s in range(3):
                 acc = base - (0.02 if ratio == "0.5" else 0.0) + 0.005 * s
-                rows.append(run_row(s, final_acc=acc, pruned_acc=acc - 0.2, criterion=crit, ratio=ratio,
-                                    strategy=f"{crit}_oneshot", macs=1 - float(ratio), params=(1 - float(ratio)) ** 2,
-                                    tables=sensitivity_tables(s) if crit == "l1" else None))
+                rows.append(
+                    run_row(
+                        s,
+                        final_acc=acc,
+                        pruned_acc=acc - 0.2,
+                        criterion=crit,
+                        ratio=ratio,
+                        strategy=f"{crit}_oneshot",
+                        macs=1 - float(ratio),
+                        params=(1 - float(ratio)) ** 2,
+                        tables=sensitivity_tables(s) if crit == "l1" else None,
+                    )
+                )
     for s in range(3):
         rows.append(run_row(s, final_acc=0.905 + 0.006 * s, strategy="l1_iterative", schedule="iterative", rounds=3))
-        rows.append(run_row(s, final_acc=0.985 - 0.001 * s, base_acc=0.984, dataset="fashion_mnist", model="lenet300",
-                            strategy="deep_compression", experiment="deep_compression_lenet300", kind="weight",
-                            criterion="magnitude", schedule="iterative", rounds=3, ratio="per_layer",
-                            ratio_policy="per_layer", epochs_budget=34, baseline_epochs=20, macs=1.0, params=1.0,
-                            nonzero=0.08, tables=storage_tables(s),
-                            metrics={"ratio/compressed_bytes": 1 / 41.0, "quantized/acc": 0.985 - 0.001 * s}))
+        rows.append(
+            run_row(
+                s,
+                final_acc=0.985 - 0.001 * s,
+                base_acc=0.984,
+                dataset="fashion_mnist",
+                model="lenet300",
+                strategy="deep_compression",
+                experiment="deep_compression_lenet300",
+                kind="weight",
+                criterion="magnitude",
+                schedule="iterative",
+                rounds=3,
+                ratio="per_layer",
+                ratio_policy="per_layer",
+                epochs_budget=34,
+                baseline_epochs=20,
+                macs=1.0,
+                params=1.0,
+                nonzero=0.08,
+                tables=storage_tables(s),
+                metrics={"ratio/compressed_bytes": 1 / 41.0, "quantized/acc": 0.985 - 0.001 * s},
+            )
+        )
     rows.append(run_row(1, status="failed", strategy="l1_iterative", schedule="iterative", rounds=3))
     return write_store(path, rows, list(extra_lines))

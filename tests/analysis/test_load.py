@@ -21,15 +21,23 @@ def test_every_part_and_metric_is_a_column(tmp_path):
     runs = load_runs(tmp_path)
     assert set(PARTS) <= set(runs.columns)
     row = runs.iloc[0]
-    assert (row["criterion"], row["freeze"], row["scoring"], row["ratio"], row["ratio_value"]) == \
-        ("fpgm", "most_sensitive:2", "greedy", "0.5", 0.5)
+    assert (row["criterion"], row["freeze"], row["scoring"], row["ratio"], row["ratio_value"]) == (
+        "fpgm",
+        "most_sensitive:2",
+        "greedy",
+        "0.5",
+        0.5,
+    )
     assert row["final/acc"] == 0.9 and row["ratio/macs"] == 0.5 and row["machine"] == "testbox"
     assert row["source"].endswith("runs.jsonl:1")
 
 
 def test_duplicate_seed_rows_count_once_and_the_latest_is_kept(tmp_path):
-    rows = [run_row(0, final_acc=0.80, time="2026-12-01T10:00:00"), run_row(0, final_acc=0.85, time="2026-12-01T12:00:00"),
-            run_row(1, final_acc=0.90)]
+    rows = [
+        run_row(0, final_acc=0.80, time="2026-12-01T10:00:00"),
+        run_row(0, final_acc=0.85, time="2026-12-01T12:00:00"),
+        run_row(1, final_acc=0.90),
+    ]
     write_store(tmp_path, rows)
     store = read_store(tmp_path)
     runs = load_runs(store)
@@ -62,26 +70,60 @@ def test_rows_missing_keys_do_not_crash(tmp_path):
 
 
 def test_schema1_parts_are_derived_from_the_strategy_config():
-    filt = derive_parts({"strategy": {"_target_": "experiments.strategy.FilterPruning", "name": "random_oneshot",
-                                      "criterion": {"_target_": "pruning.Random", "seed": 0}, "ratio": 0.5, "rounds": 1,
-                                      "retrain": {"epochs": 2}}, "baseline": {"epochs": 20}})
-    assert (filt["kind"], filt["criterion"], filt["schedule"], filt["ratio"], filt["ratio_policy"]) == \
-        ("filter", "random", "oneshot", "0.5", "uniform")
+    filt = derive_parts(
+        {
+            "strategy": {
+                "_target_": "experiments.strategy.FilterPruning",
+                "name": "random_oneshot",
+                "criterion": {"_target_": "pruning.Random", "seed": 0},
+                "ratio": 0.5,
+                "rounds": 1,
+                "retrain": {"epochs": 2},
+            },
+            "baseline": {"epochs": 20},
+        }
+    )
+    assert (filt["kind"], filt["criterion"], filt["schedule"], filt["ratio"], filt["ratio_policy"]) == (
+        "filter",
+        "random",
+        "oneshot",
+        "0.5",
+        "uniform",
+    )
     assert (filt["retrain"], filt["epochs_budget"], filt["baseline_epochs"]) == ("finetune", 2, 20)
-    han = derive_parts({"strategy": {"_target_": "experiments.weight_strategy.WeightPruning", "name": "han_iterative",
-                                     "sparsity": {"fc1.weight": 0.9}, "rounds": 3, "retrain": {"epochs": 8},
-                                     "average": {"epochs": 8}, "quantize_retrain": {"epochs": 2}}})
-    assert (han["kind"], han["criterion"], han["schedule"], han["ratio"]) == ("weight", "magnitude", "iterative", "per_layer")
+    han = derive_parts(
+        {
+            "strategy": {
+                "_target_": "experiments.weight_strategy.WeightPruning",
+                "name": "han_iterative",
+                "sparsity": {"fc1.weight": 0.9},
+                "rounds": 3,
+                "retrain": {"epochs": 8},
+                "average": {"epochs": 8},
+                "quantize_retrain": {"epochs": 2},
+            }
+        }
+    )
+    assert (han["kind"], han["criterion"], han["schedule"], han["ratio"]) == (
+        "weight",
+        "magnitude",
+        "iterative",
+        "per_layer",
+    )
     assert han["epochs_budget"] == 3 * 8 + 8 + 2
 
 
 def test_settings_that_differ_beyond_the_parts_are_named_not_pooled(tmp_path):
     def cfg(lr, seed):
         return {"seed": seed, "strategy": {"retrain": {"optimizer": {"lr": lr}}}, "paths": {"output_dir": f"o{seed}"}}
+
     rows = [run_row(s, config=cfg(lr, s), final_acc=acc) for lr, acc in ((0.01, 0.9), (0.05, 0.8)) for s in (0, 1)]
     write_store(tmp_path, rows)
     runs = load_runs(tmp_path)
-    assert sorted(runs["variant"].unique()) == ["strategy.retrain.optimizer.lr=0.01", "strategy.retrain.optimizer.lr=0.05"]
+    assert sorted(runs["variant"].unique()) == [
+        "strategy.retrain.optimizer.lr=0.01",
+        "strategy.retrain.optimizer.lr=0.05",
+    ]
     table = summarise(runs)
     assert list(table["seeds"]) == [2, 2] and "variant" in table
 
@@ -94,7 +136,9 @@ def test_long_tables_carry_the_run_keys(tmp_path):
     assert set(sens["run_ratio"]) == {"0.3", "0.5"}  # the run's own ratio, kept apart from the scan's
     assert set(load_filter_norms(tmp_path)["rank"]) == set(range(8))
     storage = load_storage(tmp_path)
-    assert set(storage["layer"]) == {"fc1.weight", "fc2.weight"} and set(storage["experiment"]) == {"deep_compression_lenet300"}
+    assert set(storage["layer"]) == {"fc1.weight", "fc2.weight"} and set(storage["experiment"]) == {
+        "deep_compression_lenet300"
+    }
     assert load_layers(tmp_path)["density"].tolist() == [0.08] * 3
     assert set(load_ratios(tmp_path)["group_ratio"]) == {0.5}
 
@@ -112,19 +156,34 @@ def test_missing_store_says_what_to_run(tmp_path):
 
 
 def test_wandb_offline_run_folders(tmp_path):
-    files = tmp_path / "outputs" / "2026-12-01" / "22-00-00_vgg_small_l1_oneshot_seed1" / "wandb" / \
-        "offline-run-20261201_220000-abc123" / "files"
+    files = (
+        tmp_path
+        / "outputs"
+        / "2026-12-01"
+        / "22-00-00_vgg_small_l1_oneshot_seed1"
+        / "wandb"
+        / "offline-run-20261201_220000-abc123"
+        / "files"
+    )
     files.mkdir(parents=True)
-    (files / "wandb-summary.json").write_text(json.dumps(
-        {"baseline/acc": 0.92, "pruned/acc": 0.7, "retrained/acc": 0.91, "ratio/macs": 0.5, "_runtime": 3}))
+    (files / "wandb-summary.json").write_text(
+        json.dumps({"baseline/acc": 0.92, "pruned/acc": 0.7, "retrained/acc": 0.91, "ratio/macs": 0.5, "_runtime": 3})
+    )
     (files / "config.yaml").write_text(
         "_wandb:\n  value: {}\nseed:\n  value: 1\ndataset:\n  value: {name: fashion_mnist}\nmodel:\n  value: {name: vgg_small}\n"
-        "strategy:\n  value: {name: l1_oneshot, criterion: l1, ratio: 0.5, rounds: 1, retrain: {epochs: 2}}\n")
+        "strategy:\n  value: {name: l1_oneshot, criterion: l1, ratio: 0.5, rounds: 1, retrain: {epochs: 2}}\n"
+    )
     store = read_store(tmp_path / "no-store", wandb_dir=tmp_path / "outputs")
     runs = load_runs(store)
     assert len(runs) == 1
     row = runs.iloc[0]
-    assert (row["run_id"], row["seed"], row["strategy"], row["criterion"], row["final/acc"]) == ("abc123", 1, "l1_oneshot", "l1", 0.91)
+    assert (row["run_id"], row["seed"], row["strategy"], row["criterion"], row["final/acc"]) == (
+        "abc123",
+        1,
+        "l1_oneshot",
+        "l1",
+        0.91,
+    )
     assert str(row["time"]) == "2026-12-01 22:00:00"
 
 
@@ -133,17 +192,41 @@ def schema1_deep_compression_row(tmp_path, seed):
     out = tmp_path / f"out{seed}"
     (out / ".hydra").mkdir(parents=True)
     (out / ".hydra" / "overrides.yaml").write_text(f"- experiment=deep_compression_lenet300\n- seed={seed}\n")
-    return {"schema_version": 1, "run_id": f"v1-{seed}", "time": f"2026-11-0{seed + 1}T10:00:00", "status": "ok",
-            "seed": seed, "dataset": "fashion_mnist", "model": "lenet300", "strategy": "deep_compression",
-            "output_dir": str(out),
-            "config": {"seed": seed, "baseline": {"epochs": 20},
-                       "strategy": {"_target_": "experiments.weight_strategy.WeightPruning", "name": "deep_compression",
-                                    "sparsity": {"fc1.weight": 0.925}, "rounds": 3, "retrain": {"epochs": 8},
-                                    "average": {"epochs": 8}, "quantize_retrain": {"epochs": 2}}},
-            "metrics": {"baseline/acc": 0.90, "quantized/acc": 0.89, "retrained/acc": 0.895, "baseline/dense_bytes": 1_066_000,
-                        "quantized/storage_pruned_bytes": 100_000, "quantized/storage_quantized_bytes": 30_000,
-                        "quantized/storage_huffman_bytes": 26_000, "ratio/compressed_bytes": 1 / 41.0,
-                        "retrained/wall_s": 12.0}}
+    return {
+        "schema_version": 1,
+        "run_id": f"v1-{seed}",
+        "time": f"2026-11-0{seed + 1}T10:00:00",
+        "status": "ok",
+        "seed": seed,
+        "dataset": "fashion_mnist",
+        "model": "lenet300",
+        "strategy": "deep_compression",
+        "output_dir": str(out),
+        "config": {
+            "seed": seed,
+            "baseline": {"epochs": 20},
+            "strategy": {
+                "_target_": "experiments.weight_strategy.WeightPruning",
+                "name": "deep_compression",
+                "sparsity": {"fc1.weight": 0.925},
+                "rounds": 3,
+                "retrain": {"epochs": 8},
+                "average": {"epochs": 8},
+                "quantize_retrain": {"epochs": 2},
+            },
+        },
+        "metrics": {
+            "baseline/acc": 0.90,
+            "quantized/acc": 0.89,
+            "retrained/acc": 0.895,
+            "baseline/dense_bytes": 1_066_000,
+            "quantized/storage_pruned_bytes": 100_000,
+            "quantized/storage_quantized_bytes": 30_000,
+            "quantized/storage_huffman_bytes": 26_000,
+            "ratio/compressed_bytes": 1 / 41.0,
+            "retrained/wall_s": 12.0,
+        },
+    }
 
 
 def test_schema1_rows_get_experiment_parts_and_costs(tmp_path):
@@ -160,18 +243,32 @@ def test_wandb_online_project_through_the_public_api(tmp_path, monkeypatch):
     import types
 
     run = types.SimpleNamespace(
-        id="xyz", state="finished", created_at="2026-12-02T08:00:00", metadata={"host": "gpu-box"},
+        id="xyz",
+        state="finished",
+        created_at="2026-12-02T08:00:00",
+        metadata={"host": "gpu-box"},
         summary={"final/acc": 0.88, "baseline/acc": 0.9, "_step": 3},
-        config={"seed": 2, "dataset": {"name": "cifar10"}, "model": {"name": "resnet56"},
-                "strategy": {"name": "l1_oneshot", "criterion": "l1", "ratio": 0.3, "retrain": {"epochs": 1}}})
+        config={
+            "seed": 2,
+            "dataset": {"name": "cifar10"},
+            "model": {"name": "resnet56"},
+            "strategy": {"name": "l1_oneshot", "criterion": "l1", "ratio": 0.3, "retrain": {"epochs": 1}},
+        },
+    )
 
     class Api:
         def runs(self, project):
             assert project == "me/prune"
             return [run]
+
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=Api))
     runs = load_runs(read_store(tmp_path, wandb_project="me/prune"))
     row = runs.iloc[0]
-    assert (row["run_id"], row["dataset"], row["ratio"], row["machine"], row["final/acc"]) == \
-        ("xyz", "cifar10", "0.3", "gpu-box", 0.88)
+    assert (row["run_id"], row["dataset"], row["ratio"], row["machine"], row["final/acc"]) == (
+        "xyz",
+        "cifar10",
+        "0.3",
+        "gpu-box",
+        0.88,
+    )
     assert row["source"] == "wandb:me/prune/xyz"

@@ -15,8 +15,16 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     base = tmp_path_factory.mktemp("report")
-    no_metrics = json.dumps({"schema_version": 2, "run_id": "x", "seed": 4, "dataset": "fashion_mnist",
-                             "model": "vgg_small", "status": "ok"})
+    no_metrics = json.dumps(
+        {
+            "schema_version": 2,
+            "run_id": "x",
+            "seed": 4,
+            "dataset": "fashion_mnist",
+            "model": "vgg_small",
+            "status": "ok",
+        }
+    )
     store = full_store(base / "results", ["{truncated", no_metrics])
     sections, message = build_report(store, base / "reports")
     return base, sections, message
@@ -62,12 +70,14 @@ def test_store_with_only_failed_runs_still_reports(tmp_path):
     sections, message = build_report(tmp_path / "results", tmp_path / "reports")
     assert "No finished runs" in message
     problems = next(s for s in sections if s.title == "Problems in the store")
-    assert problems.items[0].endswith("runs.jsonl:1: not valid JSON (Expecting property name enclosed in double quotes); "
-                                      "fix or remove that line")
+    assert problems.items[0].endswith(
+        "runs.jsonl:1: not valid JSON (Expecting property name enclosed in double quotes); fix or remove that line"
+    )
 
 
 def test_small_store_lists_what_to_run_for_the_rest(tmp_path):
     from tests.analysis.helpers import run_row
+
     write_store(tmp_path / "results", [run_row(s) for s in range(2)])
     sections, _ = build_report(tmp_path / "results", tmp_path / "reports")
     skipped = next(s for s in sections if s.title == "Not built (what to run)")
@@ -84,6 +94,12 @@ def test_module_cli_writes_files_and_fails_helpfully(tmp_path, capsys):
 
 
 def test_report_help_runs_as_a_module():
-    done = subprocess.run([sys.executable, "-m", "analysis.report", "--help"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "analysis.report", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0 and "--store" in done.stdout and "--out" in done.stdout

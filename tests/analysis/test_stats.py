@@ -13,9 +13,17 @@ from analysis.stats import (
 )
 
 
-@pytest.mark.parametrize(("p", "dof", "expected"), [
-    (0.975, 2, 4.303), (0.975, 4, 2.776), (0.975, 1, 12.706), (0.975, 9, 2.262), (0.975, 30, 2.042), (0.95, 5, 2.015),
-])
+@pytest.mark.parametrize(
+    ("p", "dof", "expected"),
+    [
+        (0.975, 2, 4.303),
+        (0.975, 4, 2.776),
+        (0.975, 1, 12.706),
+        (0.975, 9, 2.262),
+        (0.975, 30, 2.042),
+        (0.95, 5, 2.015),
+    ],
+)
 def test_t_quantile_matches_tables(p, dof, expected):
     assert t_quantile(p, dof) == pytest.approx(expected, abs=5e-4)
 

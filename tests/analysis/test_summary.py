@@ -12,8 +12,16 @@ def write_store(path, rows):
 
 
 def row(seed, acc, status="ok"):
-    return {"run_id": f"r{seed}", "seed": seed, "dataset": "d", "model": "m", "strategy": "s", "status": status,
-            "config": {"strategy": {"ratio": 0.5}}, "metrics": {"final/acc": acc, "ratio/params": 0.25}}
+    return {
+        "run_id": f"r{seed}",
+        "seed": seed,
+        "dataset": "d",
+        "model": "m",
+        "strategy": "s",
+        "status": status,
+        "config": {"strategy": {"ratio": 0.5}},
+        "metrics": {"final/acc": acc, "ratio/params": 0.25},
+    }
 
 
 def test_summary_mean_std_over_seeds(tmp_path):

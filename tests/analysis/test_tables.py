@@ -11,9 +11,13 @@ from tests.analysis.helpers import full_store, run_row, write_store
 
 def test_strategy_table_numbers(tmp_path):
     rows = [run_row(s, final_acc=acc, strategy="l1_oneshot") for s, acc in enumerate((0.90, 0.91, 0.92))]
-    rows += [run_row(s, final_acc=acc, strategy="l1_scratch_e", retrain="scratch_e", metrics={"retrain/wall_s": 30.0 + s})
-             for s, acc in enumerate((0.86, 0.88))]
-    rows.append(run_row(0, final_acc=0.95, strategy="l1_oneshot", time="2020-01-01T00:00:00"))  # older duplicate of seed 0
+    rows += [
+        run_row(s, final_acc=acc, strategy="l1_scratch_e", retrain="scratch_e", metrics={"retrain/wall_s": 30.0 + s})
+        for s, acc in enumerate((0.86, 0.88))
+    ]
+    rows.append(
+        run_row(0, final_acc=0.95, strategy="l1_oneshot", time="2020-01-01T00:00:00")
+    )  # older duplicate of seed 0
     write_store(tmp_path, rows)
     table = strategy_table(load_runs(tmp_path))
     ft = table[table["retrain"] == "finetune"].iloc[0]
@@ -47,16 +51,40 @@ def test_markdown_fallback_without_tabulate(monkeypatch):
 
     def no_tabulate(*args, **kwargs):
         raise ImportError("Missing optional dependency 'tabulate'")
+
     monkeypatch.setattr(pd.DataFrame, "to_markdown", no_tabulate)
     assert output.markdown(table) == "| a | b |\n|---|---|\n| 1.5 | x |\n| — | y |"
 
 
 def test_paper_comparison_gaps(tmp_path):
-    rows = [run_row(s, experiment="li2017_vgg16_a", strategy="li2017_vgg16_a", dataset="cifar10", model="vgg16_cifar",
-                    base_acc=0.93, final_acc=acc, macs=0.66, params=0.36, ratio="per_layer", ratio_policy="per_layer")
-            for s, acc in enumerate((0.932, 0.934))]
-    rows.append(run_row(0, experiment="han2015_lenet300", strategy="han_iterative", model="lenet300", kind="weight",
-                        base_acc=0.98, final_acc=0.979, nonzero=1 / 12.5))
+    rows = [
+        run_row(
+            s,
+            experiment="li2017_vgg16_a",
+            strategy="li2017_vgg16_a",
+            dataset="cifar10",
+            model="vgg16_cifar",
+            base_acc=0.93,
+            final_acc=acc,
+            macs=0.66,
+            params=0.36,
+            ratio="per_layer",
+            ratio_policy="per_layer",
+        )
+        for s, acc in enumerate((0.932, 0.934))
+    ]
+    rows.append(
+        run_row(
+            0,
+            experiment="han2015_lenet300",
+            strategy="han_iterative",
+            model="lenet300",
+            kind="weight",
+            base_acc=0.98,
+            final_acc=0.979,
+            nonzero=1 / 12.5,
+        )
+    )
     rows.append(run_row(0, experiment="my_preset"))
     write_store(tmp_path, rows)
     table = paper_table(load_runs(tmp_path))
@@ -70,8 +98,13 @@ def test_paper_comparison_gaps(tmp_path):
     assert li.loc["params reduction (%)", "gap"] == pytest.approx(0.0)
     assert li.loc["final error (%)", "seeds"] == 2 and li.loc["final error (%)", "dataset"] == "cifar10"
     han = table[table["experiment"] == "han2015_lenet300"].set_index("quantity")
-    assert han.loc["fewer weights (x)", "ours_mean"] == pytest.approx(12.5) and han.loc["fewer weights (x)", "paper"] == 12
-    assert han.loc["final error (%)", "paper dataset"] == "MNIST" and han.loc["final error (%)", "dataset"] == "fashion_mnist"
+    assert (
+        han.loc["fewer weights (x)", "ours_mean"] == pytest.approx(12.5) and han.loc["fewer weights (x)", "paper"] == 12
+    )
+    assert (
+        han.loc["final error (%)", "paper dataset"] == "MNIST"
+        and han.loc["final error (%)", "dataset"] == "fashion_mnist"
+    )
     assert "smaller storage (x)" not in han.index  # Han 2015 reports no storage number
     mine = table[table["experiment"] == "my_preset"]
     assert mine["paper"].isna().all() and "add them to analysis/papers.py" in mine["source"].iloc[0]
@@ -81,9 +114,17 @@ def test_paper_comparison_gaps(tmp_path):
 
 
 def test_every_paper_preset_has_a_source():
-    assert set(PAPERS) == {"han2015_lenet300", "han2015_lenet5", "deep_compression_lenet300", "deep_compression_lenet5",
-                           "li2017_vgg16_a", "li2017_resnet56_a", "li2017_resnet56_b", "li2017_resnet110_a",
-                           "li2017_resnet110_b"}
+    assert set(PAPERS) == {
+        "han2015_lenet300",
+        "han2015_lenet5",
+        "deep_compression_lenet300",
+        "deep_compression_lenet5",
+        "li2017_vgg16_a",
+        "li2017_resnet56_a",
+        "li2017_resnet56_b",
+        "li2017_resnet110_a",
+        "li2017_resnet110_b",
+    }
     assert PAPERS["li2017_resnet110_b"].pruned_error == 6.70 and PAPERS["deep_compression_lenet5"].storage_x == 39
     assert all(p.citation for p in PAPERS.values())
 
@@ -97,6 +138,7 @@ def test_full_store_tables_build(tmp_path):
 def test_schema1_deep_compression_totals(tmp_path):
     from analysis.compression import compression_table, storage_long
     from tests.analysis.test_load import schema1_deep_compression_row
+
     write_store(tmp_path, [schema1_deep_compression_row(tmp_path, s) for s in (0, 1)])
     table = compression_table(storage_long(tmp_path)[0])
     (whole,) = table.to_dict("records")

@@ -10,8 +10,10 @@ from tests.analysis.helpers import run_row, write_store
 
 def schedule_store(path, oneshot, iterative, **kw):
     rows = [run_row(s, final_acc=a, strategy="l1_oneshot", **kw) for s, a in enumerate(oneshot)]
-    rows += [run_row(s, final_acc=a, strategy="l1_iterative", schedule="iterative", rounds=3, **kw)
-             for s, a in enumerate(iterative)]
+    rows += [
+        run_row(s, final_acc=a, strategy="l1_iterative", schedule="iterative", rounds=3, **kw)
+        for s, a in enumerate(iterative)
+    ]
     return write_store(path, rows)
 
 
@@ -54,8 +56,10 @@ def test_one_seed_is_inconclusive(tmp_path):
 
 def test_pairs_by_seed_and_names_unpaired_and_diverged_seeds(tmp_path):
     rows = [run_row(s, final_acc=a, strategy="l1_oneshot") for s, a in ((0, 0.88), (1, 0.89), (2, 0.10))]
-    rows += [run_row(s, final_acc=a, strategy="l1_iterative", schedule="iterative", rounds=3)
-             for s, a in ((0, 0.90), (1, 0.912), (2, 0.92), (5, 0.95))]
+    rows += [
+        run_row(s, final_acc=a, strategy="l1_iterative", schedule="iterative", rounds=3)
+        for s, a in ((0, 0.90), (1, 0.912), (2, 0.92), (5, 0.95))
+    ]
     write_store(tmp_path, rows)
     line = the_line(compare(load_runs(tmp_path)))
     assert line["n"] == 3 and line["seeds"] == "0 1 2"  # seed 5 has no partner, seed 2 diverged but is kept
@@ -65,10 +69,14 @@ def test_pairs_by_seed_and_names_unpaired_and_diverged_seeds(tmp_path):
 
 def test_arms_must_differ_only_in_the_lesson_part(tmp_path):
     rows = [run_row(s, final_acc=0.8, strategy="l1_oneshot") for s in range(2)]
-    rows += [run_row(s, final_acc=0.9, strategy="l1_iterative", schedule="iterative", rounds=3, epochs_budget=6)
-             for s in range(2)]
-    rows += [run_row(s, final_acc=0.9, strategy="l1_other_base", schedule="iterative", rounds=3, baseline_epochs=9)
-             for s in range(2)]
+    rows += [
+        run_row(s, final_acc=0.9, strategy="l1_iterative", schedule="iterative", rounds=3, epochs_budget=6)
+        for s in range(2)
+    ]
+    rows += [
+        run_row(s, final_acc=0.9, strategy="l1_other_base", schedule="iterative", rounds=3, baseline_epochs=9)
+        for s in range(2)
+    ]
     write_store(tmp_path / "unequal", rows)
     assert compare(load_runs(tmp_path / "unequal")).empty
     lines = summary_lines(compare(load_runs(tmp_path / "unequal")))
@@ -79,16 +87,32 @@ def test_criteria_lines_without_and_with_retraining_and_holm(tmp_path):
     rows = []
     for s in range(3):
         rows.append(run_row(s, criterion="l1", final_acc=0.90 + 0.01 * s, pruned_acc=0.70 + 0.001 * s))
-        rows.append(run_row(s, criterion="random", strategy="random_oneshot", final_acc=0.88 + 0.012 * s,
-                            pruned_acc=0.60 + 0.002 * s))
-        rows.append(run_row(s, criterion="largest_l1", strategy="largest_l1_oneshot", final_acc=0.95 - 0.001 * s,
-                            pruned_acc=0.5 + 0.003 * s))
+        rows.append(
+            run_row(
+                s,
+                criterion="random",
+                strategy="random_oneshot",
+                final_acc=0.88 + 0.012 * s,
+                pruned_acc=0.60 + 0.002 * s,
+            )
+        )
+        rows.append(
+            run_row(
+                s,
+                criterion="largest_l1",
+                strategy="largest_l1_oneshot",
+                final_acc=0.95 - 0.001 * s,
+                pruned_acc=0.5 + 0.003 * s,
+            )
+        )
     write_store(tmp_path, rows)
     table = compare(load_runs(tmp_path))
     assert len(table) == 4
     assert set(zip(table["claim"], table["metric"])) == {
-        (c, m) for c in ("l1 > random", "l1 > largest_l1")
-        for m in ("accuracy without retraining", "final accuracy (with retraining)")}
+        (c, m)
+        for c in ("l1 > random", "l1 > largest_l1")
+        for m in ("accuracy without retraining", "final accuracy (with retraining)")
+    }
     assert list(table["p_holm"]) == pytest.approx(holm(list(table["p"])))
     ps = sorted(table["p"])  # Holm by hand: smallest x4, then x3 (monotone)
     assert min(table["p_holm"]) == pytest.approx(min(1, 4 * ps[0]))
@@ -104,8 +128,17 @@ def test_criteria_lines_without_and_with_retraining_and_holm(tmp_path):
 def test_sensitivity_ratios_are_compared_at_equal_macs(tmp_path):
     rows = []
     for s in range(2):
-        rows.append(run_row(s, strategy="l1_sensitivity", ratio="sensitivity", ratio_policy="target_macs",
-                            target_reduction=0.5, macs=0.50, final_acc=0.91 + 0.001 * s))
+        rows.append(
+            run_row(
+                s,
+                strategy="l1_sensitivity",
+                ratio="sensitivity",
+                ratio_policy="target_macs",
+                target_reduction=0.5,
+                macs=0.50,
+                final_acc=0.91 + 0.001 * s,
+            )
+        )
         rows.append(run_row(s, ratio="0.3", macs=0.70, final_acc=0.95))  # other MACs: not comparable
         rows.append(run_row(s, ratio="0.5", macs=0.51, final_acc=0.89 + 0.0012 * s))
     write_store(tmp_path, rows)

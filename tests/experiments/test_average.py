@@ -26,12 +26,20 @@ def test_average_is_the_mean_of_epoch_end_weights_and_keeps_masked_zeros():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
     masks = pruning.prune_weights(model, sparsity=0.75)
-    module = Classifier(model, lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9), average=True,
-                        after_step=[masks.apply_])
+    module = Classifier(
+        model, lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9), average=True, after_step=[masks.apply_]
+    )
     snapshots = EpochSnapshots()
     data = torch.utils.data.TensorDataset(torch.randn(96, 6), torch.randint(0, 3, (96,)))
-    trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", callbacks=[snapshots])
+    trainer = L.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        callbacks=[snapshots],
+    )
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=16))
     assert len(snapshots.states) == 3
     for name, value in model.state_dict().items():
@@ -60,9 +68,15 @@ def test_refresh_batchnorm_recomputes_running_statistics():
 
 
 def test_pipeline_averages_after_the_rounds(compose_cfg, tmp_path):
-    cfg = compose_cfg(*FAST, "model=lenet300", "strategy=han_iterative", "strategy.sparsity=0.9",
-                      "strategy.rounds=1", "strategy.average={_target_: experiments.strategy.Retrain, epochs: 2, "
-                      "lr_schedule: constant, optimizer: {_target_: torch.optim.SGD, _partial_: true, lr: 0.01}}")
+    cfg = compose_cfg(
+        *FAST,
+        "model=lenet300",
+        "strategy=han_iterative",
+        "strategy.sparsity=0.9",
+        "strategy.rounds=1",
+        "strategy.average={_target_: experiments.strategy.Retrain, epochs: 2, "
+        "lr_schedule: constant, optimizer: {_target_: torch.optim.SGD, _partial_: true, lr: 0.01}}",
+    )
     row = run(cfg)
     m = row["metrics"]
     assert m["retrained/nonzero_params"] == pytest.approx(0.1 * m["baseline/params"], rel=0.01)
@@ -70,7 +84,11 @@ def test_pipeline_averages_after_the_rounds(compose_cfg, tmp_path):
 
 
 def test_average_bad_values(compose_cfg):
-    cfg = compose_cfg(*FAST, "model=lenet300", "strategy=han_iterative",
-                      "strategy.average={_target_: experiments.strategy.Retrain, epochs: -1}")
+    cfg = compose_cfg(
+        *FAST,
+        "model=lenet300",
+        "strategy=han_iterative",
+        "strategy.average={_target_: experiments.strategy.Retrain, epochs: -1}",
+    )
     with pytest.raises(ConfigError, match="strategy.average.epochs=-1"):
         run(cfg)

@@ -33,8 +33,12 @@ def build(cfg):
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.dataset)
     datamodule.setup()
-    model = instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels,
-                        input_size=datamodule.input_size)
+    model = instantiate(
+        cfg.model,
+        num_classes=datamodule.num_classes,
+        in_channels=datamodule.in_channels,
+        input_size=datamodule.input_size,
+    )
     ctx = RunContext(cfg, datamodule, Path(cfg.paths.output_dir))
     return datamodule, model, datamodule.example_inputs(2).cpu(), ctx
 
@@ -130,8 +134,11 @@ def test_the_key_follows_the_built_model_and_the_data(compose_cfg):
     first = next(name for name, m in changed.named_modules() if isinstance(m, nn.Conv2d))
     conv = changed.get_submodule(first)
     parent, _, attr = first.rpartition(".")
-    setattr(changed.get_submodule(parent) if parent else changed, attr,
-            nn.Conv2d(conv.in_channels, conv.out_channels + 1, conv.kernel_size))
+    setattr(
+        changed.get_submodule(parent) if parent else changed,
+        attr,
+        nn.Conv2d(conv.in_channels, conv.out_channels + 1, conv.kernel_size),
+    )
     assert architecture_fingerprint(changed) != architecture_fingerprint(model)
     assert baseline_key(cfg, changed, identity) != key  # same config, another architecture
     swapped = build(cfg)[1]
@@ -142,10 +149,13 @@ def test_the_key_follows_the_built_model_and_the_data(compose_cfg):
     assert baseline_key(cfg, model, {**identity, "sha256": "0" * 64}) != key  # other data
     assert baseline_key(cfg, model, identity) == baseline_key(
         compose_cfg(*FAST, "logger=none", "measure.latency_batch_sizes=[1]", "dataset.eval_batch_size=32"),
-        model, identity)  # evaluation settings do not determine the baseline
+        model,
+        identity,
+    )  # evaluation settings do not determine the baseline
 
 
 # -- concurrent runs --------------------------------------------------------------------------
+
 
 def _worker(cfg: dict, role: str, workdir: str, training, go) -> None:
     """A run's baseline phase in its own process; ``fit`` is counted in ``trainings.txt``."""
@@ -164,12 +174,17 @@ def _worker(cfg: dict, role: str, workdir: str, training, go) -> None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.dataset)
     datamodule.setup()
-    model = instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels,
-                        input_size=datamodule.input_size)
+    model = instantiate(
+        cfg.model,
+        num_classes=datamodule.num_classes,
+        in_channels=datamodule.in_channels,
+        input_size=datamodule.input_size,
+    )
     ctx = CountingContext(cfg, datamodule, Path(workdir) / role)
     phase = obtain_baseline(cfg, model, ctx, datamodule.example_inputs(2).cpu())
-    torch.save({"state_dict": model.state_dict(), "reused": phase.metrics["reused"]},
-               os.path.join(workdir, f"{role}.pt"))
+    torch.save(
+        {"state_dict": model.state_dict(), "reused": phase.metrics["reused"]}, os.path.join(workdir, f"{role}.pt")
+    )
 
 
 def _wait_for(predicate, what: str, timeout: float = 180.0) -> None:

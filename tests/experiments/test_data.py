@@ -98,7 +98,7 @@ def test_random_crop_flip_is_a_shifted_window():
     assert out.shape == x.shape
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(2):
-        windows = [padded[i, :, dy:dy + 6, dx:dx + 6] for dy in range(5) for dx in range(5)]
+        windows = [padded[i, :, dy : dy + 6, dx : dx + 6] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(out[i], w) for w in windows)
 
 
@@ -142,7 +142,7 @@ def test_augmentation_is_drawn_from_the_loader_seed():
     torch.manual_seed(0)
     b = [xb for xb, _ in TensorBatches(x, y, 8, shuffle=False, augment=aug, seed=3)]
     assert all(torch.equal(p, q) for p, q in zip(a, b))
-    assert not all(torch.equal(p, x[i * 8:(i + 1) * 8]) for i, p in enumerate(a))  # really augmented
+    assert not all(torch.equal(p, x[i * 8 : (i + 1) * 8]) for i, p in enumerate(a))  # really augmented
     loader = TensorBatches(x, y, 8, shuffle=True, seed=3)
     first = [yb for _, yb in loader]
     loader.set_epoch(0)
@@ -182,8 +182,13 @@ def test_data_source_and_identity_name_the_files_used(tmp_path, monkeypatch, cap
     assert dm.data_source == str(tmp_path.resolve())
     assert f"dataset fashion_mnist: data from {tmp_path.resolve()} (300 train and 50 test samples)" in caplog.messages
     assert sorted(p.name for p in dm.data_files) == sorted(
-        f"{stem}.gz" for stems in (("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-                                   ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")) for stem in stems)
+        f"{stem}.gz"
+        for stems in (
+            ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+            ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+        )
+        for stem in stems
+    )
     identity = dm.data_identity()
     assert identity["shapes"] == {"train": [[300, 28, 28], [300]], "test": [[50, 28, 28], [50]]}
     assert len(identity["sha256"]) == 64

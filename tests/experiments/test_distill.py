@@ -34,8 +34,14 @@ def test_teacher_is_frozen_in_eval_mode_and_not_part_of_the_module():
     module = Classifier(student, lambda p: torch.optim.SGD(p, lr=0.1), teacher=teacher, distill=0.5)
     assert not any(k.startswith("_teacher") for k in module.state_dict())  # not checkpointed
     data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
-    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=16))
     assert not teacher.training
     for key, value in teacher.state_dict().items():  # BN statistics included: never updated

@@ -28,9 +28,17 @@ def test_launcher_configs_instantiate(launcher):
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            cfg = compose("config", overrides=[f"hydra/launcher={launcher}", "trainer=ddp", "trainer.devices=3",
-                                               "hydra.sweep.dir=/tmp/sweep", "hydra.job.name=run"],
-                          return_hydra_config=True)
+            cfg = compose(
+                "config",
+                overrides=[
+                    f"hydra/launcher={launcher}",
+                    "trainer=ddp",
+                    "trainer.devices=3",
+                    "hydra.sweep.dir=/tmp/sweep",
+                    "hydra.job.name=run",
+                ],
+                return_hydra_config=True,
+            )
         built = instantiate(cfg.hydra.launcher)
     finally:
         GlobalHydra.instance().clear()
@@ -49,7 +57,9 @@ def test_ddp_trainer_config_uses_lightning_ddp(hydra_job):
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 2
     assert distributed.relaunches_script(cfg)
     assert not distributed.relaunches_script(task(hydra_job("trainer=ddp", "trainer.devices=1", mode=RunMode.RUN)))
-    assert not distributed.relaunches_script(task(hydra_job("trainer=ddp", "trainer.strategy=ddp_spawn", mode=RunMode.RUN)))
+    assert not distributed.relaunches_script(
+        task(hydra_job("trainer=ddp", "trainer.strategy=ddp_spawn", mode=RunMode.RUN))
+    )
     assert not distributed.relaunches_script(task(hydra_job(mode=RunMode.RUN)))
 
 
@@ -65,8 +75,14 @@ def test_rank_zero_leaves_its_job_and_rank_one_runs_exactly_it(hydra_job, monkey
     assert distributed.relaunched_argv(argv) == argv  # rank 0 itself
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert distributed.relaunched_argv(argv) == [
-        "run.py", "--config-name=config", "trainer=ddp", "seed=3", f'hydra.run.dir="{tmp_path}/out/ddp/rank1"',
-        "hydra.output_subdir=null", "hydra.job.name=ddp_rank1"]
+        "run.py",
+        "--config-name=config",
+        "trainer=ddp",
+        "seed=3",
+        f'hydra.run.dir="{tmp_path}/out/ddp/rank1"',
+        "hydra.output_subdir=null",
+        "hydra.job.name=ddp_rank1",
+    ]
 
     rank1 = task(hydra_job("trainer=ddp", mode=RunMode.RUN, out="out/ddp/rank1"))
     distributed.prepare_job(rank1)
@@ -89,8 +105,14 @@ def test_ddp_inside_a_joblib_worker_is_refused(hydra_job, monkeypatch):
 
 @pytest.mark.slow
 def test_submitit_local_sweep_runs_each_job_in_its_own_process_and_folder(tmp_path):
-    proc = run_py("-m", *[o for o in TINY if not o.startswith("logger=")], "seed=0,1", "hydra/launcher=submitit_local",
-                  f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path)
+    proc = run_py(
+        "-m",
+        *[o for o in TINY if not o.startswith("logger=")],
+        "seed=0,1",
+        "hydra/launcher=submitit_local",
+        f"hydra.sweep.dir={tmp_path}/multirun",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_rows(tmp_path / "results")
     assert sorted(r["seed"] for r in rows) == [0, 1] and all(r["status"] == "ok" for r in rows)
@@ -126,8 +148,15 @@ def test_ddp_two_cpu_processes_write_one_row_into_one_folder(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_jobs_of_a_sweep_each_start_their_own_ranks(tmp_path):
-    proc = run_py("-m", *TINY, "trainer=ddp", "trainer.devices=2", "seed=0,1", f"hydra.sweep.dir={tmp_path}/multirun",
-                  cwd=tmp_path)
+    proc = run_py(
+        "-m",
+        *TINY,
+        "trainer=ddp",
+        "trainer.devices=2",
+        "seed=0,1",
+        f"hydra.sweep.dir={tmp_path}/multirun",
+        cwd=tmp_path,
+    )
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-3000:]
     rows = read_rows(tmp_path / "results")

@@ -73,9 +73,7 @@ def test_conv_layers_are_in_forward_order(name: str) -> None:
     model = build_model(name, num_classes=10, in_channels=3, input_size=32).eval()
     called: list[str] = []
     for layer_name in conv_layers(model):
-        model.get_submodule(layer_name).register_forward_hook(
-            lambda *_, n=layer_name: called.append(n)
-        )
+        model.get_submodule(layer_name).register_forward_hook(lambda *_, n=layer_name: called.append(n))
     with torch.no_grad():
         model(torch.zeros(1, 3, 32, 32))
     assert called == conv_layers(model)
@@ -154,9 +152,7 @@ def test_lenet5_layer_names_and_no_relu_between_convs() -> None:
     assert rgb32.fc1.in_features == 50 * 5 * 5
 
 
-def _li_block_widths(
-    n: int, ratios: tuple[float, float, float], skip: tuple[int, ...]
-) -> list[int]:
+def _li_block_widths(n: int, ratios: tuple[float, float, float], skip: tuple[int, ...]) -> list[int]:
     """Li et al.'s ResNet rule: block k's first conv is layer 2 + 2k, kept = int(C(1 - p))."""
     widths = []
     for k in range(3 * n):
@@ -185,9 +181,7 @@ TABLE_1 = [  # id, name, options, MACs, params
 
 
 @pytest.mark.parametrize("row,name,options,macs,params", TABLE_1, ids=[r[0] for r in TABLE_1])
-def test_li_table1_macs_and_params(
-    row: str, name: str, options: dict, macs: float, params: float
-) -> None:
+def test_li_table1_macs_and_params(row: str, name: str, options: dict, macs: float, params: float) -> None:
     model = build_model(name, num_classes=10, in_channels=3, input_size=32, **options)
     got_macs, got_params = paper_counts(model, 3, 32)
     assert got_macs == pytest.approx(macs, rel=0.01)

@@ -20,7 +20,17 @@ def test_one_run_all_phases_writes_row_wandb_and_curves(compose_cfg, tmp_path):
     row = run(cfg)
     m = row["metrics"]
     for phase in ("baseline", "pruned", "retrained"):
-        for key in ("acc", "loss", "params", "macs", "macs_total", "dense_bytes", "latency_b1_ms", "latency_b64_ms", "wall_s"):
+        for key in (
+            "acc",
+            "loss",
+            "params",
+            "macs",
+            "macs_total",
+            "dense_bytes",
+            "latency_b1_ms",
+            "latency_b64_ms",
+            "wall_s",
+        ):
             assert f"{phase}/{key}" in m, f"{phase}/{key}"
         assert f"{phase}/acc_top5" in m  # 10 classes > 5
     # physically smaller: params and MACs drop, as do bytes
@@ -43,8 +53,9 @@ def test_one_run_all_phases_writes_row_wandb_and_curves(compose_cfg, tmp_path):
 
     import pruning
 
-    loaded = pruning.load_pruned(lambda: instantiate(cfg.model, num_classes=10, in_channels=1, input_size=16),
-                                 out / "model.pt").eval()
+    loaded = pruning.load_pruned(
+        lambda: instantiate(cfg.model, num_classes=10, in_channels=1, input_size=16), out / "model.pt"
+    ).eval()
     assert pruning.count(loaded, torch.zeros(1, 1, 16, 16)).params == m["retrained/params"]
     state = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
@@ -88,8 +99,9 @@ def test_unknown_dataset_root_is_rejected(compose_cfg, tmp_path):
 
 def _run_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_unknown_group_option_lists_options(tmp_path):
@@ -100,11 +112,18 @@ def test_unknown_group_option_lists_options(tmp_path):
 
 def test_multirun_two_ratios_two_seeds_writes_four_rows(tmp_path):
     overrides = [o for o in FAST]
-    proc = _run_py("-m", *overrides, "strategy.ratio=0.3,0.6", "seed=0,1", f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path)
+    proc = _run_py(
+        "-m", *overrides, "strategy.ratio=0.3,0.6", "seed=0,1", f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_rows(tmp_path / "results")
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
-    assert sorted((r["config"]["strategy"]["ratio"], r["seed"]) for r in rows) == [(0.3, 0), (0.3, 1), (0.6, 0), (0.6, 1)]
+    assert sorted((r["config"]["strategy"]["ratio"], r["seed"]) for r in rows) == [
+        (0.3, 0),
+        (0.3, 1),
+        (0.6, 0),
+        (0.6, 1),
+    ]
     # each job wrote under its own output dir, with its own W&B run
     dirs = {r["output_dir"] for r in rows}
     assert len(dirs) == 4
@@ -115,15 +134,29 @@ def test_multirun_two_ratios_two_seeds_writes_four_rows(tmp_path):
 @pytest.mark.slow
 def test_multirun_over_every_experiment_preset(tmp_path):
     presets = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
-    tiny = ["dataset=synthetic", "dataset.n_train=128", "dataset.n_test=64", "dataset.in_channels=3",
-            "dataset.input_size=32", "dataset.batch_size=32", "baseline.epochs=1", "strategy.retrain.epochs=1",
-            "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
-            "measure.latency_repeats=1", "measure.latency_batch_sizes=[1]", "logger=[csv]"]
+    tiny = [
+        "dataset=synthetic",
+        "dataset.n_train=128",
+        "dataset.n_test=64",
+        "dataset.in_channels=3",
+        "dataset.input_size=32",
+        "dataset.batch_size=32",
+        "baseline.epochs=1",
+        "strategy.retrain.epochs=1",
+        "+trainer.limit_train_batches=1",
+        "+trainer.limit_val_batches=1",
+        "trainer.enable_progress_bar=false",
+        "measure.latency_repeats=1",
+        "measure.latency_batch_sizes=[1]",
+        "logger=[csv]",
+    ]
     proc = _run_py("-m", f"experiment={','.join(presets)}", *tiny, f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_rows(tmp_path / "results")
     assert sorted(r["strategy"] for r in rows) == sorted(
-        {"han2015_lenet300": "han_iterative", "han2015_lenet5": "han_iterative"}.get(p, "deep_compression" if p.startswith("deep") else p)
+        {"han2015_lenet300": "han_iterative", "han2015_lenet5": "han_iterative"}.get(
+            p, "deep_compression" if p.startswith("deep") else p
+        )
         for p in presets
     )
     assert all(r["status"] == "ok" for r in rows)
@@ -135,15 +168,30 @@ def test_multirun_over_every_strategy_preset(tmp_path):
     that plan the same kept counts end at the same parameter count."""
     presets = sorted(p.stem for p in (ROOT / "conf" / "strategy").glob("*.yaml"))
     filter_presets = [p for p in presets if p not in ("han_iterative", "deep_compression")]
-    tiny = [o for o in FAST if not o.startswith("model=")] + ["model=vgg_small", "logger=[csv]",
-                                                             "measure.latency_batch_sizes=[1]", "strategy.retrain.epochs=2"]
-    proc = _run_py("-m", f"strategy={','.join(filter_presets)}", *tiny,
-                   f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path)
+    tiny = [o for o in FAST if not o.startswith("model=")] + [
+        "model=vgg_small",
+        "logger=[csv]",
+        "measure.latency_batch_sizes=[1]",
+        "strategy.retrain.epochs=2",
+    ]
+    proc = _run_py(
+        "-m", f"strategy={','.join(filter_presets)}", *tiny, f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["strategy"]: r for r in read_rows(tmp_path / "results")}
     assert sorted(rows) == filter_presets and all(r["status"] == "ok" for r in rows.values())
-    same = {rows[s]["metrics"]["retrained/params"] for s in ("l1_oneshot", "l1_iterative", "l1_layerwise", "l1_greedy",
-                                                             "random_oneshot", "l1_scratch_e", "l1_freeze_sensitive")}
+    same = {
+        rows[s]["metrics"]["retrained/params"]
+        for s in (
+            "l1_oneshot",
+            "l1_iterative",
+            "l1_layerwise",
+            "l1_greedy",
+            "random_oneshot",
+            "l1_scratch_e",
+            "l1_freeze_sensitive",
+        )
+    }
     assert len(same) == 1
     assert rows["l1_sensitivity"]["tables"]["sensitivity"] and rows["l1_sensitivity"]["tables"]["ratios"]
     assert rows["l1_scratch_b"]["metrics"]["retrain/epochs"] > rows["l1_scratch_e"]["metrics"]["retrain/epochs"]

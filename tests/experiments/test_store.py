@@ -85,8 +85,10 @@ def test_run_folders_of_different_configs_differ():
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        a, b = (compose("config", overrides=[f"model={m}", "strategy=han_iterative", "seed=1"], return_hydra_config=True)
-                for m in ("lenet300", "lenet5"))
+        a, b = (
+            compose("config", overrides=[f"model={m}", "strategy=han_iterative", "seed=1"], return_hydra_config=True)
+            for m in ("lenet300", "lenet5")
+        )
         dirs = [str(c.hydra.run.dir) for c in (a, b)]
     GlobalHydra.instance().clear()
     assert dirs[0] != dirs[1]
@@ -149,8 +151,11 @@ def test_failure_fields_name_the_error_phase_and_folder(tmp_path):
         fields = failure_fields(err, "plan", tmp_path / "out")
     assert fields == {
         "status": "failed",
-        "error": {"type": "ValueError", "phase": "plan",
-                  "message": "strategy.ratio=0.99 would leave layer 'conv1' with 0 of its 6 channels"},
+        "error": {
+            "type": "ValueError",
+            "phase": "plan",
+            "message": "strategy.ratio=0.99 would leave layer 'conv1' with 0 of its 6 channels",
+        },
         "output_dir": str(tmp_path / "out"),
     }
     interrupted = failure_fields(KeyboardInterrupt(), "retrain", "outputs/run")

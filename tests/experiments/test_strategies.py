@@ -15,14 +15,20 @@ from tests.experiments.conftest import FAST
 
 def planned(compose_cfg, *overrides, model="vgg_small", size=16, channels=1):
     """Plan and execute (dry) a strategy on a fresh model: the model as the plan leaves it."""
-    cfg = compose_cfg("dataset=synthetic", f"dataset.input_size={size}", f"dataset.in_channels={channels}",
-                      f"model={model}", *overrides)
+    cfg = compose_cfg(
+        "dataset=synthetic",
+        f"dataset.input_size={size}",
+        f"dataset.in_channels={channels}",
+        f"model={model}",
+        *overrides,
+    )
     build = lambda: instantiate(cfg.model, num_classes=10, in_channels=channels, input_size=size)  # noqa: E731
     model_ = build()
     x = torch.randn(2, channels, size, size)
     strategy = instantiate(cfg.strategy, _convert_="all")
-    rt = Runtime(cfg=cfg, example=x, build_model=build, strategy=strategy, dry=True,
-                 dense_counts=pruning.count(model_, x))
+    rt = Runtime(
+        cfg=cfg, example=x, build_model=build, strategy=strategy, dry=True, dense_counts=pruning.count(model_, x)
+    )
     strategy.validate(model_)
     steps = strategy.plan(model_, rt)
     execute(steps, model_, rt)
@@ -33,12 +39,15 @@ def shapes(model):
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("model, size, channels", [("vgg_small", 16, 1), ("resnet20", 16, 3), ("mobilenetv2_cifar", 16, 3)])
+@pytest.mark.parametrize(
+    "model, size, channels", [("vgg_small", 16, 1), ("resnet20", 16, 3), ("mobilenetv2_cifar", 16, 3)]
+)
 def test_every_schedule_reaches_the_identical_architecture(compose_cfg, model, size, channels):
     results = {}
     for strategy in ("l1_oneshot", "l1_iterative", "l1_layerwise", "l1_greedy"):
-        pruned, steps, _ = planned(compose_cfg, f"strategy={strategy}", "strategy.ratio=0.4", model=model, size=size,
-                                   channels=channels)
+        pruned, steps, _ = planned(
+            compose_cfg, f"strategy={strategy}", "strategy.ratio=0.4", model=model, size=size, channels=channels
+        )
         results[strategy] = (shapes(pruned), pruning.count(pruned, torch.zeros(1, channels, size, size)).macs)
     base = results["l1_oneshot"]
     assert all(r == base for r in results.values())
@@ -61,7 +70,11 @@ def test_budget_is_split_across_steps():
 
 
 def test_schedules_split_one_budget(compose_cfg):
-    for strategy, n_train in (("l1_oneshot", 1), ("l1_iterative", 3), ("l1_layerwise", 6)):  # vgg_small: 6 prunable groups
+    for strategy, n_train in (
+        ("l1_oneshot", 1),
+        ("l1_iterative", 3),
+        ("l1_layerwise", 6),
+    ):  # vgg_small: 6 prunable groups
         _, steps, _ = planned(compose_cfg, f"strategy={strategy}", "strategy.retrain.epochs=6")
         trains = [s for s in steps if isinstance(s, Train)]
         assert len(trains) == n_train, strategy
@@ -97,9 +110,13 @@ def test_scratch_b_epochs_scale_with_macs_and_are_capped(compose_cfg):
 def test_greedy_scoring_ignores_kernels_of_removed_inputs():
     """conv2's filter 0 is large only through its kernel on conv1's channel 0, which conv1
     loses: independent scoring keeps filter 0, greedy scoring removes it."""
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1, bias=False), torch.nn.ReLU(),
-                                torch.nn.Conv2d(2, 2, 1, bias=False), torch.nn.ReLU(),
-                                torch.nn.Conv2d(2, 3, 1, bias=False))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 1, bias=False),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(2, 2, 1, bias=False),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(2, 3, 1, bias=False),
+    )
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([0.1, 1.0]).view(2, 1, 1, 1))
         model[2].weight.copy_(torch.tensor([[5.0, 0.1], [0.0, 1.0]]).view(2, 2, 1, 1))
@@ -110,7 +127,7 @@ def test_greedy_scoring_ignores_kernels_of_removed_inputs():
     pruning.prune_to(independent, x, {"0": 1, "2": 1}, "l1", scoring="independent")
     pruning.prune_to(greedy, x, {"0": 1, "2": 1}, "l1", scoring="greedy")
     assert independent[2].weight.flatten().tolist() == pytest.approx([0.1])  # kept filter 0, reading channel 1
-    assert greedy[2].weight.flatten().tolist() == [1.0]       # kept filter 1
+    assert greedy[2].weight.flatten().tolist() == [1.0]  # kept filter 1
 
 
 def test_random_criterion_follows_the_run_seed(compose_cfg):
@@ -138,8 +155,11 @@ def test_scan_policies_from_a_known_table(compose_cfg):
     x = torch.zeros(1, 1, 16, 16)
     groups = list(pruning.group_channels(model, x))
     # group 0 is sensitive (loses 5 points per 0.25), the rest lose 1 point per 0.25
-    rows = [{"group": g, "ratio": r, "kept": 0, "channels": 0, "metric": 0.9 - (0.2 if i == 0 else 0.04) * r}
-            for i, g in enumerate(groups) for r in (0.25, 0.5, 0.75)]
+    rows = [
+        {"group": g, "ratio": r, "kept": 0, "channels": 0, "metric": 0.9 - (0.2 if i == 0 else 0.04) * r}
+        for i, g in enumerate(groups)
+        for r in (0.25, 0.5, 0.75)
+    ]
     scan = ScanTable(0.9, rows)
     ratios = SensitivityMaxDrop(max_drop=0.02)(model, x, scan)
     assert ratios[groups[0]] == 0.0 and all(ratios[g] == 0.5 for g in groups[1:])
@@ -150,19 +170,35 @@ def test_scan_policies_from_a_known_table(compose_cfg):
     assert max(scan.sensitivity(), key=scan.sensitivity().get) == groups[0]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["strategy=l1_layerwise", "strategy.rounds=3"], r"strategy.rounds=3 with strategy.schedule=layerwise"),
-    (["strategy.freeze={most_sensitive: 2}"], r"strategy.freeze.most_sensitive needs a sensitivity scan"),
-    (["strategy.freeze=[nope]"], r"strategy.freeze names 'nope'"),
-    (["strategy.freeze=[conv1,conv2,fc1,fc2]"], r"freezes every trainable parameter"),
-    (["strategy=han_iterative", "model=lenet300", "strategy.retrain.mode=scratch_b"], r"strategy.retrain.mode=scratch_b: training from scratch"),
-    (["strategy=l1_sensitivity", "strategy.ratio.max_drop=-0.1"], r"strategy.ratio.max_drop=-0.1"),
-    (["strategy=l1_sensitivity", "strategy.ratio._target_=experiments.ratio_policy.SensitivityTarget",
-      "~strategy.ratio.max_drop", "+strategy.ratio.reduction=0.995"], r"can remove at most"),
-    (["strategy=l1_scratch_e", "strategy.schedule=iterative", "strategy.rounds=2"], r"use strategy.schedule=oneshot"),
-    (["strategy.schedule=sideways"], r"strategy.schedule='sideways': allowed values"),
-    (["strategy.scoring=lazy"], r"strategy.scoring='lazy': allowed values"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["strategy=l1_layerwise", "strategy.rounds=3"], r"strategy.rounds=3 with strategy.schedule=layerwise"),
+        (["strategy.freeze={most_sensitive: 2}"], r"strategy.freeze.most_sensitive needs a sensitivity scan"),
+        (["strategy.freeze=[nope]"], r"strategy.freeze names 'nope'"),
+        (["strategy.freeze=[conv1,conv2,fc1,fc2]"], r"freezes every trainable parameter"),
+        (
+            ["strategy=han_iterative", "model=lenet300", "strategy.retrain.mode=scratch_b"],
+            r"strategy.retrain.mode=scratch_b: training from scratch",
+        ),
+        (["strategy=l1_sensitivity", "strategy.ratio.max_drop=-0.1"], r"strategy.ratio.max_drop=-0.1"),
+        (
+            [
+                "strategy=l1_sensitivity",
+                "strategy.ratio._target_=experiments.ratio_policy.SensitivityTarget",
+                "~strategy.ratio.max_drop",
+                "+strategy.ratio.reduction=0.995",
+            ],
+            r"can remove at most",
+        ),
+        (
+            ["strategy=l1_scratch_e", "strategy.schedule=iterative", "strategy.rounds=2"],
+            r"use strategy.schedule=oneshot",
+        ),
+        (["strategy.schedule=sideways"], r"strategy.schedule='sideways': allowed values"),
+        (["strategy.scoring=lazy"], r"strategy.scoring='lazy': allowed values"),
+    ],
+)
 def test_bad_strategy_combinations_are_rejected_before_training(compose_cfg, tmp_path, overrides, message):
     cfg = compose_cfg(*FAST, *overrides)
     with pytest.raises(ConfigError, match=message):

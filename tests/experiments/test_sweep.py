@@ -27,12 +27,19 @@ TINY = [*FAST, "logger=[csv]", "measure.latency_batch_sizes=[1]"]
 def run_py(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """``python run.py ARGS`` in ``cwd`` (its results/ and .cache/ land there), W&B offline."""
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
-def compose_job(tmp_path: Path, *overrides: str, mode: RunMode = RunMode.MULTIRUN, out: str = "out",
-                task: list[str] | None = None, num: int = 0) -> DictConfig:
+def compose_job(
+    tmp_path: Path,
+    *overrides: str,
+    mode: RunMode = RunMode.MULTIRUN,
+    out: str = "out",
+    task: list[str] | None = None,
+    num: int = 0,
+) -> DictConfig:
     """Compose the real config as one job of a run (or multirun) sees it, with Hydra's runtime set."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
@@ -111,9 +118,16 @@ def test_use_job_threads_sets_cfg_and_openmp_env(hydra_job, monkeypatch):
 
 # -- skipping finished jobs -----------------------------------------------------------------
 def _store(cfg: DictConfig, status: str = "ok", run_id: str = "r1", output_dir: str = "/old/run") -> None:
-    append_row(cfg.paths.results_dir, {"run_id": run_id, "status": status, "output_dir": output_dir,
-                                       "config": OmegaConf.to_container(cfg, resolve=True),
-                                       "metrics": {"retrained/acc": 0.5}})
+    append_row(
+        cfg.paths.results_dir,
+        {
+            "run_id": run_id,
+            "status": status,
+            "output_dir": output_dir,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "metrics": {"retrained/acc": 0.5},
+        },
+    )
 
 
 def test_completed_run_matches_the_same_config_in_another_folder(hydra_job):
@@ -212,8 +226,15 @@ def test_rerun_sweep_skips_finished_jobs(tmp_path):
 
 @pytest.mark.slow
 def test_joblib_sweep_runs_jobs_side_by_side(tmp_path):
-    proc = run_py("-m", *TINY, "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                  f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path)
+    proc = run_py(
+        "-m",
+        *TINY,
+        "seed=0,1",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={tmp_path}/multirun",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_rows(tmp_path / "results")
     assert sorted(r["seed"] for r in rows) == [0, 1] and all(r["status"] == "ok" for r in rows)

@@ -11,8 +11,17 @@ from experiments.tracking import TrackingUnavailable, check_wandb_online
 
 @pytest.fixture(autouse=True)
 def no_proxy_or_base_url(monkeypatch):
-    for var in ("WANDB_BASE_URL", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
-                "all_proxy", "NO_PROXY", "no_proxy"):
+    for var in (
+        "WANDB_BASE_URL",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 

@@ -217,9 +217,7 @@ def test_pruned_round_trip_is_bit_exact_with_buffers(tmp_path, huff):
     state = load_compressed(tmp_path / "m.pkdc")
     for name, tensor in net.state_dict().items():
         assert state[name].dtype == tensor.dtype and state[name].shape == tensor.shape
-        assert torch.equal(state[name].reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)), (
-            name
-        )
+        assert torch.equal(state[name].reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)), name
     fresh = conv_bn_net()
     fresh.register_buffer("extra_bf16", torch.zeros(3, dtype=torch.bfloat16))
     fresh.register_buffer("extra_f64", torch.zeros(2, 2, dtype=torch.float64))
@@ -310,8 +308,9 @@ def test_fp16_codebooks_and_rest_are_half_precision_and_smaller(tmp_path):
     net[1].num_batches_tracked.fill_(123)
     shared = share_weights(net, bits=4)
     full = save_compressed(net, tmp_path / "a.pkdc", values="codebook", shared=shared)
-    half = save_compressed(net, tmp_path / "b.pkdc", values="codebook", shared=shared,
-                           codebook_dtype="fp16", rest="fp16")
+    half = save_compressed(
+        net, tmp_path / "b.pkdc", values="codebook", shared=shared, codebook_dtype="fp16", rest="fp16"
+    )
     assert half.file_bytes < full.file_bytes
     state = load_compressed(tmp_path / "b.pkdc")
     for name, tensor in net.state_dict().items():
@@ -322,8 +321,14 @@ def test_fp16_codebooks_and_rest_are_half_precision_and_smaller(tmp_path):
             assert torch.equal(state[name], tensor), name  # integer buffers stay exact
     # idempotent: a model loaded from the file saves to the same bytes
     again = load_compressed(tmp_path / "b.pkdc", conv_bn_net())
-    save_compressed(again, tmp_path / "c.pkdc", values="codebook", shared=share_weights(again, bits=4, apply=False),
-                    codebook_dtype="fp16", rest="fp16")
+    save_compressed(
+        again,
+        tmp_path / "c.pkdc",
+        values="codebook",
+        shared=share_weights(again, bits=4, apply=False),
+        codebook_dtype="fp16",
+        rest="fp16",
+    )
     assert (tmp_path / "c.pkdc").read_bytes() == (tmp_path / "b.pkdc").read_bytes()
 
 
@@ -451,11 +456,7 @@ def test_fuzz_corruptions_never_crash_hang_or_load(good_file):
             blob[i : i + rng.randint(1, 16)] = bytes(rng.randrange(256) for _ in range(16))
         else:  # insert or delete bytes
             i = rng.randrange(n)
-            blob = (
-                blob[:i]
-                + (bytes(rng.randint(1, 4)) if rng.random() < 0.5 else b"")
-                + blob[i + rng.randint(1, 4) :]
-            )
+            blob = blob[:i] + (bytes(rng.randint(1, 4)) if rng.random() < 0.5 else b"") + blob[i + rng.randint(1, 4) :]
         if bytes(blob) == good_file:
             continue
         with pytest.raises(CompressedFormatError):

@@ -16,8 +16,15 @@ X = torch.randn(4, 3, 8, 8)
 
 def net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(4 * 64, 6), nn.ReLU(), nn.Linear(6, 2))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 64, 6),
+        nn.ReLU(),
+        nn.Linear(6, 2),
+    )
 
 
 def conv_group(model: nn.Module):
@@ -68,8 +75,10 @@ def test_residual_group_combines_members():
 
 
 def test_combine_respects_presence():
-    s = [(torch.tensor([1.0, 2.0, 0.0]), torch.tensor([True, True, False])),
-         (torch.tensor([3.0, 0.0, 5.0]), torch.tensor([True, False, True]))]
+    s = [
+        (torch.tensor([1.0, 2.0, 0.0]), torch.tensor([True, True, False])),
+        (torch.tensor([3.0, 0.0, 5.0]), torch.tensor([True, False, True])),
+    ]
     assert combine_scores(s, "mean").tolist() == [2.0, 2.0, 5.0]
     assert combine_scores(s, "first").tolist() == [1.0, 2.0, 5.0]
     assert combine_scores(s, "prod").tolist() == [3.0, 2.0, 5.0]
@@ -117,8 +126,11 @@ def test_activation_statistics():
     groups = pruning.dependency_groups(model, X)
     g = group_of(groups, "0")
     a = conv_outputs(model)
-    for crit, want in [(pruning.ActivationMean(X), a.mean(1)), (pruning.ActivationStd(X), a.std(1)),
-                       (pruning.APoZ(X), 1 - (a <= 0).double().mean(1))]:
+    for crit, want in [
+        (pruning.ActivationMean(X), a.mean(1)),
+        (pruning.ActivationStd(X), a.std(1)),
+        (pruning.APoZ(X), 1 - (a <= 0).double().mean(1)),
+    ]:
         crit.prepare(model, groups)
         assert torch.allclose(crit(g), want)
 
@@ -139,8 +151,18 @@ def test_taylor_first_order():
 
 def test_registry():
     names = pruning.criterion_names()
-    assert set(names) >= {"l1", "l2", "random", "largest_l1", "bn_gamma", "fpgm", "activation_mean",
-                          "activation_std", "apoz", "taylor"}
+    assert set(names) >= {
+        "l1",
+        "l2",
+        "random",
+        "largest_l1",
+        "bn_gamma",
+        "fpgm",
+        "activation_mean",
+        "activation_std",
+        "apoz",
+        "taylor",
+    }
     with pytest.raises(ValueError, match="already registered"):
         pruning.register_criterion("l1")(type("Dup", (pruning.Criterion,), {}))
     with pytest.raises(ValueError, match=r"needs calibration data.*pruning.Taylor\(inputs, targets"):

@@ -176,9 +176,7 @@ def test_folding_after_filter_pruning_by_hand():
     )
     keep = torch.tensor([0, 2, 3, 6, 7])
     conv, bn, nxt = model[0], model[1], model[3]
-    small = nn.Sequential(
-        nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.ReLU(), nn.Conv2d(5, 6, 3), nn.BatchNorm2d(6)
-    )
+    small = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.ReLU(), nn.Conv2d(5, 6, 3), nn.BatchNorm2d(6))
     with torch.no_grad():
         small[0].weight.copy_(conv.weight[keep])
         small[0].bias.copy_(conv.bias[keep])
@@ -206,8 +204,7 @@ def test_folded_model_exports_to_onnx_and_onnxruntime_agrees():
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     (y,) = session.run(None, {"x": x.numpy()})
     assert not any(
-        n.op_type == "BatchNormalization"
-        for n in __import__("onnx").load_from_string(buffer.getvalue()).graph.node
+        n.op_type == "BatchNormalization" for n in __import__("onnx").load_from_string(buffer.getvalue()).graph.node
     )
     with torch.no_grad():
         assert rel_error(torch.from_numpy(y), model(x)) < 1e-5

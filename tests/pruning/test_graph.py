@@ -53,8 +53,14 @@ class Residual(nn.Module):
 def test_residual_add_couples_every_tensor_added():
     groups = pruning.dependency_groups(Residual(), X)
     stream = group_of(groups, "conv0")
-    assert members(stream) == {("conv0", 0, "out"), ("bn0", 0, "norm"), ("conv1", 1, "in"), ("conv2", 0, "out"),
-                               ("bn2", 0, "norm"), ("head.fc", 1, "in")}
+    assert members(stream) == {
+        ("conv0", 0, "out"),
+        ("bn0", 0, "norm"),
+        ("conv1", 1, "in"),
+        ("conv2", 0, "out"),
+        ("bn2", 0, "norm"),
+        ("head.fc", 1, "in"),
+    }
     assert stream.n_channels == stream.n_prunable == 8
     inner = group_of(groups, "conv1")
     assert members(inner) == {("conv1", 0, "out"), ("bn1", 0, "norm"), ("conv2", 1, "in")}
@@ -163,7 +169,12 @@ def test_depthwise_ties_producer_dw_and_next_input(mult):
     assert g.n_channels == 8
     assert torch.equal(member(g, "dw", 0).channels, torch.arange(8).repeat_interleave(mult))
     model, _ = check_prune(Depthwise(mult), X, 0.5)
-    assert (model.dw.in_channels, model.dw.groups, model.dw.out_channels, model.pw2.in_channels) == (4, 4, 4 * mult, 4 * mult)
+    assert (model.dw.in_channels, model.dw.groups, model.dw.out_channels, model.pw2.in_channels) == (
+        4,
+        4,
+        4 * mult,
+        4 * mult,
+    )
 
 
 class Grouped(nn.Module):
@@ -343,15 +354,23 @@ def test_equal_chunks_stay_equal():
 
 
 def test_flatten_gives_each_channel_its_hw_inputs():
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 16, 5), nn.Linear(5, 2))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 16, 5), nn.Linear(5, 2)
+    )
     g = group_of(pruning.dependency_groups(net, X), "0")
     fc = member(g, "3", 1)
-    assert torch.equal(fc.channels, torch.arange(4).repeat_interleave(16)) and fc.mapping() == "16 positions per channel"
+    assert (
+        torch.equal(fc.channels, torch.arange(4).repeat_interleave(16)) and fc.mapping() == "16 positions per channel"
+    )
 
 
 def test_groups_print():
     text = "\n".join(str(g) for g in pruning.dependency_groups(OptionA(), X))
-    assert "Group 0: 8 channels, 4 prunable" in text and "conv2" in text and "channel = position" not in text.split("\n")[0]
+    assert (
+        "Group 0: 8 channels, 4 prunable" in text
+        and "conv2" in text
+        and "channel = position" not in text.split("\n")[0]
+    )
     assert "model output" in text
 
 
@@ -398,12 +417,19 @@ def test_group_norm_keeps_groups_equal():
     assert net(X).shape == (1, 4)
 
 
-@pytest.mark.parametrize("conv", [
-    nn.Conv2d(3, 5, 3), nn.Conv2d(3, 5, (3, 5), stride=(2, 1), padding=(1, 2), dilation=(2, 1)),
-    nn.Conv2d(3, 6, 3, padding="same", groups=3), nn.Conv2d(3, 5, 4, stride=3, padding_mode="reflect", padding=1),
-    nn.Conv1d(3, 5, 3, stride=2), nn.Conv3d(3, 5, 2), nn.ConvTranspose2d(3, 5, 3, stride=2, output_padding=1),
-    nn.Linear(9, 4),
-])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 5, 3),
+        nn.Conv2d(3, 5, (3, 5), stride=(2, 1), padding=(1, 2), dilation=(2, 1)),
+        nn.Conv2d(3, 6, 3, padding="same", groups=3),
+        nn.Conv2d(3, 5, 4, stride=3, padding_mode="reflect", padding=1),
+        nn.Conv1d(3, 5, 3, stride=2),
+        nn.Conv3d(3, 5, 2),
+        nn.ConvTranspose2d(3, 5, 3, stride=2, output_padding=1),
+        nn.Linear(9, 4),
+    ],
+)
 def test_shape_only_trace_predicts_real_shapes(conv):
     from pruning.dryrun import shapes_only
 

@@ -17,9 +17,7 @@ def lenet_300_100() -> nn.Sequential:
 
 
 def small_cnn() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 6 * 6, 10)
-    )
+    return nn.Sequential(nn.Conv2d(1, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 6 * 6, 10))
 
 
 @pytest.fixture(autouse=True)
@@ -179,12 +177,8 @@ def test_penalty_over_masked_params():
     model = lenet_300_100()
     masks = prune_weights(model, sparsity=0.5)
     weights = [model[i].weight for i in (1, 3, 5)]
-    assert masks.penalty(model, "l1").item() == pytest.approx(
-        sum(w.abs().sum().item() for w in weights), rel=1e-5
-    )
-    assert masks.penalty(model, "l2").item() == pytest.approx(
-        sum(w.pow(2).sum().item() for w in weights), rel=1e-5
-    )
+    assert masks.penalty(model, "l1").item() == pytest.approx(sum(w.abs().sum().item() for w in weights), rel=1e-5)
+    assert masks.penalty(model, "l2").item() == pytest.approx(sum(w.pow(2).sum().item() for w in weights), rel=1e-5)
     masks.penalty(model, "l1").backward()
     assert torch.all(model[1].weight.grad[~masks["1.weight"]] == 0)
     with pytest.raises(ValueError, match="l1"):

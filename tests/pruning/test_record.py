@@ -108,16 +108,19 @@ def with_entry(record: PruningRecord, i: int, **change) -> PruningRecord:
     return PruningRecord(entries, record.shapes)
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(keep=(1, 2, 3, 8)), r"entry 0 \(module 'features.0', dim 0\): keep indices \[8\] are outside \[0, 8\)"),
-    (dict(keep=(-1, 2, 3, 5)), r"entry 0 \(module 'features.0', dim 0\): keep indices \[-1\] are outside"),
-    (dict(keep=(1, 2, 2, 5)), r"entry 0 \(module 'features.0', dim 0\): keep lists indices \[2\] more than once"),
-    (dict(keep=(2, 1, 3, 5)), r"entry 0 \(module 'features.0', dim 0\): keep indices are not in increasing order"),
-    (dict(dim=2), r"entry 0 \(module 'features.0', dim 2\): Conv2d channels are cut along dim 0 or 1"),
-    (dict(name="features.9"), r"entry 0 \(module 'features.9', dim 0\): this model does not have a module"),
-    (dict(kind="layer"), r"entry 0 \(layer 'features.0', dim 0\): kind must be 'module' or 'param'"),
-    (dict(size=16), r"entry 0 \(module 'features.0', dim 0\) expects 16 channels, the model has 8"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(keep=(1, 2, 3, 8)), r"entry 0 \(module 'features.0', dim 0\): keep indices \[8\] are outside \[0, 8\)"),
+        (dict(keep=(-1, 2, 3, 5)), r"entry 0 \(module 'features.0', dim 0\): keep indices \[-1\] are outside"),
+        (dict(keep=(1, 2, 2, 5)), r"entry 0 \(module 'features.0', dim 0\): keep lists indices \[2\] more than once"),
+        (dict(keep=(2, 1, 3, 5)), r"entry 0 \(module 'features.0', dim 0\): keep indices are not in increasing order"),
+        (dict(dim=2), r"entry 0 \(module 'features.0', dim 2\): Conv2d channels are cut along dim 0 or 1"),
+        (dict(name="features.9"), r"entry 0 \(module 'features.9', dim 0\): this model does not have a module"),
+        (dict(kind="layer"), r"entry 0 \(layer 'features.0', dim 0\): kind must be 'module' or 'param'"),
+        (dict(size=16), r"entry 0 \(module 'features.0', dim 0\) expects 16 channels, the model has 8"),
+    ],
+)
 def test_replay_names_the_entry_that_does_not_fit(change, message):
     from pruning.record import RecordMismatchError
 
@@ -137,15 +140,21 @@ def test_replay_checks_later_entries_and_parameter_dims():
     _, record = pruned(seq_net)
     with pytest.raises(RecordMismatchError, match=r"entry 3 \(module 'features.4', dim 0\): keep indices \[16, 20\]"):
         pruning.apply_record(seq_net(), with_entry(record, 3, keep=(0, 1, 16, 20)))
-    with pytest.raises(RecordMismatchError, match=r"entry 1 \(module 'features.1', dim 1\): BatchNorm2d channels are cut "
-                                                  r"along dim 0 \("):
+    with pytest.raises(
+        RecordMismatchError,
+        match=r"entry 1 \(module 'features.1', dim 1\): BatchNorm2d channels are cut "
+        r"along dim 0 \(",
+    ):
         pruning.apply_record(seq_net(), with_entry(record, 1, dim=1))
     _, scale = pruned(LayerScale)
     i = next(i for i, e in enumerate(scale.entries) if e.kind == "param")
     with pytest.raises(RecordMismatchError, match=rf"entry {i} \(param 'gamma', dim 3\): 'gamma' has 3 dims"):
         pruning.apply_record(LayerScale(), with_entry(scale, i, dim=3))
-    with pytest.raises(RecordMismatchError, match=rf"entry {i} \(param 'beta', dim 0\): this model does not have a "
-                                                  r"parameter or buffer 'beta'"):
+    with pytest.raises(
+        RecordMismatchError,
+        match=rf"entry {i} \(param 'beta', dim 0\): this model does not have a "
+        r"parameter or buffer 'beta'",
+    ):
         pruning.apply_record(LayerScale(), with_entry(scale, i, name="beta"))
 
 
@@ -153,9 +162,15 @@ def test_malformed_records_are_named():
     from pruning.record import RecordError
 
     with pytest.raises(RecordError, match=r"entry 1 is malformed \(KeyError: 'keep'\)"):
-        PruningRecord.from_dict({"version": 1, "entries": [
-            {"name": "a", "kind": "module", "dim": 0, "keep": [0], "size": 2},
-            {"name": "b", "kind": "module", "dim": 0, "size": 2}]})
+        PruningRecord.from_dict(
+            {
+                "version": 1,
+                "entries": [
+                    {"name": "a", "kind": "module", "dim": 0, "keep": [0], "size": 2},
+                    {"name": "b", "kind": "module", "dim": 0, "size": 2},
+                ],
+            }
+        )
 
 
 def test_load_pruned_names_the_file_when_weights_do_not_fit(tmp_path):

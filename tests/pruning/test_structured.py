@@ -9,12 +9,11 @@ import math
 
 import pytest
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 import pruning
 from pruning.handlers import get_handler
-
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +23,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
 
 # ---- helpers shared with the other engine tests -----------------------------------------
 def zeroed_reference(model: nn.Module, record: pruning.PruningRecord) -> nn.Module:
@@ -67,7 +67,9 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def check_prune(model: nn.Module, x: torch.Tensor, ratio=0.3, tol: float = 1e-5, **kw) -> tuple[nn.Module, pruning.PruningRecord]:
+def check_prune(
+    model: nn.Module, x: torch.Tensor, ratio=0.3, tol: float = 1e-5, **kw
+) -> tuple[nn.Module, pruning.PruningRecord]:
     """Prune a float64 copy and assert the exactness contract; return (pruned, record)."""
     model = randomize_bn(model).double().eval()
     x = x.double()
@@ -97,8 +99,14 @@ class SeqCNN(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(nn.Linear(16 * 4 * 4, 32), nn.ReLU(), nn.Linear(32, 10))
 
@@ -174,8 +182,19 @@ def test_record_on_wrong_architecture_is_refused():
         pruning.apply_record(net, record)
 
 
-@pytest.mark.parametrize("c,p,kept", [(64, 0.5, 32), (16, 0.1, 14), (16, 0.6, 6), (32, 0.3, 22), (10, 0.3, 7),
-                                      (10, 0.9, 1), (3, 0.99, 1), (100, 0.29, 71)])
+@pytest.mark.parametrize(
+    "c,p,kept",
+    [
+        (64, 0.5, 32),
+        (16, 0.1, 14),
+        (16, 0.6, 6),
+        (32, 0.3, 22),
+        (10, 0.3, 7),
+        (10, 0.9, 1),
+        (3, 0.99, 1),
+        (100, 0.29, 71),
+    ],
+)
 def test_kept_channels_floor_rule(c, p, kept):
     assert pruning.kept_channels(c, p) == kept == max(1, math.floor(round(c * (1 - p), 9)))
 
@@ -251,7 +270,9 @@ def test_unknown_module_type_error_names_module_and_fix():
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), CustomConv(), nn.Flatten(), nn.LazyLinear(4))
     x = torch.randn(1, 3, 8, 8)
     net(x)
-    with pytest.raises(pruning.ChannelMappingError, match=r"module '2' \(CustomConv\).*register_handler\(CustomConv.*ignore=\['2'\]"):
+    with pytest.raises(
+        pruning.ChannelMappingError, match=r"module '2' \(CustomConv\).*register_handler\(CustomConv.*ignore=\['2'\]"
+    ):
         pruning.prune_filters(net, x, 0.5)
     pruning.prune_filters(net, x, 0.5, ignore=("2",))  # ignored: it and its input channels stay
     assert net[0].out_channels == 8
@@ -276,16 +297,20 @@ def _li_resnet_ratios(model: nn.Module, stage_ratio: tuple[float, float, float],
 
     convs = conv_layers(model)
     n = (len(convs) - 1) // 6
-    return {convs[1 + 2 * k]: stage_ratio[k // n] for k in range(3 * n)
-            if 2 + 2 * k not in skip and stage_ratio[k // n] > 0}
+    return {
+        convs[1 + 2 * k]: stage_ratio[k // n] for k in range(3 * n) if 2 + 2 * k not in skip and stage_ratio[k // n] > 0
+    }
 
 
-@pytest.mark.parametrize("depth,stage_ratio,skip,flops,params", [
-    (56, (0.1, 0.1, 0.1), {16, 20, 38, 54}, 0.104, 0.094),
-    (56, (0.6, 0.3, 0.1), {16, 18, 20, 34, 38, 54}, 0.276, 0.137),
-    (110, (0.5, 0.0, 0.0), {36}, 0.159, 0.023),
-    (110, (0.5, 0.4, 0.3), {36, 38, 74}, 0.386, 0.324),
-])
+@pytest.mark.parametrize(
+    "depth,stage_ratio,skip,flops,params",
+    [
+        (56, (0.1, 0.1, 0.1), {16, 20, 38, 54}, 0.104, 0.094),
+        (56, (0.6, 0.3, 0.1), {16, 18, 20, 34, 38, 54}, 0.276, 0.137),
+        (110, (0.5, 0.0, 0.0), {36}, 0.159, 0.023),
+        (110, (0.5, 0.4, 0.3), {36, 38, 74}, 0.386, 0.324),
+    ],
+)
 def test_li_table1_resnets(depth, stage_ratio, skip, flops, params):
     registry = pytest.importorskip("experiments.models.registry")
     model = registry.build_model(f"resnet{depth}", num_classes=10, in_channels=3, input_size=32)

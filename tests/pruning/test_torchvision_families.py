@@ -22,8 +22,15 @@ from tests.pruning.test_structured import check_prune, outputs
 
 def _vgg_bn() -> nn.Module:
     model = VGG(make_layers([8, "M", 16, "M", 32, 32, "M", 32, "M"], batch_norm=True), num_classes=10)
-    model.classifier = nn.Sequential(nn.Linear(32 * 7 * 7, 32), nn.ReLU(True), nn.Dropout(),
-                                     nn.Linear(32, 32), nn.ReLU(True), nn.Dropout(), nn.Linear(32, 10))
+    model.classifier = nn.Sequential(
+        nn.Linear(32 * 7 * 7, 32),
+        nn.ReLU(True),
+        nn.Dropout(),
+        nn.Linear(32, 32),
+        nn.ReLU(True),
+        nn.Dropout(),
+        nn.Linear(32, 10),
+    )
     return model
 
 
@@ -53,7 +60,6 @@ FAMILIES = {
 X = torch.randn(1, 3, 32, 32)
 
 
-
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny float64 nets run faster on one thread, and a shared CPU stays usable."""
@@ -61,6 +67,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
 
 def build(name: str) -> nn.Module:
     torch.manual_seed(0)
@@ -97,7 +104,9 @@ def test_convnext_layernorm_groups_prune():
     x = X.double()
     groups = pruning.dependency_groups(model, x)
     stream = [g for g in groups if not g.exact]
-    assert stream and all(any(m.kind == "param" and m.name.endswith("layer_scale") for m in g.members) for g in stream[:1])
+    assert stream and all(
+        any(m.kind == "param" and m.name.endswith("layer_scale") for m in g.members) for g in stream[:1]
+    )
     before = pruning.count(model, x)
     dense = copy.deepcopy(model)
     record = pruning.prune_filters(model, x, 0.3)
@@ -112,9 +121,13 @@ def test_convnext_layernorm_groups_prune():
 def test_googlenet_aux_heads_follow_and_roundtrip(tmp_path):
     model = build("googlenet")
     record = pruning.prune_filters(model, X, 0.3)
-    assert model.aux1.conv.conv.in_channels == model.inception4a.branch1.conv.out_channels + \
-        model.inception4a.branch2[1].conv.out_channels + model.inception4a.branch3[1].conv.out_channels + \
-        model.inception4a.branch4[1].conv.out_channels
+    assert (
+        model.aux1.conv.conv.in_channels
+        == model.inception4a.branch1.conv.out_channels
+        + model.inception4a.branch2[1].conv.out_channels
+        + model.inception4a.branch3[1].conv.out_channels
+        + model.inception4a.branch4[1].conv.out_channels
+    )
     model.train()
     out = model(torch.randn(2, 3, 32, 32))  # training forward runs the pruned aux heads
     assert out.logits.shape == out.aux_logits1.shape == (2, 10)
