@@ -134,8 +134,13 @@ class Classifier(L.LightningModule):
         sums["n"] += len(y)
 
     def _eval_end(self, stage: str) -> None:
-        sums = self._sums.pop(stage, None)
-        if not sums or not sums["n"]:
+        sums = self._sums.pop(stage, None) or {"loss": 0.0, "top1": 0.0, "top5": 0.0, "n": 0.0}
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:  # DDP: every rank saw its own shard
+            keys = ("loss", "top1", "top5", "n")
+            total = trainer.strategy.reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64), reduce_op="sum")
+            sums = dict(zip(keys, total.tolist()))
+        if not sums["n"]:
             return
         n = sums["n"]
         self.log(f"{stage}/loss", sums["loss"] / n, prog_bar=stage == "val")

@@ -18,6 +18,7 @@ from torch import nn
 
 import pruning
 from experiments.context import Phase, measure_model
+from experiments.distributed import is_global_zero
 from experiments.module import Classifier
 from experiments.plan import Measure, Prune, Runtime, Step, Train
 from experiments.storage import atomic_write_bytes
@@ -333,7 +334,8 @@ class Quantize(Step):
         report = pruning.save_compressed(
             model, path, shared=shared, **{k: v for k, v in options.items() if k != "bits"}
         )
-        atomic_write_bytes(ctx.output_dir / "storage_report.txt", (str(report) + "\n").encode())
+        if is_global_zero():
+            atomic_write_bytes(ctx.output_dir / "storage_report.txt", (str(report) + "\n").encode())
         strategy.storage_rows = [
             {
                 "layer": r.name,

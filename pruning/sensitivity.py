@@ -61,8 +61,12 @@ class SensitivityTable:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-able; ``SensitivityTable(**d)`` reads it back."""
-        return {"base_metric": self.base_metric, "base_macs": self.base_macs, "base_params": self.base_params,
-                "rows": self.to_records()}
+        return {
+            "base_metric": self.base_metric,
+            "base_macs": self.base_macs,
+            "base_params": self.base_params,
+            "rows": self.to_records(),
+        }
 
     def curves(self) -> dict[str, list[tuple[float, float]]]:
         """``{group: [(ratio, metric), ...]}`` in row order."""
@@ -112,8 +116,10 @@ def _materialize(batches: Iterable, model: nn.Module) -> list[Batch]:
     device, data = _device(model), []
     for i, item in enumerate(batches):
         if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise ValueError(f"batches must yield (inputs, targets) pairs; item {i} is a {type(item).__name__}"
-                             + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""))
+            raise ValueError(
+                f"batches must yield (inputs, targets) pairs; item {i} is a {type(item).__name__}"
+                + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else "")
+            )
         x, y = item
         x = tuple(t.to(device) if isinstance(t, Tensor) else t for t in (x if isinstance(x, tuple) else (x,)))
         y = y.to(device) if isinstance(y, Tensor) else y
@@ -181,13 +187,15 @@ class _Program:
             if n.op == "call_module":
                 self.first_call.setdefault(id(self.mods[n.target]), i)
         self.start = next(i for i, n in enumerate(self.nodes) if n.op != "placeholder")
-        self.per_sample, self.valid, self.stackable = set(self.nodes[:self.start]), [True] * len(self.nodes), False
+        self.per_sample, self.valid, self.stackable = set(self.nodes[: self.start]), [True] * len(self.nodes), False
 
     def inputs(self, x: tuple) -> dict[torch.fx.Node, Any]:
-        if len(x) > self.start or any(not n.args for n in self.nodes[len(x):self.start]):
-            raise ValueError(f"the batches give {len(x)} inputs; the model's forward takes "
-                             f"{', '.join(str(n.target) for n in self.nodes[:self.start])}")
-        return {n: x[i] if i < len(x) else n.args[0] for i, n in enumerate(self.nodes[:self.start])}
+        if len(x) > self.start or any(not n.args for n in self.nodes[len(x) : self.start]):
+            raise ValueError(
+                f"the batches give {len(x)} inputs; the model's forward takes "
+                f"{', '.join(str(n.target) for n in self.nodes[: self.start])}"
+            )
+        return {n: x[i] if i < len(x) else n.args[0] for i, n in enumerate(self.nodes[: self.start])}
 
     def run(self, env: dict[torch.fx.Node, Any], start: int, stop: int | None = None) -> Any:
         """Run nodes ``start:stop`` on ``env`` (the values live at ``start``), in place: after
@@ -206,8 +214,9 @@ class _Program:
                 env[n] = getattr(args[0], n.target)(*args[1:], **kwargs)
             elif n.op == "get_attr":
                 owner, _, name = n.target.rpartition(".")
-                env[n] = self.consts[n.target] if n.target in self.consts else getattr(
-                    self.model.get_submodule(owner), name)
+                env[n] = (
+                    self.consts[n.target] if n.target in self.consts else getattr(self.model.get_submodule(owner), name)
+                )
             else:
                 raise RuntimeError(f"fx node {n.format_node()} cannot be run")
             for dead in self.frees[i]:
@@ -218,8 +227,12 @@ class _Program:
         """On a small batch: check the nodes reproduce the model; learn which values are
         per-sample (copies stack on dim 0) and where the forward may be cut (not where a
         batch-dependent value that is not per-sample, e.g. a batch size, is live)."""
-        x = tuple(t[:1].expand(_PROBE, *t.shape[1:]).contiguous()
-                  if isinstance(t, Tensor) and t.dim() and t.shape[0] == rows else t for t in x)
+        x = tuple(
+            t[:1].expand(_PROBE, *t.shape[1:]).contiguous()
+            if isinstance(t, Tensor) and t.dim() and t.shape[0] == rows
+            else t
+            for t in x
+        )
         env = self.inputs(x)
         each = {n for n, v in env.items() if isinstance(v, Tensor) and v.dim() and v.shape[0] == _PROBE}
         depends, out = set(each), None
@@ -233,11 +246,11 @@ class _Program:
         got, want = first_tensor(out), first_tensor(self.model(*x))
         if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
             raise RuntimeError("the fx nodes do not reproduce the model's forward")
-        self.stackable = bool(got.dim() and got.shape[0] == _PROBE and each & set(self.nodes[:self.start]))
+        self.stackable = bool(got.dim() and got.shape[0] == _PROBE and each & set(self.nodes[: self.start]))
         self.per_sample = each
         for i, n in enumerate(self.nodes):
             if n in depends and n not in each:
-                self.valid[i + 1:self.last[i] + 1] = [False] * (self.last[i] - i)
+                self.valid[i + 1 : self.last[i] + 1] = [False] * (self.last[i] - i)
 
     def cut(self, modules: Sequence[nn.Module]) -> int | None:
         """The latest position before every call of ``modules`` where the forward can be cut;
@@ -322,11 +335,22 @@ class _Costs:
         for key, m in layers.items():
             w, conv = m.weight, not isinstance(m, nn.Linear)
             dw = conv and m.groups > 1 and m.groups == m.in_channels
-            rows.append([w.shape[0], w.shape[1], w[0, 0].numel() if conv else 1, elems[key] // w.shape[0],
-                         m.groups if conv and not dw else 1, int(dw), index.get((key, 0), -1), index.get((key, 1), -1)])
+            rows.append(
+                [
+                    w.shape[0],
+                    w.shape[1],
+                    w[0, 0].numel() if conv else 1,
+                    elems[key] // w.shape[0],
+                    m.groups if conv and not dw else 1,
+                    int(dw),
+                    index.get((key, 0), -1),
+                    index.get((key, 1), -1),
+                ]
+            )
         self.graph = graph
-        self.out, self.s1, self.k, self.pos, self.div, self.dw, self.i0, self.i1 = torch.tensor(
-            rows, dtype=torch.long).reshape(-1, 8).unbind(1)
+        self.out, self.s1, self.k, self.pos, self.div, self.dw, self.i0, self.i1 = (
+            torch.tensor(rows, dtype=torch.long).reshape(-1, 8).unbind(1)
+        )
         self.base_params = int((self.out * self.s1 * self.k).sum())
         self.base_macs = int((self.pos * self.out * self.s1 * self.k).sum())
 
@@ -351,18 +375,33 @@ def _select(graph: ChannelGraph, groups: Sequence[str] | None) -> list[ChannelGr
         g = by_name.get(name)
         if g is None:
             names = [group_name(x) for x in prunable]
-            raise ValueError(f"groups names {name!r}, which is not a layer with prunable output channels; groups: "
-                             + ", ".join(names[:40]) + (f", ... ({len(names)} in all)" if len(names) > 40 else ""))
+            raise ValueError(
+                f"groups names {name!r}, which is not a layer with prunable output channels; groups: "
+                + ", ".join(names[:40])
+                + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
+            )
         if g.n_prunable == 0:
-            raise ValueError(f"group {name!r} cannot be pruned: {'; '.join(g.reasons) or 'all its channels are frozen'}")
+            raise ValueError(
+                f"group {name!r} cannot be pruned: {'; '.join(g.reasons) or 'all its channels are frozen'}"
+            )
         chosen[g.index] = g
     return [chosen[i] for i in sorted(chosen)]
 
 
-def sensitivity(model: nn.Module, example_inputs: Any, batches: Iterable, ratios: Sequence[float] = DEFAULT_RATIOS,
-                criterion: str | Criterion = "l1", groups: Sequence[str] | None = None, metric: Metric | None = None,
-                progress: Progress | None = None, *, ignore: Sequence[str] = (), round_to: int = 1,
-                max_rows: int = 256) -> SensitivityTable:
+def sensitivity(
+    model: nn.Module,
+    example_inputs: Any,
+    batches: Iterable,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    criterion: str | Criterion = "l1",
+    groups: Sequence[str] | None = None,
+    metric: Metric | None = None,
+    progress: Progress | None = None,
+    *,
+    ignore: Sequence[str] = (),
+    round_to: int = 1,
+    max_rows: int = 256,
+) -> SensitivityTable:
     """Prune each group alone at each ratio and measure ``metric`` without retraining.
 
     batches: ``(inputs, targets)`` pairs (inputs a tensor or tuple), iterated once and held
@@ -397,8 +436,12 @@ def sensitivity(model: nn.Module, example_inputs: Any, batches: Iterable, ratios
         chosen = _select(graph, groups)
         if getattr(crit, "prepare", None) is not None and any(r > 0 for r in ratios):
             crit.prepare(model, chosen)
-        plans = {g.index: [plan_removal(graph, {g.index: r}, cached, round_to) if r > 0 else graph.removal_mask()
-                           for r in ratios] for g in chosen}
+        plans = {
+            g.index: [
+                plan_removal(graph, {g.index: r}, cached, round_to) if r > 0 else graph.removal_mask() for r in ratios
+            ]
+            for g in chosen
+        }
         costs = _Costs(model, graph, example_inputs)
 
         def naive(g: ChannelGroup, ratio: float) -> float:  # copy, prune, evaluate
@@ -411,10 +454,17 @@ def sensitivity(model: nn.Module, example_inputs: Any, batches: Iterable, ratios
     for g in chosen:
         for r, removed in zip(ratios, plans[g.index]):
             macs, params = costs(removed)
-            rows.append({"group": group_name(g), "ratio": r, "channels": g.n_channels,
-                         "kept": g.n_channels - int(removed[graph.comps(g)].sum()),
-                         "metric": metrics.get((g.index, _key(removed)), base),
-                         "macs_removed": macs, "params_removed": params})
+            rows.append(
+                {
+                    "group": group_name(g),
+                    "ratio": r,
+                    "channels": g.n_channels,
+                    "kept": g.n_channels - int(removed[graph.comps(g)].sum()),
+                    "metric": metrics.get((g.index, _key(removed)), base),
+                    "macs_removed": macs,
+                    "params_removed": params,
+                }
+            )
     return SensitivityTable(base, costs.base_macs, costs.base_params, rows)
 
 
@@ -437,9 +487,18 @@ def _program(model: nn.Module, x: tuple, rows: int) -> _Program:
     return program
 
 
-def _scan(model: nn.Module, graph: ChannelGraph, chosen: list[ChannelGroup], ratios: list[float],
-          plans: dict[int, list[Tensor]], data: list[Batch], metric: Metric, progress: Progress | None,
-          max_rows: int, naive: Callable[[ChannelGroup, float], float]) -> tuple[dict[tuple, float], float]:
+def _scan(
+    model: nn.Module,
+    graph: ChannelGraph,
+    chosen: list[ChannelGroup],
+    ratios: list[float],
+    plans: dict[int, list[Tensor]],
+    data: list[Batch],
+    metric: Metric,
+    progress: Progress | None,
+    max_rows: int,
+    naive: Callable[[ChannelGroup, float], float],
+) -> tuple[dict[tuple, float], float]:
     """``{(group index, removal key): metric}`` for every removal that cuts something, and
     the unpruned metric."""
     members, total = graph.trace.members, sum(n for _, _, n in data)
@@ -467,10 +526,18 @@ def _scan(model: nn.Module, graph: ChannelGraph, chosen: list[ChannelGroup], rat
             metrics.update({(g.index, k): naive(g, r) for k, (r, _) in todo.items()})
             continue
         per = max(1, max_rows // max(n for _, _, n in data)) if program.stackable else 1
-        keeps = {i: [(~graph.gone(i, todo[k][1])).nonzero().flatten().to(_device(model)) for k in keys]
-                 for i in consumers[g.index]}
-        chunks = [(j, len(keys[j:j + per]), [(members[i].module, _cut_inputs(members[i].module, keep[j:j + per]))
-                                             for i, keep in keeps.items()]) for j in range(0, len(keys), per)]
+        keeps = {
+            i: [(~graph.gone(i, todo[k][1])).nonzero().flatten().to(_device(model)) for k in keys]
+            for i in consumers[g.index]
+        }
+        chunks = [
+            (
+                j,
+                len(keys[j : j + per]),
+                [(members[i].module, _cut_inputs(members[i].module, keep[j : j + per])) for i, keep in keeps.items()],
+            )
+            for j in range(0, len(keys), per)
+        ]
         sums = [0.0] * len(keys)
         with torch.inference_mode():
             for env in envs:  # advance the cached activations to this group's cut
@@ -481,7 +548,7 @@ def _scan(model: nn.Module, graph: ChannelGraph, chosen: list[ChannelGroup], rat
                     with _forwards(swaps):
                         out = first_tensor(program.run(program.copies(env, r), cut))
                     for c in range(r):
-                        sums[j + c] += _weighted(metric, out[c * n:(c + 1) * n] if r > 1 else out, y, n)
+                        sums[j + c] += _weighted(metric, out[c * n : (c + 1) * n] if r > 1 else out, y, n)
         metrics.update({(g.index, k): s / total for k, s in zip(keys, sums)})
     with torch.inference_mode():
         base = sum(_weighted(metric, program.run(env, at), y, n) for env, (_, y, n) in zip(envs, data))

@@ -92,8 +92,15 @@ def mac_bound(model: nn.Module, x: torch.Tensor, groups: Sequence[str]) -> float
     return total * len(suffixes) / sum(suffixes)
 
 
-def naive_group(model: nn.Module, x: torch.Tensor, batches: list, group: str, ratios: Sequence[float],
-                criterion: str, dense: pruning.Counts) -> tuple[float, dict[float, tuple[float, tuple[int, int, int]]]]:
+def naive_group(
+    model: nn.Module,
+    x: torch.Tensor,
+    batches: list,
+    group: str,
+    ratios: Sequence[float],
+    criterion: str,
+    dense: pruning.Counts,
+) -> tuple[float, dict[float, tuple[float, tuple[int, int, int]]]]:
     """The naive loop for one group: (seconds, ``{ratio: (accuracy, (kept, MACs removed, params
     removed))}``). Only copy + prune + evaluate are timed; the plan check (``planned_channels``
     and ``pruning.count`` of the pruned copy) is not."""
@@ -110,8 +117,17 @@ def naive_group(model: nn.Module, x: torch.Tensor, batches: list, group: str, ra
     return seconds, out
 
 
-def bench_model(name: str, *, images: int, ratios: Sequence[float], batch_size: int, criterion: str, seed: int,
-                max_groups: int | None, max_rows: int) -> dict:
+def bench_model(
+    name: str,
+    *,
+    images: int,
+    ratios: Sequence[float],
+    batch_size: int,
+    criterion: str,
+    seed: int,
+    max_groups: int | None,
+    max_rows: int,
+) -> dict:
     model, x, batches = build(name, images, batch_size, seed)
     groups = list(pruning.group_channels(model, x))[:max_groups]
     gc.collect()
@@ -133,28 +149,43 @@ def bench_model(name: str, *, images: int, ratios: Sequence[float], batch_size: 
         paused += time.perf_counter() - start
 
     t0 = time.perf_counter()
-    table: SensitivityTable = sensitivity(model, x, batches, ratios, criterion, groups=groups, progress=progress,
-                                          max_rows=max_rows)
+    table: SensitivityTable = sensitivity(
+        model, x, batches, ratios, criterion, groups=groups, progress=progress, max_rows=max_rows
+    )
     ours_s = time.perf_counter() - t0 - paused
     diffs = [abs(r["metric"] - naive[r["group"]][r["ratio"]][0]) for r in table.rows]
-    kept_ok = all((r["kept"], r["macs_removed"], r["params_removed"]) == naive[r["group"]][r["ratio"]][1]
-                  for r in table.rows)
-    return dict(model=name, groups=len(groups), rows=len(table.rows), naive_s=naive_s, ours_s=ours_s,
-                ratio=ours_s / naive_s, speedup=naive_s / ours_s, bound=mac_bound(model, x, groups),
-                max_diff_pp=100 * max(diffs + [abs(table.base_metric - naive_base)]), kept_ok=kept_ok,
-                base=table.base_metric, mean_drop_pp=100 * sum(table.base_metric - r["metric"] for r in table.rows)
-                / len(table.rows))
+    kept_ok = all(
+        (r["kept"], r["macs_removed"], r["params_removed"]) == naive[r["group"]][r["ratio"]][1] for r in table.rows
+    )
+    return dict(
+        model=name,
+        groups=len(groups),
+        rows=len(table.rows),
+        naive_s=naive_s,
+        ours_s=ours_s,
+        ratio=ours_s / naive_s,
+        speedup=naive_s / ours_s,
+        bound=mac_bound(model, x, groups),
+        max_diff_pp=100 * max(diffs + [abs(table.base_metric - naive_base)]),
+        kept_ok=kept_ok,
+        base=table.base_metric,
+        mean_drop_pp=100 * sum(table.base_metric - r["metric"] for r in table.rows) / len(table.rows),
+    )
 
 
 def print_table(results: list[dict]) -> None:
-    head = (f"{'model':<13} {'groups':>6} {'rows':>5} {'naive s':>9} {'ours s':>8} {'ours/naive':>10} "
-            f"{'speed-up':>8} {'MAC bound':>9} {'max |dacc| pp':>13} {'plan':>5} {'mean drop pp':>12}")
+    head = (
+        f"{'model':<13} {'groups':>6} {'rows':>5} {'naive s':>9} {'ours s':>8} {'ours/naive':>10} "
+        f"{'speed-up':>8} {'MAC bound':>9} {'max |dacc| pp':>13} {'plan':>5} {'mean drop pp':>12}"
+    )
     print(head)
     print("-" * len(head))
     for r in results:
-        print(f"{r['model']:<13} {r['groups']:>6} {r['rows']:>5} {r['naive_s']:>9.1f} {r['ours_s']:>8.1f} "
-              f"{r['ratio']:>10.3f} {r['speedup']:>7.2f}x {r['bound']:>8.2f}x {r['max_diff_pp']:>13.3f} "
-              f"{'same' if r['kept_ok'] else 'DIFF':>5} {r['mean_drop_pp']:>12.2f}")
+        print(
+            f"{r['model']:<13} {r['groups']:>6} {r['rows']:>5} {r['naive_s']:>9.1f} {r['ours_s']:>8.1f} "
+            f"{r['ratio']:>10.3f} {r['speedup']:>7.2f}x {r['bound']:>8.2f}x {r['max_diff_pp']:>13.3f} "
+            f"{'same' if r['kept_ok'] else 'DIFF':>5} {r['mean_drop_pp']:>12.2f}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -173,30 +204,47 @@ def main(argv: Sequence[str] | None = None) -> None:
     ratios = [round(i / (args.ratios + 1), 6) for i in range(1, args.ratios + 1)]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     print("command: python -m experiments.bench.sensitivity_scan " + shlex.join(sys.argv[1:] if argv is None else argv))
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads={args.threads}, "
-          f"images={args.images}, batch={args.batch_size}, ratios={ratios}, criterion={args.criterion}, "
-          f"load average before: {os.getloadavg()[0]:.2f}")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads={args.threads}, "
+        f"images={args.images}, batch={args.batch_size}, ratios={ratios}, criterion={args.criterion}, "
+        f"load average before: {os.getloadavg()[0]:.2f}"
+    )
     start = time.perf_counter()
     results = []
     for i, name in enumerate(models, 1):
         print(f"[{i}/{len(models)}] {name} ...", file=sys.stderr, flush=True)
-        results.append(bench_model(name, images=args.images, ratios=ratios, batch_size=args.batch_size,
-                                   criterion=args.criterion, seed=args.seed, max_groups=args.max_groups,
-                                   max_rows=args.max_rows))
+        results.append(
+            bench_model(
+                name,
+                images=args.images,
+                ratios=ratios,
+                batch_size=args.batch_size,
+                criterion=args.criterion,
+                seed=args.seed,
+                max_groups=args.max_groups,
+                max_rows=args.max_rows,
+            )
+        )
     print()
     print_table(results)
-    print("\nnaive: copy + prune_filters + evaluate per (group, ratio); ours: pruning.sensitivity; both measured "
-          "in one run, interleaved per group.\nMAC bound: whole-net MACs / mean MACs from each group's first "
-          "consumer on; max |dacc|: largest accuracy difference (percentage points) over all rows;\nplan: kept "
-          "channels, MACs and params removed equal to the naive arm's for every row; mean drop: mean accuracy drop "
-          "over the rows (dense labels: 100%).\n")
+    print(
+        "\nnaive: copy + prune_filters + evaluate per (group, ratio); ours: pruning.sensitivity; both measured "
+        "in one run, interleaved per group.\nMAC bound: whole-net MACs / mean MACs from each group's first "
+        "consumer on; max |dacc|: largest accuracy difference (percentage points) over all rows;\nplan: kept "
+        "channels, MACs and params removed equal to the naive arm's for every row; mean drop: mean accuracy drop "
+        "over the rows (dense labels: 100%).\n"
+    )
     for r in results:
         goal = TARGETS.get(r["model"])
         verdict = "" if goal is None else f"; target >= {goal:.1f}x {'met' if r['speedup'] >= goal else 'MISSED'}"
-        print(f"{r['model']}: {r['speedup']:.2f}x faster than the naive loop (MAC bound {r['bound']:.2f}x){verdict}; "
-              f"results {'match' if r['max_diff_pp'] <= 0.05 and r['kept_ok'] else 'DIFFER'} (<= 0.05 pp)")
-    print(f"\nwall {time.perf_counter() - start:.0f} s, load average after: {os.getloadavg()[0]:.2f} "
-          "(a shared CPU makes timings noisy)")
+        print(
+            f"{r['model']}: {r['speedup']:.2f}x faster than the naive loop (MAC bound {r['bound']:.2f}x){verdict}; "
+            f"results {'match' if r['max_diff_pp'] <= 0.05 and r['kept_ok'] else 'DIFFER'} (<= 0.05 pp)"
+        )
+    print(
+        f"\nwall {time.perf_counter() - start:.0f} s, load average after: {os.getloadavg()[0]:.2f} "
+        "(a shared CPU makes timings noisy)"
+    )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,9 @@ def labelled(model: nn.Module, n_batches: int = 2, rows: int = 4, side: int = 16
         return [(x, model(x).argmax(1)) for x in xs]
 
 
-def naive(model: nn.Module, x: torch.Tensor, batches: list, group: str, ratio: float, metric=None,
-          criterion="l1") -> tuple[float, nn.Module]:
+def naive(
+    model: nn.Module, x: torch.Tensor, batches: list, group: str, ratio: float, metric=None, criterion="l1"
+) -> tuple[float, nn.Module]:
     """What Distiller/NNI do: copy, prune the group, evaluate the whole net."""
     pruned = copy.deepcopy(model)
     pruning.prune_filters(pruned, x, {group: ratio}, criterion)
@@ -66,15 +67,18 @@ def fingerprint(out: torch.Tensor, y: torch.Tensor) -> float:
 
 
 X = torch.randn(1, 3, 16, 16)
-TOL = dict(rel=1e-5, abs=1e-4)  # float32: masked and cut layers sum in different orders
+TOL = dict(rel=1e-5, abs=1e-4)  # float32: stacked and single batches may sum in different orders
 MOBILE_GROUPS = ["features.0.conv", "features.2.project.conv", "features.4.project.conv", "features.18.conv"]
 
 
-@pytest.mark.parametrize("name,groups,ratios", [
-    ("vgg_small", None, (0.3, 0.7)),
-    ("resnet20", ["conv1", "layer1.0.conv1", "layer2.2.conv1", "layer3.1.conv1"], (0.5, 0.9)),
-    ("mobilenetv2_cifar", MOBILE_GROUPS, (0.25, 0.6)),
-])
+@pytest.mark.parametrize(
+    "name,groups,ratios",
+    [
+        ("vgg_small", None, (0.3, 0.7)),
+        ("resnet20", ["conv1", "layer1.0.conv1", "layer2.2.conv1", "layer3.1.conv1"], (0.5, 0.9)),
+        ("mobilenetv2_cifar", MOBILE_GROUPS, (0.25, 0.6)),
+    ],
+)
 def test_matches_naive_loop_rows_kept_costs_and_logits(name, groups, ratios):
     model = zoo(name)
     batches = labelled(model)
@@ -100,8 +104,11 @@ def test_matches_naive_loop_rows_kept_costs_and_logits(name, groups, ratios):
 
 def test_logits_equal_pruned_model_on_coupled_groups():
     """One ratio, one group: the outputs the metric sees are the pruned model's, batch by batch."""
-    for name, group in [("resnet20", "conv1"), ("mobilenetv2_cifar", "features.2.expand.conv"),
-                        ("vgg_small", "features.14")]:
+    for name, group in [
+        ("resnet20", "conv1"),
+        ("mobilenetv2_cifar", "features.2.expand.conv"),
+        ("vgg_small", "features.14"),
+    ]:
         model = zoo(name)
         batches = labelled(model, n_batches=2, rows=3)
         seen = []
@@ -119,7 +126,7 @@ def test_coupled_groups_are_scanned_as_one():
     rows = {r["group"]: r for r in table.rows}
     assert list(rows) == ["conv1", "layer1.0.conv1"]  # layer2.0.conv2 is in conv1's residual stream
     stream = rows["conv1"]
-    assert (stream["channels"], stream["kept"]) == (64, 56)  # 16 prunable of 112 stream positions: 8 cut
+    assert (stream["channels"], stream["kept"]) == (64, 56)  # 64 stream channels, 16 prunable (stage 1): 8 cut
     assert stream["metric"] < table.base_metric  # the stream's consumers all lose the channels
     # 8 of the stem's filters; the inputs/outputs of every stream conv (16 per 3x3 in stage 1,
     # 32 in stage 2, 64 in stage 3: 6 convs each) and 8 inputs of the classifier
@@ -211,16 +218,18 @@ def test_untraceable_model_and_inexact_group_fall_back_and_match():
     table = sensitivity(model, X, batches, (0.25, 0.5), metric=fingerprint)
     assert [r["group"] for r in table.rows] == ["conv1", "conv1", "conv2", "conv2"]
     for row in table.rows:
-        assert row["metric"] == pytest.approx(naive(model, X, batches, row["group"], row["ratio"], fingerprint)[0],
-                                              **TOL)
+        assert row["metric"] == pytest.approx(
+            naive(model, X, batches, row["group"], row["ratio"], fingerprint)[0], **TOL
+        )
 
 
 def test_criterion_and_round_to_pick_the_channels_prune_filters_picks():
     model = zoo("vgg_small")
     batches = labelled(model)
     crit = pruning.Random(seed=3)
-    table = sensitivity(model, X, batches, (0.3,), criterion=crit, groups=["features.3"], metric=fingerprint,
-                        round_to=4)
+    table = sensitivity(
+        model, X, batches, (0.3,), criterion=crit, groups=["features.3"], metric=fingerprint, round_to=4
+    )
     pruned = copy.deepcopy(model)
     pruning.prune_filters(pruned, X, {"features.3": 0.3}, crit, round_to=4)
     assert table.rows[0]["kept"] == pruned.features[3].out_channels == 8  # floor(11.2) = 11 -> 8
@@ -274,8 +283,14 @@ def test_batch_size_read_in_forward_still_stacks_ratio_copies():
     model = randomize_bn(SizeFlatten()).eval()
     batches = labelled(model, rows=3)
     table = sensitivity(model, X, batches, (0.25, 0.5, 0.75), metric=fingerprint, max_rows=64)
-    assert [(r["group"], r["kept"]) for r in table.rows] == [("conv1", 4), ("conv1", 3), ("conv1", 1),
-                                                             ("conv2", 3), ("conv2", 2), ("conv2", 1)]
+    assert [(r["group"], r["kept"]) for r in table.rows] == [
+        ("conv1", 4),
+        ("conv1", 3),
+        ("conv1", 1),
+        ("conv2", 3),
+        ("conv2", 2),
+        ("conv2", 1),
+    ]
     for row in table.rows:
         value = naive(model, X, batches, row["group"], row["ratio"], fingerprint)[0]
         assert row["metric"] == pytest.approx(value, **TOL)
