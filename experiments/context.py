@@ -124,15 +124,13 @@ class RunContext:
         """Train ``module`` for ``epochs`` (or exactly ``steps`` optimizer steps); wall seconds."""
         start = time.perf_counter()
         if steps is not None:
-            if steps > 0:
-                log.info("%s: training %d step(s)", phase, steps)
-                seed_phase(self.cfg, self.datamodule, phase)
-                epochs_needed = -(-steps // max(1, self.steps_per_epoch()))
-                self.trainer(phase, epochs_needed, max_steps=steps).fit(module, datamodule=self.datamodule)
-        elif epochs > 0:
-            log.info("%s: training %d epoch(s)", phase, epochs)
+            epochs, unit, amount = -(-steps // max(1, self.steps_per_epoch())), "step", steps
+        else:
+            steps, unit, amount = -1, "epoch", epochs
+        if amount > 0:
+            log.info("%s: training %d %s(s)", phase, amount, unit)
             seed_phase(self.cfg, self.datamodule, phase)
-            self.trainer(phase, epochs).fit(module, datamodule=self.datamodule)
+            self.trainer(phase, epochs, max_steps=steps).fit(module, datamodule=self.datamodule)
         return time.perf_counter() - start
 
     def test(self, module: Classifier, phase: str) -> dict[str, float]:
@@ -147,9 +145,7 @@ class RunContext:
             wandb.finish()
 
 
-def measure_model(
-    model: nn.Module, example_inputs: torch.Tensor, cfg: DictConfig, strategy=None, latency: bool = True
-) -> dict[str, float]:
+def measure_model(model: nn.Module, example_inputs: torch.Tensor, cfg: DictConfig, strategy=None) -> dict[str, float]:
     """Size, compute and latency of ``model`` (paper counts and totals kept apart).
 
     ``compressed_bytes`` is the real size of the model in our compact format with the
@@ -164,10 +160,7 @@ def measure_model(
     if options.get("values") == "codebook":  # not quantized yet: measure the lossless size
         options["values"] = "fp32"
     out["compressed_bytes"] = pruning.compression_report(model, **options).file_bytes
-    if latency:
-        for batch in cfg.measure.latency_batch_sizes:
-            seconds = pruning.measure_latency(
-                model, example_inputs, batch_size=batch, repeats=cfg.measure.latency_repeats
-            )
-            out[f"latency_b{batch}_ms"] = seconds * 1e3
+    for batch in cfg.measure.latency_batch_sizes:
+        seconds = pruning.measure_latency(model, example_inputs, batch_size=batch, repeats=cfg.measure.latency_repeats)
+        out[f"latency_b{batch}_ms"] = seconds * 1e3
     return out

@@ -26,8 +26,7 @@ import pruning
 from experiments.baseline import obtain_baseline
 from experiments.context import Phase, RunContext
 from experiments.distributed import is_global_zero
-from experiments.plan import Runtime, dry_run, execute, refresh_batchnorm  # noqa: F401 (re-exported)
-from experiments.ratio_policy import ScanTable, as_scan, placeholder_scan
+from experiments.plan import Runtime, dry_run, execute
 from experiments.results import append_row, failure_fields, git_commit
 from experiments.storage import atomic_write_bytes, claim_directory
 from experiments.summary import format_summary
@@ -76,32 +75,6 @@ def experiment_name() -> str | None:
         return None
 
 
-def run_scan(model: nn.Module, example: torch.Tensor, strategy: Any, ctx: RunContext) -> ScanTable:
-    """Sensitivity scan on the validation split: each group alone at each ratio, no retraining."""
-    spec = strategy.scan
-    batches, seen = [], 0
-    for x, y in ctx.datamodule.val_dataloader():
-        take = min(len(y), spec.images - seen)
-        batches.append((x[:take], y[:take]))
-        seen += take
-        if seen >= spec.images:
-            break
-    criterion = (
-        strategy.criterion
-        if not isinstance(strategy.criterion, str)
-        or strategy.criterion in ("l1", "l2", "largest_l1", "fpgm", "bn_gamma")
-        else "l1"
-    )
-
-    def progress(i: int, n: int, group: str) -> None:
-        log.info("scan: group %d of %d (%s)", i, n, group)
-
-    table = pruning.sensitivity(
-        model, example, batches, ratios=tuple(spec.ratios), criterion=criterion, progress=progress
-    )
-    return as_scan(table)
-
-
 def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -132,16 +105,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         strategy=make_strategy(),
         dense_counts=pruning.count(model, example),
     )
-    # every bad value or combination fails here, before the baseline trains
-    scan_spec = getattr(rt.strategy, "scan", None)
-    placeholder = (
-        placeholder_scan(
-            pruning.group_channels(model, example, getattr(rt.strategy, "ignore", ())), list(scan_spec.ratios)
-        )
-        if scan_spec is not None
-        else None
-    )
-    dry_run(make_strategy, model, rt, scan=placeholder)
+    dry_run(make_strategy, model, rt)  # every bad value or combination fails here, before the baseline trains
 
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     ctx = RunContext(cfg, datamodule, output_dir)
@@ -151,10 +115,10 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     try:
         rt.phases["baseline"] = obtain_baseline(cfg, model, ctx, example)
         rt.remember_baseline(model)
-        if scan_spec is not None:
+        if getattr(rt.strategy, "scan", None) is not None:
             rt.current = "scan"
             start = time.perf_counter()
-            rt.scan = run_scan(model, example, rt.strategy, ctx)
+            rt.scan = rt.strategy.sensitivity_scan(model, rt)
             rt.totals["scan_wall_s"] = time.perf_counter() - start
         rt.current = "plan"
         steps = rt.strategy.plan(model, rt)

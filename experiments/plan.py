@@ -51,6 +51,7 @@ class Runtime:
     )
     current: str = "plan"
     _teacher: nn.Module | None = None
+    _calibration: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     _baseline_state: dict[str, torch.Tensor] | None = None
 
     @property
@@ -74,7 +75,13 @@ class Runtime:
         return 1 if self.ctx is None else self.ctx.steps_per_epoch()
 
     def calibration(self, batches: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``batches`` batches of the training split (seeded by the run), for data-driven criteria."""
+        """``batches`` batches of the training split (seeded by the run), for data-driven criteria;
+        drawn once per run, so the scan and the prune steps score on the same images."""
+        if batches not in self._calibration:
+            self._calibration[batches] = self._draw_calibration(batches)
+        return self._calibration[batches]
+
+    def _draw_calibration(self, batches: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.ctx is None:  # dry run: shapes are all that matter
             n = max(2, len(self.example))
             x = self.example[:1].expand(n, *self.example.shape[1:]).clone()
@@ -205,7 +212,7 @@ def execute(steps: Sequence[Step], model: nn.Module, rt: Runtime) -> None:
     rt.current = "finish"
 
 
-def dry_run(make_strategy: Callable[[], Any], model: nn.Module, rt: Runtime, scan: Any = None) -> list[Step]:
+def dry_run(make_strategy: Callable[[], Any], model: nn.Module, rt: Runtime) -> list[Step]:
     """Plan and execute on a copy of ``model`` without data or training: every config error
     surfaces here, before the baseline trains. Returns the plan."""
     strategy = make_strategy()
@@ -217,7 +224,6 @@ def dry_run(make_strategy: Callable[[], Any], model: nn.Module, rt: Runtime, sca
         build_model=rt.build_model,
         strategy=strategy,
         dry=True,
-        scan=scan,
         dense_counts=rt.dense_counts,
     )
     steps = strategy.plan(trial, dry)

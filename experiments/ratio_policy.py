@@ -72,6 +72,7 @@ class ScanTable:
 
     base: float
     rows: list[dict]
+    placeholder: bool = False  # made up for the dry run, before the baseline exists
 
     def curves(self) -> dict[str, list[tuple[float, float]]]:
         """``{group: [(ratio, predicted drop), ...]}`` sorted by ratio; the drop is made
@@ -117,6 +118,7 @@ def placeholder_scan(groups: dict[str, tuple[int, int]], ratios: list[float]) ->
             for g, (c, _) in groups.items()
             for r in ratios
         ],
+        placeholder=True,
     )
 
 
@@ -132,6 +134,7 @@ class SensitivityMaxDrop(ScanPolicy):
     or under ``max_drop`` (at that ratio and every smaller one); 0 if none does."""
 
     max_drop: float = 0.01
+    policy_name = "max_drop"
 
     def validate(self) -> None:
         if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or not 0 <= self.max_drop < 1:
@@ -159,6 +162,10 @@ class SensitivityTarget(ScanPolicy):
     resource: str = "macs"
     match_uniform: float | None = None
 
+    @property
+    def policy_name(self) -> str:
+        return f"target_{self.resource}"
+
     def validate(self) -> None:
         if (self.reduction is None) == (self.match_uniform is None):
             raise ConfigError(
@@ -177,31 +184,49 @@ class SensitivityTarget(ScanPolicy):
         if self.resource not in ("macs", "params"):
             raise ConfigError(f"strategy.ratio.resource={self.resource!r}: allowed values are 'macs', 'params'")
 
-    def _removed(self, model: nn.Module, example: Any, ratios: dict[str, float]) -> float:
+    def _removed(self, model: nn.Module, example: Any, ratios: dict[str, float], full: float) -> float:
+        """Fraction of ``full`` that pruning the groups at ``ratios`` removes (counted exactly)."""
         import copy
 
         import pruning
 
-        full = getattr(pruning.count(model, example), self.resource)
-        trial = copy.deepcopy(model)
         active = {g: r for g, r in ratios.items() if r > 0}
-        if active:
-            pruning.prune_filters(trial, example, active)
+        if not active:
+            return 0.0
+        trial = copy.deepcopy(model)
+        pruning.prune_filters(trial, example, active)
         return 1.0 - getattr(pruning.count(trial, example), self.resource) / full
 
+    def _single(self, model: nn.Module, example: Any, scan: ScanTable, full: float) -> dict[tuple[str, float], float]:
+        """What each (group, ratio) removes alone: from the scan's rows where it counted it, else counted here."""
+        key = f"{self.resource}_removed"
+        out = {(row["group"], float(row["ratio"])): row[key] / full for row in scan.rows if key in row}
+        for group, points in scan.curves().items():
+            for ratio, _ in points:
+                if (group, ratio) not in out:
+                    out[(group, ratio)] = self._removed(model, example, {group: ratio}, full)
+        return out
+
     def __call__(self, model: nn.Module, example: Any, scan: ScanTable) -> dict[str, float]:
+        import pruning
+
         curves = scan.curves()
+        full = getattr(pruning.count(model, example), self.resource)
+        wanted = self.reduction
         if self.match_uniform is not None:
-            self.reduction = self._removed(model, example, {g: float(self.match_uniform) for g in curves})
-        most = self._removed(model, example, {g: pts[-1][0] for g, pts in curves.items()})
-        if most + 1e-9 < self.reduction:
+            wanted = self._removed(model, example, {g: float(self.match_uniform) for g in curves}, full)
+        most = self._removed(model, example, {g: pts[-1][0] for g, pts in curves.items()}, full)
+        if most + 1e-9 < wanted:
             raise ConfigError(
-                f"strategy.ratio.reduction={self.reduction}: the scanned groups can remove at most {most:.3f} of the "
+                f"strategy.ratio.reduction={wanted}: the scanned groups can remove at most {most:.3f} of the "
                 f"{self.resource} (every group at its largest scanned ratio); lower the target or scan larger ratios"
             )
-        single = {(g, r): self._removed(model, example, {g: r}) for g, pts in curves.items() for r, _ in pts}
+        if scan.placeholder:  # the dry run checks feasibility only; the real scan allocates
+            return {g: pts[-1][0] for g, pts in curves.items()}
+        single = self._single(model, example, scan, full)
         level = {g: -1 for g in curves}  # index into curves[g]; -1 = unpruned
-        target = self.reduction
+        target = wanted
+        ratios = {g: 0.0 for g in curves}
         for _ in range(50):
             while sum(single[(g, curves[g][i][0])] for g, i in level.items() if i >= 0) < target:
                 best = None
@@ -218,8 +243,8 @@ class SensitivityTarget(ScanPolicy):
                     break
                 level[best[1]] += 1
             ratios = {g: (curves[g][i][0] if i >= 0 else 0.0) for g, i in level.items()}
-            exact = self._removed(model, example, ratios)
-            if exact + 1e-9 >= self.reduction or all(i + 1 >= len(curves[g]) for g, i in level.items()):
+            exact = self._removed(model, example, ratios, full)
+            if exact + 1e-9 >= wanted or all(i + 1 >= len(curves[g]) for g, i in level.items()):
                 return ratios
-            target += self.reduction - exact  # coupled groups overlap: ask the estimate for more
+            target += wanted - exact  # coupled groups overlap: ask the estimate for more
         return ratios

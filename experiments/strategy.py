@@ -12,6 +12,7 @@ Scratch-E, Scratch-B, none) and a freeze policy. A new part is a config value, n
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -22,12 +23,13 @@ from torch import nn
 import pruning
 from experiments.module import LR_SCHEDULES
 from experiments.plan import Measure, Prune, Runtime, Step, Train, scratch_optimizer, split_budget
-from experiments.ratio_policy import ScanTable, placeholder_scan
+from experiments.ratio_policy import ScanTable, as_scan, placeholder_scan
 from experiments.validation import ConfigError, check_choice, check_nonnegative_int, check_ratio
 
 SCHEDULES = ("oneshot", "iterative", "layerwise")
 ORDERS = ("forward", "backward", "least_sensitive_first")
 RETRAIN_MODES = ("finetune", "scratch_e", "scratch_b", "none")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,6 +98,10 @@ class Strategy:
         """Static checks of the settings against the built model (before any training)."""
 
     def plan(self, model: nn.Module, rt: Runtime) -> list[Step]:
+        raise NotImplementedError
+
+    def sensitivity_scan(self, model: nn.Module, rt: Runtime) -> Any:
+        """The scan the plan reads (``rt.scan``); asked for only when ``scan`` is set."""
         raise NotImplementedError
 
     def parts(self) -> dict[str, Any]:
@@ -204,7 +210,7 @@ class FilterPruning(Strategy):
             w
             for w, need in (
                 ("strategy.freeze.most_sensitive", k > 0),
-                ("strategy.ratio", getattr(self.ratio, "needs_scan", False)),
+                ("strategy.ratio", self._needs_scan()),
                 (
                     "strategy.order=least_sensitive_first",
                     self.order == "least_sensitive_first" and self.schedule == "layerwise",
@@ -256,18 +262,20 @@ class FilterPruning(Strategy):
         return {n: ratio for n in prunable}
 
     # -- planning ---------------------------------------------------------------------------
+    def _needs_scan(self) -> bool:
+        return getattr(self.ratio, "needs_scan", False)
+
     def _resolved_ratio(self, model: nn.Module, rt: Runtime) -> Any:
-        if getattr(self.ratio, "needs_scan", False):
+        if self._needs_scan():
             return self.ratio(model, rt.example, self._scan(model, rt))
         if callable(self.ratio):
             return self.ratio(model)
         return dict(self.ratio) if isinstance(self.ratio, Mapping) else float(self.ratio)
 
     def _scan(self, model: nn.Module, rt: Runtime) -> ScanTable:
-        if rt.scan is not None:
-            return rt.scan
-        groups = pruning.group_channels(model, rt.example, self.ignore)
-        return placeholder_scan(groups, list(self.scan.ratios))
+        if rt.scan is None:  # the dry run: a scan predicting no damage (shapes and feasibility are checked)
+            rt.scan = placeholder_scan(pruning.group_channels(model, rt.example, self.ignore), list(self.scan.ratios))
+        return rt.scan
 
     def _criterion(self, rt: Runtime) -> Any:
         if not isinstance(self.criterion, str):
@@ -275,10 +283,32 @@ class FilterPruning(Strategy):
         cls = pruning.criteria.criterion_class(self.criterion)
         if cls is pruning.Random:
             return pruning.Random(seed=rt.seed)
-        if not cls.needs_data and not issubclass(cls, pruning.criteria._Activation):
-            return cls()
-        x, y = rt.calibration(self.calibration_batches)
-        return pruning.Taylor(x, y) if cls is pruning.Taylor else cls(x)
+        return cls.from_data(*rt.calibration(self.calibration_batches)) if cls.needs_data else cls()
+
+    def sensitivity_scan(self, model: nn.Module, rt: Runtime) -> ScanTable:
+        """Each group pruned alone at ``scan.ratios`` with the strategy's criterion, evaluated
+        without retraining on ``scan.images`` validation images."""
+        batches, seen = [], 0
+        for x, y in rt.ctx.datamodule.val_dataloader():
+            take = min(len(y), self.scan.images - seen)
+            batches.append((x[:take], y[:take]))
+            seen += take
+            if seen >= self.scan.images:
+                break
+
+        def progress(i: int, n: int, group: str) -> None:
+            log.info("scan: group %d of %d (%s)", i, n, group)
+
+        table = pruning.sensitivity(
+            model,
+            rt.example,
+            batches,
+            ratios=tuple(self.scan.ratios),
+            criterion=self._criterion(rt),
+            progress=progress,
+            ignore=self.ignore,
+        )
+        return as_scan(table)
 
     def plan(self, model: nn.Module, rt: Runtime) -> list[Step]:
         self.record = pruning.PruningRecord()
@@ -382,16 +412,7 @@ class FilterPruning(Strategy):
 
     # -- what the run stores ------------------------------------------------------------------
     def parts(self) -> dict[str, Any]:
-        policy = (
-            "uniform"
-            if isinstance(self.ratio, (int, float))
-            else "per_layer"
-            if isinstance(self.ratio, Mapping)
-            else {"SensitivityMaxDrop": "max_drop"}.get(
-                type(self.ratio).__name__,
-                f"target_{getattr(self.ratio, 'resource', '')}" if hasattr(self.ratio, "reduction") else "policy",
-            )
-        )
+        policy = policy_name(self.ratio)
         names, k = freeze_spec(self.freeze)
         crit = (
             self.criterion
@@ -406,7 +427,7 @@ class FilterPruning(Strategy):
             "order": self.order if self.schedule == "layerwise" else None,
             "ratio": str(float(self.ratio))
             if policy == "uniform"
-            else ("sensitivity" if getattr(self.ratio, "needs_scan", False) else policy),
+            else ("sensitivity" if self._needs_scan() else policy),
             "ratio_policy": policy,
             "max_drop": getattr(self.ratio, "max_drop", None),
             "target_reduction": getattr(self.ratio, "reduction", None),
@@ -420,7 +441,7 @@ class FilterPruning(Strategy):
         after = self.record.channels()
         layers = []
         for g, c in self.channels.items():
-            kept = after.get(g, (self.targets.get(g, c), c))[0] if g in self.targets else c
+            kept = after[g][0] if g in after else c
             layers.append(
                 {"name": g, "kind": "filter", "channels_before": c, "channels_after": kept, "kept_fraction": kept / c}
             )
@@ -433,6 +454,15 @@ class FilterPruning(Strategy):
 
     def structure_record(self) -> pruning.PruningRecord:
         return self.record
+
+
+def policy_name(ratio: Any) -> str:
+    """How a ratio was given, as the results row names it."""
+    if isinstance(ratio, (int, float)):
+        return "uniform"
+    if isinstance(ratio, Mapping):
+        return "per_layer"
+    return getattr(ratio, "policy_name", "policy")
 
 
 def filter_norms(model: nn.Module) -> list[dict[str, Any]]:

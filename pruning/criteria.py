@@ -120,6 +120,11 @@ class Criterion:
     needs_data = False
     data_hint = ""
 
+    @classmethod
+    def from_data(cls, inputs: Any, targets: Tensor) -> "Criterion":
+        """An instance for calibration ``inputs``/``targets`` (criteria with ``needs_data``)."""
+        return cls()
+
     def prepare(self, model: nn.Module, groups: Sequence[ChannelGroup]) -> None:
         """Called once by ``prune_filters`` before any group is scored."""
 
@@ -259,6 +264,10 @@ class _Activation(Criterion):
     needs_data = True
     data_hint = "calibration_inputs"
 
+    @classmethod
+    def from_data(cls, inputs: Any, targets: Tensor) -> "Criterion":
+        return cls(inputs)
+
     def __init__(self, calibration_inputs: Any, combine: str = "mean"):
         self.calibration_inputs = calibration_inputs
         self.combine = _check_combine(combine)
@@ -338,6 +347,10 @@ class Taylor(Criterion):
 
     needs_data = True
     data_hint = "inputs, targets, loss_fn=torch.nn.functional.cross_entropy"
+
+    @classmethod
+    def from_data(cls, inputs: Any, targets: Tensor) -> "Criterion":
+        return cls(inputs, targets)
 
     def __init__(
         self,

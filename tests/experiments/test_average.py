@@ -7,7 +7,8 @@ from torch import nn
 
 import pruning
 from experiments.module import Classifier
-from experiments.pipeline import refresh_batchnorm, run
+from experiments.pipeline import run
+from experiments.plan import refresh_batchnorm
 from experiments.validation import ConfigError
 from tests.experiments.conftest import FAST
 

@@ -166,7 +166,7 @@ def test_scan_policies_from_a_known_table(compose_cfg):
     target = SensitivityTarget(reduction=0.5)
     alloc = target(model, x, scan)
     assert alloc[groups[0]] == 0.0  # the sensitive group is spared
-    assert target._removed(model, x, alloc) >= 0.5
+    assert target._removed(model, x, alloc, pruning.count(model, x).macs) >= 0.5
     assert max(scan.sensitivity(), key=scan.sensitivity().get) == groups[0]
 
 

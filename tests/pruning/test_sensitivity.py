@@ -13,6 +13,7 @@ from torch import nn
 import pruning
 from experiments.models import MODELS
 from pruning.sensitivity import SensitivityTable, evaluate, sensitivity
+from tests.pruning import test_structured as structured_tests
 
 
 @pytest.fixture(autouse=True)
@@ -24,16 +25,7 @@ def one_thread():
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affines (a zero input to BN does not stay zero)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.3)
-    return model
+    return structured_tests.randomize_bn(model, seed, bias_std=0.3)
 
 
 def zoo(name: str) -> nn.Module:

@@ -54,8 +54,9 @@ def outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out[0]
 
 
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics, so that equivalence checks are meaningful."""
+def randomize_bn(model: nn.Module, seed: int = 0, bias_std: float = 0.1) -> nn.Module:
+    """Non-trivial BN statistics and affines, so that equivalence checks are meaningful
+    (a zero input to BN does not stay zero)."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -63,7 +64,7 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
             m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
             m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+            m.bias.data.copy_(torch.randn(n, generator=g) * bias_std)
     return model
 
 
