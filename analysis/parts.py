@@ -24,6 +24,7 @@ PARTS: tuple[str, ...] = (
     "freeze",
     "epochs_budget",
     "baseline_epochs",
+    "recipe",
 )
 """Every key of ``row["parts"]``, each its own column of :func:`analysis.load.load_runs`."""
 

@@ -38,6 +38,8 @@ class Classifier(L.LightningModule):
     model, e.g. the dense baseline) the loss is Hinton's knowledge distillation:
     ``(1 - distill) * CE + distill * T^2 * KL(teacher_T || student_T)``. ``frozen_modules``
     stay in eval mode while training (a frozen layer's BatchNorm statistics do not move).
+    ``label_smoothing`` smooths the cross-entropy targets; with ``select_best`` the weights
+    of the validation epoch with the best accuracy are restored when fitting ends.
     """
 
     def __init__(
@@ -53,6 +55,8 @@ class Classifier(L.LightningModule):
         temperature: float = 4.0,
         average: bool = False,
         frozen_modules: Iterable[nn.Module] = (),
+        label_smoothing: float = 0.0,
+        select_best: bool = False,
     ) -> None:
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
@@ -72,6 +76,9 @@ class Classifier(L.LightningModule):
         self._average: dict[str, torch.Tensor] = {}
         self._averaged = 0
         self._frozen = list(frozen_modules)  # kept in eval mode: frozen BatchNorm statistics stay fixed
+        self.label_smoothing = float(label_smoothing)
+        self.select_best = select_best
+        self._best: tuple[float, dict[str, torch.Tensor]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -79,16 +86,29 @@ class Classifier(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self.model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         total = loss
         if self._teacher:
             total = (1 - self.distill) * loss + self.distill * self.distillation_loss(logits, x)
         if self.penalty is not None:
             total = total + self.penalty(self.model)
-        acc = (logits.argmax(1) == y).float().mean()
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log("train/acc", acc, prog_bar=True, on_step=True, on_epoch=False)
+        if self._logs_this_step():
+            acc = (logits.argmax(1) == y).float().mean()
+            self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
+            self.log("train/acc", acc, prog_bar=True, on_step=True, on_epoch=False)
         return total
+
+    def _logs_this_step(self) -> bool:
+        """Whether the loggers write this step (every ``trainer.log_every_n_steps``).
+
+        ``self.log`` costs about as much as a training step of a small MLP, so the training
+        curves are only computed on the steps that are written (and shown by the progress bar).
+        """
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        every = max(1, int(trainer.log_every_n_steps))
+        return (self.global_step + 1) % every == 0
 
     def distillation_loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Hinton's loss against the frozen teacher's outputs on ``x``."""
@@ -122,6 +142,8 @@ class Classifier(L.LightningModule):
     def on_fit_end(self) -> None:
         if self.average and self._average:
             self.model.load_state_dict(self._average)
+        if self.select_best and self._best is not None:
+            self.model.load_state_dict(self._best[1])
 
     # -- evaluation: exact sums over the whole split, not averages of batch means --------
     def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -143,6 +165,9 @@ class Classifier(L.LightningModule):
         if not sums["n"]:
             return
         n = sums["n"]
+        if stage == "val" and self.select_best and (self._best is None or sums["top1"] / n > self._best[0]):
+            # every rank holds the same reduced sums and weights, so all keep the same epoch
+            self._best = (sums["top1"] / n, {k: v.detach().clone() for k, v in self.model.state_dict().items()})
         self.log(f"{stage}/loss", sums["loss"] / n, prog_bar=stage == "val")
         self.log(f"{stage}/acc", sums["top1"] / n, prog_bar=stage == "val")
         if self.model_num_classes() > 5:

@@ -124,7 +124,8 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         steps = rt.strategy.plan(model, rt)
         execute(steps, model, rt)
 
-        rt.phases["pruned"].metrics["wall_s"] = rt.totals["prune_wall_s"]
+        if "pruned" in rt.phases:  # a gradual schedule prunes while it trains: no point before retraining
+            rt.phases["pruned"].metrics["wall_s"] = rt.totals["prune_wall_s"]
         rt.phases["retrained"].metrics["wall_s"] = rt.totals["retrain_wall_s"]
         tables = rt.strategy.tables(model)
         if rt.scan is not None:

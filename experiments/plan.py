@@ -168,6 +168,8 @@ class Train(Step):
             after_step=after_step,
             average=self.average,
             frozen_modules=frozen,
+            label_smoothing=getattr(self.retrain, "label_smoothing", 0.0),
+            select_best=getattr(self.retrain, "select", "last") == "best_val",
         )
         try:
             wall = rt.ctx.fit(module, self.label, epochs or 0, steps=self.steps)

@@ -29,6 +29,7 @@ from experiments.validation import ConfigError, check_choice, check_nonnegative_
 SCHEDULES = ("oneshot", "iterative", "layerwise")
 ORDERS = ("forward", "backward", "least_sensitive_first")
 RETRAIN_MODES = ("finetune", "scratch_e", "scratch_b", "none")
+SELECT_CHOICES = ("last", "best_val")
 log = logging.getLogger(__name__)
 
 
@@ -39,7 +40,10 @@ class Retrain:
     ``scratch_e`` / ``scratch_b`` re-initialise the pruned architecture and train it with the
     baseline's optimizer and lr schedule for the baseline's epochs (E) or those epochs times
     baseline MACs / pruned MACs, at most ``scratch_cap`` times (B, Liu et al. 2019), or
-    ``none``. ``distill`` > 0 adds distillation from the dense baseline (Hinton et al. 2015).
+    ``none``. ``distill`` > 0 adds distillation from the dense baseline (Hinton et al. 2015);
+    ``label_smoothing`` smooths the cross-entropy targets (Szegedy et al. 2016); ``select``
+    keeps the ``last`` weights of the phase or those of its epoch with the best validation
+    accuracy (``best_val``).
     """
 
     epochs: int = 1
@@ -49,6 +53,8 @@ class Retrain:
     temperature: float = 4.0
     mode: str = "finetune"
     scratch_cap: float = 2.0
+    label_smoothing: float = 0.0
+    select: str = "last"
 
     def validate(self, key: str = "strategy.retrain") -> None:
         check_nonnegative_int(f"{key}.epochs", self.epochs)
@@ -62,6 +68,13 @@ class Retrain:
             or self.temperature <= 0
         ):
             raise ConfigError(f"{key}.temperature={self.temperature!r}: must be a number > 0")
+        check_choice(f"{key}.select", self.select, SELECT_CHOICES)
+        if (
+            isinstance(self.label_smoothing, bool)
+            or not isinstance(self.label_smoothing, (int, float))
+            or not 0 <= self.label_smoothing < 1
+        ):
+            raise ConfigError(f"{key}.label_smoothing={self.label_smoothing!r}: must be a number in [0, 1) (0: off)")
         if isinstance(self.scratch_cap, bool) or not isinstance(self.scratch_cap, (int, float)) or self.scratch_cap < 1:
             raise ConfigError(f"{key}.scratch_cap={self.scratch_cap!r}: must be a number >= 1")
         if self.epochs > 0 and self.mode == "finetune" and self.optimizer is None:

@@ -9,6 +9,7 @@ fine-tuning followed by compressed storage (CSR relative indices, codebooks, Huf
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -26,6 +27,7 @@ from experiments.strategy import Retrain, Strategy, freeze_spec
 from experiments.validation import ConfigError, check_choice, check_ratio
 
 FREEZE_CHOICES = (None, "conv", "fc")
+SCHEDULE_CHOICES = ("linear", "geometric", "cubic", "gradual")
 REGULARIZATION_CHOICES = (None, "l1", "l2")
 VALUE_FORMATS = ("fp32", "fp16", "codebook")
 
@@ -72,6 +74,14 @@ class WeightPruning(Strategy):
     mean of the weights at the end of each epoch (SWA; pruned weights stay zero).
     ``quantize_retrain`` > 0 epochs shares weights by k-means (``storage`` bits) and
     fine-tunes the centroids (Deep Compression) after that.
+
+    ``schedule=gradual`` (Zhu & Gupta 2017) replaces the rounds by one run of
+    ``rounds x retrain.epochs`` epochs that prunes every ``gradual_every`` optimizer steps
+    along a cubic schedule, reaching the final sparsity after ``gradual_until`` of the run.
+    ``regrow`` > 0 moves that (cosine-decaying) fraction of each layer's kept weights every
+    ``regrow_every`` steps of the last round's retraining, in its first 75% (RigL, Evci et
+    al. 2020): the smallest kept weights are dropped, the pruned ones with the largest
+    gradients grown, at constant sparsity.
     """
 
     name: str = "weight"
@@ -89,6 +99,10 @@ class WeightPruning(Strategy):
     storage: Storage = field(default_factory=Storage)
     quantize_retrain: Retrain | None = None
     average: Retrain | None = None
+    gradual_every: int = 100
+    gradual_until: float = 0.5
+    regrow: float = 0.0
+    regrow_every: int = 100
     masks: pruning.Masks | None = field(default=None, init=False, repr=False)
 
     # -- validation ------------------------------------------------------------------------
@@ -96,7 +110,29 @@ class WeightPruning(Strategy):
         if (self.sparsity is None) == (self.quality is None):
             raise ConfigError("strategy.sparsity / strategy.quality: set exactly one of them (the other null)")
         check_choice("strategy.scope", self.scope, ("layer", "global"))
-        check_choice("strategy.schedule", self.schedule, ("linear", "geometric", "cubic"))
+        check_choice("strategy.schedule", self.schedule, SCHEDULE_CHOICES)
+        for key in ("gradual_every", "regrow_every"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"strategy.{key}={value!r}: must be an integer >= 1 (optimizer steps)")
+        for key, low_open in (("gradual_until", True), ("regrow", False)):
+            value = getattr(self, key)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (0 < value <= 1 if low_open else 0 <= value <= 1)
+            ):
+                allowed = "(0, 1]" if low_open else "[0, 1] (0: off)"
+                raise ConfigError(f"strategy.{key}={value!r}: must be a number in {allowed}")
+        if self.schedule == "gradual":
+            if self.sparsity is None:
+                raise ConfigError(
+                    "strategy.schedule=gradual needs strategy.sparsity (quality thresholds are per round)"
+                )
+            if self.regrow:
+                raise ConfigError(
+                    "strategy.regrow works with the round schedules (linear, geometric, cubic), not gradual"
+                )
         check_choice("strategy.regularization", self.regularization, REGULARIZATION_CHOICES)
         if isinstance(self.freeze, Mapping):
             raise ConfigError(
@@ -154,20 +190,21 @@ class WeightPruning(Strategy):
 
         return {k: at(v) for k, v in amount.items()} if isinstance(amount, Mapping) else at(amount)
 
-    def prune(self, model: nn.Module, example_inputs: torch.Tensor, round_index: int) -> dict[str, Any]:
-        original_dropout = {n: m.p for n, m in model.named_modules() if isinstance(m, nn.Dropout)}
-        if self.sparsity is not None:
-            new = pruning.prune_weights(
-                model, sparsity=self._amount_at(self.sparsity, round_index), scope=self.scope, include=self.include
-            )
-        else:
-            new = pruning.prune_weights(
-                model, quality=self._amount_at(self.quality, round_index), scope=self.scope, include=self.include
-            )
-        if self.masks is not None:  # pruned weights never come back
+    def tighten(self, model: nn.Module, **amount: Any) -> pruning.Masks:
+        """Prune to ``sparsity=`` or ``quality=``; weights pruned before never come back."""
+        new = pruning.prune_weights(model, scope=self.scope, include=self.include, **amount)
+        if self.masks is not None:
             new = pruning.Masks({n: new[n] & self.masks[n] for n in new})
             new.apply_(model)
         self.masks = new
+        return new
+
+    def prune(self, model: nn.Module, example_inputs: torch.Tensor, round_index: int) -> dict[str, Any]:
+        original_dropout = {n: m.p for n, m in model.named_modules() if isinstance(m, nn.Dropout)}
+        if self.sparsity is not None:
+            new = self.tighten(model, sparsity=self._amount_at(self.sparsity, round_index))
+        else:
+            new = self.tighten(model, quality=self._amount_at(self.quality, round_index))
         if self.adjust_dropout and round_index == 0:
             self._adjust_dropout(model, original_dropout)
         sparsity = new.sparsity()
@@ -176,6 +213,16 @@ class WeightPruning(Strategy):
             "kind": "weight",
             "layers": {n: {"kept": c[0], "total": c[1]} for n, c in new.counts().items()},
             "sparsity": float(sparsity.total) if hasattr(sparsity, "total") else None,
+        }
+
+    def prune_final(self, model: nn.Module) -> dict[str, Any]:
+        """The gradual schedule's last step: the final sparsity exactly (normally reached already)."""
+        new = self.tighten(model, sparsity=self.sparsity)
+        return {
+            "round": 0,
+            "kind": "weight",
+            "layers": {n: {"kept": c[0], "total": c[1]} for n, c in new.counts().items()},
+            "sparsity": float(new.sparsity().total),
         }
 
     def _adjust_dropout(self, model: nn.Module, original: dict[str, float]) -> None:
@@ -192,13 +239,57 @@ class WeightPruning(Strategy):
                 pending = None
 
     # -- retraining ---------------------------------------------------------------------------
-    def retrain_hooks(self) -> tuple[Callable | None, list[Callable]]:
-        masks = self.masks
+    def retrain_hooks(self, mask_update: Callable[[nn.Module], None] | None = None) -> tuple[Callable | None, list]:
+        """The penalty and after-step hooks: ``mask_update`` (gradual pruning, regrowth) may
+        replace ``self.masks`` during training, so the hooks read the current masks."""
         penalty = None
         if self.regularization is not None and self.regularization_strength > 0:
             kind, strength = self.regularization, self.regularization_strength
-            penalty = lambda model: strength * masks.penalty(model, kind)  # noqa: E731
-        return penalty, [lambda model: masks.apply_(model)]
+
+            def penalty(model: nn.Module) -> torch.Tensor:
+                return strength * self.masks.penalty(model, kind) if self.masks is not None else torch.zeros(())
+
+        def enforce(model: nn.Module) -> None:
+            if self.masks is not None:
+                self.masks.apply_(model)
+
+        return penalty, ([mask_update] if mask_update is not None else []) + [enforce]
+
+    def gradual_hook(self, rt: Runtime, epochs: int) -> Callable[[nn.Module], None]:
+        """Prune every ``gradual_every`` steps along the cubic schedule (Zhu & Gupta 2017)."""
+        ramp = max(1, int(epochs * rt.steps_per_epoch() * self.gradual_until))
+        every = min(self.gradual_every, ramp)
+        events = max(1, ramp // every)
+        final = self.sparsity
+        step = 0
+
+        def at(event: int) -> Any:
+            def one(value: float) -> float:
+                return pruning.sparsity_schedule(event, events, float(value), kind="cubic")
+
+            return {k: one(v) for k, v in final.items()} if isinstance(final, Mapping) else one(final)
+
+        def hook(model: nn.Module) -> None:
+            nonlocal step
+            step += 1
+            if step % every == 0 and step // every <= events:
+                self.tighten(model, sparsity=at(step // every))
+
+        return hook
+
+    def regrow_hook(self, rt: Runtime, epochs: int) -> Callable[[nn.Module], None]:
+        """RigL-style mask updates at constant sparsity in the first 75% of a retraining."""
+        end = 0.75 * epochs * rt.steps_per_epoch()
+        step = 0
+
+        def hook(model: nn.Module) -> None:
+            nonlocal step
+            step += 1
+            if step % self.regrow_every == 0 and step <= end and self.masks is not None:
+                fraction = self.regrow / 2 * (1 + math.cos(math.pi * step / end))
+                self.masks = pruning.regrow(self.masks, model, fraction)
+
+        return hook
 
     def frozen_names(self, model: nn.Module) -> list[str]:
         """Modules kept fixed while retraining: every conv or linear layer of a kind, or a list."""
@@ -215,19 +306,35 @@ class WeightPruning(Strategy):
         self.masks = None
         frozen = self.frozen_names(model)
         steps: list[Step] = []
-        for r in range(self.rounds):
+        if self.schedule == "gradual":  # one run that prunes as it trains: no "pruned" point before retraining
+            epochs = self.retrain.epochs * self.rounds
+            if self.retrain.mode == "finetune":
+                steps.append(
+                    Train(
+                        "retrain",
+                        self.retrain,
+                        epochs=epochs,
+                        freeze=frozen,
+                        hooks=lambda: self.retrain_hooks(self.gradual_hook(rt, epochs)),
+                    )
+                )
+            steps.append(Prune("prune", lambda m, rt: self.prune_final(m)))  # exactly the final masks
+        for r in range(self.rounds if self.schedule != "gradual" else 0):
             last = r == self.rounds - 1
             label = f"round{r}" if self.rounds > 1 else ""
             steps.append(Prune(f"{label}/prune" if label else "prune", lambda m, rt, r=r: self.prune(m, rt.example, r)))
             steps.append(Measure("pruned") if last else Measure(f"{label}/pruned", full=False))
             if self.retrain.mode == "finetune":
+                regrow = self.regrow > 0 and last
                 steps.append(
                     Train(
                         f"{label}/retrain" if label else "retrain",
                         self.retrain,
                         epochs=self.retrain.epochs,
                         freeze=frozen,
-                        hooks=self.retrain_hooks,
+                        hooks=(lambda: self.retrain_hooks(self.regrow_hook(rt, self.retrain.epochs)))
+                        if regrow
+                        else self.retrain_hooks,
                     )
                 )
                 if not last:
@@ -253,7 +360,7 @@ class WeightPruning(Strategy):
         return {
             "kind": "weight",
             "criterion": "magnitude",
-            "schedule": "iterative" if self.rounds > 1 else "oneshot",
+            "schedule": "gradual" if self.schedule == "gradual" else ("iterative" if self.rounds > 1 else "oneshot"),
             "rounds": self.rounds,
             "ratio": str(float(amount)) if isinstance(amount, (int, float)) else "per_layer",
             "ratio_policy": "sparsity" if self.sparsity is not None else "quality",
@@ -265,7 +372,32 @@ class WeightPruning(Strategy):
             if not self.freeze
             else (self.freeze if isinstance(self.freeze, str) else "list:" + ",".join(self.freeze)),
             "epochs_budget": self.retrain.epochs * self.rounds + (self.average.epochs if self.average else 0),
+            "recipe": self.recipe(),
         }
+
+    def recipe(self) -> str:
+        """The retraining recipe in a few words (a column to group a recipe screen by)."""
+        r = self.retrain
+        opt = r.optimizer
+        kwargs = getattr(opt, "keywords", {}) or {}
+        name = getattr(getattr(opt, "func", opt), "__name__", type(opt).__name__).lower() if opt is not None else "none"
+        words = [name] + [
+            f"{k}{kwargs[k]:g}" for k in ("lr", "weight_decay") if isinstance(kwargs.get(k), (int, float))
+        ]
+        words.append(f"{r.epochs}ep")
+        if r.distill:
+            words.append(f"distill{r.distill:g}")
+        if r.label_smoothing:
+            words.append(f"smooth{r.label_smoothing:g}")
+        if r.select != "last":
+            words.append(r.select)
+        if self.regrow:
+            words.append(f"regrow{self.regrow:g}/{self.regrow_every}")
+        if self.schedule == "gradual":
+            words.append(f"gradual/{self.gradual_every}")
+        if self.average is not None and self.average.epochs:
+            words.append(f"avg{self.average.epochs}")
+        return " ".join(words).replace("weight_decay", "wd")
 
     def tables(self, model: nn.Module) -> dict[str, Any]:
         layers = [
@@ -326,6 +458,7 @@ class Quantize(Step):
             temperature=retrain.temperature,
             trainable=tuner.parameters,
             after_step=[tuner.sync_] + ([masks.apply_] if masks is not None else []),
+            label_smoothing=retrain.label_smoothing,
         )
         ctx.fit(module, "quantize", retrain.epochs)
         for name, codebook in zip(tuner.names, tuner.codebooks):

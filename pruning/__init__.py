@@ -37,7 +37,7 @@ from pruning.criteria import (
 from pruning.fold import fold_batchnorm, foldable_pairs
 from pruning.graph import ChannelGroup, GroupMember, dependency_groups
 from pruning.handlers import ChannelwiseHandler, FilterHandler, register_handler
-from pruning.masks import MaskCount, Masks, Sparsity, adjusted_dropout, prune_weights
+from pruning.masks import MaskCount, Masks, Sparsity, adjusted_dropout, prune_weights, regrow
 from pruning.measure import Counts, count, dense_bytes, measure_latency, nonzero_params
 from pruning.oprules import register_op_rule
 from pruning.record import (
@@ -96,6 +96,7 @@ __all__ = [
     "prune_filters",
     "prune_to",
     "prune_weights",
+    "regrow",
     "PruningRecord",
     "Random",
     "read_record",

@@ -295,3 +295,34 @@ def adjusted_dropout(rate: float, masks: Masks, name: str) -> float:
         raise KeyError(f"no mask for '{name}'; masked parameters: {list(masks)}")
     kept, total = masks.counts()[key]
     return rate * math.sqrt(kept / total)
+
+
+@torch.no_grad()
+def regrow(masks: Masks, model: nn.Module, fraction: float) -> Masks:
+    """Move ``fraction`` of each layer's kept weights at constant sparsity (RigL, Evci et al. 2020).
+
+    Per masked parameter, the ``k = int(fraction x kept)`` kept weights of smallest magnitude
+    are dropped and the ``k`` pruned weights with the largest gradient magnitude (the
+    gradient of the last backward pass, computed densely) are grown; grown weights start
+    at their current value (zero under enforced masks). Parameters without a gradient keep
+    their mask. Returns new masks; ``masks`` is not modified.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction={fraction}: must be in [0, 1]")
+    params = masks.validate(model)
+    new: dict[str, torch.Tensor] = {}
+    for name, mask in masks.items():
+        p = params[name]
+        flat = mask.to(p.device).flatten().clone()
+        kept = int(flat.sum())
+        k = min(int(fraction * kept), flat.numel() - kept)
+        if k == 0 or p.grad is None:
+            new[name] = mask
+            continue
+        inf = torch.tensor(float("inf"), device=p.device)
+        drop = torch.topk(torch.where(flat, p.detach().abs().flatten(), inf), k, largest=False).indices
+        grow = torch.topk(torch.where(flat, -inf, p.grad.abs().flatten()), k).indices
+        flat[drop] = False
+        flat[grow] = True
+        new[name] = flat.view_as(mask).to(mask.device)
+    return Masks(new)
