@@ -59,6 +59,7 @@ class Classifier(L.LightningModule):
         select_best: bool = False,
     ) -> None:
         super().__init__()
+        self.automatic_optimization = False  # see training_step
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule={lr_schedule!r}: allowed values are {LR_SCHEDULES}")
         self.model = model
@@ -80,10 +81,21 @@ class Classifier(L.LightningModule):
         self.select_best = select_best
         self._best: tuple[float, dict[str, torch.Tensor]] | None = None
 
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning sets this plain string twice per hook call; nn.Module.__setattr__ would
+        # check it against parameters, buffers and submodules every time (~40 times a step)
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_loss(
+        self, batch: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(total loss to optimise, cross-entropy, logits)`` of a training batch."""
         x, y = batch
         logits = self.model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
@@ -92,11 +104,29 @@ class Classifier(L.LightningModule):
             total = (1 - self.distill) * loss + self.distill * self.distillation_loss(logits, x)
         if self.penalty is not None:
             total = total + self.penalty(self.model)
-        if self._logs_this_step():
-            acc = (logits.argmax(1) == y).float().mean()
+        return total, loss, logits
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One optimizer step, written out (manual optimization).
+
+        The same operations in the same order as Lightning's automatic optimization (forward,
+        zero_grad, backward, step, then the per-step lr schedule), with a fraction of its
+        per-step hook calls: on small models those cost as much as the step itself.
+        """
+        logs = self._logs_this_step()
+        optimizer = self.optimizers()
+        total, loss, logits = self.training_loss(batch)
+        optimizer.zero_grad()
+        self.manual_backward(total)
+        optimizer.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        if logs:
+            acc = (logits.argmax(1) == batch[1]).float().mean()
             self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
             self.log("train/acc", acc, prog_bar=True, on_step=True, on_epoch=False)
-        return total
+        return total.detach()
 
     def _logs_this_step(self) -> bool:
         """Whether the loggers write this step (every ``trainer.log_every_n_steps``).
