@@ -27,6 +27,10 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return F.kl_div(F.log_softmax(student_logits / t, dim=1), target, log_target=True, reduction="batchmean") * t * t
 
 
+class TrainingDivergedError(FloatingPointError):
+    """The training loss became NaN or infinite: the weights are useless and are not kept."""
+
+
 class Classifier(L.LightningModule):
     """Wraps any nn.Module classifier; the optimizer is a partial bound here.
 
@@ -116,6 +120,11 @@ class Classifier(L.LightningModule):
         logs = self._logs_this_step()
         optimizer = self.optimizers()
         total, loss, logits = self.training_loss(batch)
+        if not torch.isfinite(total):
+            raise TrainingDivergedError(
+                f"the training loss is {float(total)} at step {self.global_step + 1} (epoch {self.current_epoch + 1}): "
+                "training diverged; lower this phase's learning rate (baseline.optimizer.lr or strategy.retrain.optimizer.lr)"
+            )
         optimizer.zero_grad()
         self.manual_backward(total)
         optimizer.step()

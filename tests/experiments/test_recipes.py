@@ -15,6 +15,7 @@ import pruning
 from experiments.data import SyntheticDataModule
 from experiments.module import Classifier
 from experiments.pipeline import run
+from experiments.results import read_rows
 from experiments.validation import ConfigError
 from tests.experiments.conftest import FAST
 
@@ -179,3 +180,16 @@ def test_a_gradual_adamw_run_through_the_pipeline(compose_cfg):
     assert m["retrain/steps"] == 4  # rounds x epochs x 2 batches, one run
     assert row["parts"]["schedule"] == "gradual"
     assert row["parts"]["recipe"] == "adamw lr0.001 wd0.0001 1ep smooth0.1 best_val gradual/1"
+
+
+def test_a_diverging_baseline_stops_the_run_and_is_not_cached(compose_cfg, tmp_path):
+    cfg = compose_cfg(
+        *FAST, "model=lenet300", "strategy=han_iterative", "baseline.epochs=3", "baseline.optimizer.lr=1e30"
+    )
+    with pytest.raises(FloatingPointError, match="training diverged.*baseline.optimizer.lr"):
+        run(cfg)
+    cache = tmp_path / ".cache" / "baselines"
+    assert not list(cache.glob("*.pt")) if cache.exists() else True
+    row = read_rows(tmp_path / "results")[-1]
+    assert row["status"] == "failed" and row["error"]["phase"] == "baseline"
+    assert row["error"]["type"] == "TrainingDivergedError"
