@@ -207,22 +207,21 @@ class WeightPruning(Strategy):
             new = self.tighten(model, quality=self._amount_at(self.quality, round_index))
         if self.adjust_dropout and round_index == 0:
             self._adjust_dropout(model, original_dropout)
-        sparsity = new.sparsity()
-        return {
-            "round": round_index,
-            "kind": "weight",
-            "layers": {n: {"kept": c[0], "total": c[1]} for n, c in new.counts().items()},
-            "sparsity": float(sparsity.total) if hasattr(sparsity, "total") else None,
-        }
+        return self._record(new, round_index)
 
     def prune_final(self, model: nn.Module) -> dict[str, Any]:
         """The gradual schedule's last step: the final sparsity exactly (normally reached already)."""
-        new = self.tighten(model, sparsity=self.sparsity)
+        return self._record(self.tighten(model, sparsity=self.sparsity), 0)
+
+    @staticmethod
+    def _record(masks: pruning.Masks, round_index: int) -> dict[str, Any]:
+        """The JSON record of a pruning step: kept/total per masked parameter and the sparsity."""
+        sparsity = masks.sparsity()
         return {
-            "round": 0,
+            "round": round_index,
             "kind": "weight",
-            "layers": {n: {"kept": c[0], "total": c[1]} for n, c in new.counts().items()},
-            "sparsity": float(new.sparsity().total),
+            "layers": {n: {"kept": c[0], "total": c[1]} for n, c in masks.counts().items()},
+            "sparsity": float(sparsity.total) if hasattr(sparsity, "total") else None,
         }
 
     def _adjust_dropout(self, model: nn.Module, original: dict[str, float]) -> None:
