@@ -121,9 +121,10 @@ class Classifier(L.LightningModule):
         logs = self._logs_this_step()
         optimizer = self.optimizers()
         total, loss, logits = self.training_loss(batch)
-        if not math.isfinite(total.item()):  # torch.isfinite is a composite op: 40x the cost of this check
+        value = total.item()  # one scalar read: torch.isfinite is a composite op, 40x the cost
+        if not math.isfinite(value):
             raise TrainingDivergedError(
-                f"the training loss is {float(total)} at step {self.global_step + 1} (epoch {self.current_epoch + 1}): "
+                f"the training loss is {value} at step {self.global_step + 1} (epoch {self.current_epoch + 1}): "
                 "training diverged; lower this phase's learning rate (baseline.optimizer.lr or strategy.retrain.optimizer.lr)"
             )
         optimizer.zero_grad()

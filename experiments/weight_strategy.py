@@ -216,12 +216,11 @@ class WeightPruning(Strategy):
     @staticmethod
     def _record(masks: pruning.Masks, round_index: int) -> dict[str, Any]:
         """The JSON record of a pruning step: kept/total per masked parameter and the sparsity."""
-        sparsity = masks.sparsity()
         return {
             "round": round_index,
             "kind": "weight",
             "layers": {n: {"kept": c[0], "total": c[1]} for n, c in masks.counts().items()},
-            "sparsity": float(sparsity.total) if hasattr(sparsity, "total") else None,
+            "sparsity": float(masks.sparsity().total),
         }
 
     def _adjust_dropout(self, model: nn.Module, original: dict[str, float]) -> None:
