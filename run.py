@@ -20,7 +20,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from experiments import distributed, sweep
+from experiments.run import distributed, sweep
 
 os.environ.setdefault("WANDB_MODE", "offline")  # never hang on a network that is not there
 log = logging.getLogger("run")
@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> float:
         return headline(done)
     sweep.use_job_threads(cfg)
     distributed.prepare_job(cfg)
-    from experiments.pipeline import run
+    from experiments.run.pipeline import run
 
     try:
         return headline(run(cfg))

@@ -43,7 +43,8 @@ from torch import nn
 
 import pruning
 from experiments.models import MODELS
-from pruning.sensitivity import SensitivityTable, evaluate, sensitivity
+from pruning.evaluation import evaluate
+from pruning.sensitivity import SensitivityTable, sensitivity
 
 TARGETS = {"vgg16_cifar": 2.0, "resnet56": 1.6}
 

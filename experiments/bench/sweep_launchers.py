@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from experiments.results import read_rows
-from experiments.sweep import cpu_cores
+from experiments.run.sweep import cpu_cores
+from experiments.storage.results import read_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 FASHION = ["dataset=fashion_mnist", "model=lenet300", "baseline.epochs=1", "strategy.retrain.epochs=1"]

@@ -73,7 +73,7 @@ def test_schema1_parts_are_derived_from_the_strategy_config():
     filt = derive_parts(
         {
             "strategy": {
-                "_target_": "experiments.strategy.FilterPruning",
+                "_target_": "experiments.strategies.filters.FilterPruning",
                 "name": "random_oneshot",
                 "criterion": {"_target_": "pruning.Random", "seed": 0},
                 "ratio": 0.5,
@@ -94,7 +94,7 @@ def test_schema1_parts_are_derived_from_the_strategy_config():
     han = derive_parts(
         {
             "strategy": {
-                "_target_": "experiments.weight_strategy.WeightPruning",
+                "_target_": "experiments.strategies.weights.WeightPruning",
                 "name": "han_iterative",
                 "sparsity": {"fc1.weight": 0.9},
                 "rounds": 3,
@@ -206,7 +206,7 @@ def schema1_deep_compression_row(tmp_path, seed):
             "seed": seed,
             "baseline": {"epochs": 20},
             "strategy": {
-                "_target_": "experiments.weight_strategy.WeightPruning",
+                "_target_": "experiments.strategies.weights.WeightPruning",
                 "name": "deep_compression",
                 "sparsity": {"fc1.weight": 0.925},
                 "rounds": 3,

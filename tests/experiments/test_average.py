@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 import pruning
-from experiments.module import Classifier
-from experiments.pipeline import run
-from experiments.plan import refresh_batchnorm
-from experiments.validation import ConfigError
+from experiments.run.module import Classifier
+from experiments.run.pipeline import run
+from experiments.run.validation import ConfigError
+from experiments.strategies.plan import refresh_batchnorm
 from tests.experiments.conftest import FAST
 
 
@@ -75,7 +75,7 @@ def test_pipeline_averages_after_the_rounds(compose_cfg, tmp_path):
         "strategy=han_iterative",
         "strategy.sparsity=0.9",
         "strategy.rounds=1",
-        "strategy.average={_target_: experiments.strategy.Retrain, epochs: 2, "
+        "strategy.average={_target_: experiments.strategies.parts.Retrain, epochs: 2, "
         "lr_schedule: constant, optimizer: {_target_: torch.optim.SGD, _partial_: true, lr: 0.01}}",
     )
     row = run(cfg)
@@ -89,7 +89,7 @@ def test_average_bad_values(compose_cfg):
         *FAST,
         "model=lenet300",
         "strategy=han_iterative",
-        "strategy.average={_target_: experiments.strategy.Retrain, epochs: -1}",
+        "strategy.average={_target_: experiments.strategies.parts.Retrain, epochs: -1}",
     )
     with pytest.raises(ConfigError, match="strategy.average.epochs=-1"):
         run(cfg)

@@ -20,12 +20,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from experiments.baseline import architecture_fingerprint, baseline_key, obtain_baseline
-from experiments.cache import BaselineCache
-from experiments.context import RunContext
+from experiments.run.baseline import architecture_fingerprint, baseline_key, obtain_baseline
+from experiments.run.context import RunContext
+from experiments.storage.cache import BaselineCache
 from tests.experiments.conftest import FAST
 
-LOG = "experiments.cache"
+LOG = "experiments.storage.cache"
 
 
 def build(cfg):

@@ -10,9 +10,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 from hydra.utils import instantiate
 
-from experiments import distributed, sweep
-from experiments.results import read_rows
-from experiments.validation import ConfigError
+from experiments.run import distributed, sweep
+from experiments.run.validation import ConfigError
+from experiments.storage.results import read_rows
 from tests.experiments.conftest import CONF
 from tests.experiments.test_sweep import TINY, compose_job, run_py, task
 

@@ -6,7 +6,7 @@ import torch
 from hydra.utils import instantiate
 
 import pruning
-from experiments.plan import Runtime, execute
+from experiments.strategies.plan import Runtime, execute
 
 TABLE1 = {  # preset: (MACs before, MAC reduction %, params before, param reduction %)
     "li2017_vgg16_a": (3.13e8, 34.2, 1.5e7, 64.0),

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.pipeline import run
-from experiments.results import read_rows
-from experiments.validation import ConfigError
+from experiments.run.pipeline import run
+from experiments.run.validation import ConfigError
+from experiments.storage.results import read_rows
 from tests.experiments.conftest import FAST
 
 ROOT = Path(__file__).resolve().parents[2]

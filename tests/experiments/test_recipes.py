@@ -13,10 +13,10 @@ from torch import nn
 
 import pruning
 from experiments.data import SyntheticDataModule
-from experiments.module import Classifier
-from experiments.pipeline import run
-from experiments.results import read_rows
-from experiments.validation import ConfigError
+from experiments.run.module import Classifier
+from experiments.run.pipeline import run
+from experiments.run.validation import ConfigError
+from experiments.storage.results import read_rows
 from tests.experiments.conftest import FAST
 
 

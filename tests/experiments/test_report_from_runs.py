@@ -6,7 +6,7 @@ import pytest
 
 from analysis.load import load_layers, load_runs, read_store
 from analysis.report import build_report
-from experiments.pipeline import run
+from experiments.run.pipeline import run
 from tests.experiments.conftest import FAST
 
 

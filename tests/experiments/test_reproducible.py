@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiments.pipeline import run
+from experiments.run.pipeline import run
 from tests.experiments.conftest import FAST
 
 # augmentation on and two retraining epochs: every RNG stream of the retrain phase is used

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from experiments.cache import BaselineCache, config_key
-from experiments.results import CorruptResultsError, append_row, read_rows
-from experiments.storage import atomic_write_bytes
+from experiments.storage.cache import BaselineCache, config_key
+from experiments.storage.files import atomic_write_bytes
+from experiments.storage.results import CorruptResultsError, append_row, read_rows
 
 
 def test_append_rows_are_complete_json_lines(tmp_path):
@@ -53,7 +53,7 @@ def test_baseline_cache_round_trip_and_corruption(tmp_path):
 def test_a_second_live_run_cannot_claim_the_same_output_folder(tmp_path):
     import multiprocessing
 
-    from experiments.storage import DirectoryInUse, claim_directory
+    from experiments.storage.files import DirectoryInUse, claim_directory
 
     ctx = multiprocessing.get_context("fork")
     ready, release = ctx.Event(), ctx.Event()
@@ -113,7 +113,7 @@ def mode(path) -> int:
 
 
 def test_atomic_writes_keep_the_mode_of_the_file_they_replace(tmp_path, umask):
-    from experiments.storage import atomic_write_text
+    from experiments.storage.files import atomic_write_text
 
     umask(0o022)
     shared = tmp_path / "notes.txt"
@@ -132,7 +132,7 @@ def test_atomic_writes_keep_the_mode_of_the_file_they_replace(tmp_path, umask):
 
 @pytest.mark.parametrize("mask, expected", [(0o002, 0o664), (0o022, 0o644), (0o077, 0o600)])
 def test_new_files_get_the_mode_the_umask_gives(tmp_path, umask, mask, expected):
-    from experiments.storage import atomic_write_text
+    from experiments.storage.files import atomic_write_text
 
     umask(mask)
     atomic_write_bytes(tmp_path / "a.bin", b"x")
@@ -143,7 +143,7 @@ def test_new_files_get_the_mode_the_umask_gives(tmp_path, umask, mask, expected)
 
 
 def test_failure_fields_name_the_error_phase_and_folder(tmp_path):
-    from experiments.results import failure_fields
+    from experiments.storage.results import failure_fields
 
     try:
         raise ValueError("strategy.ratio=0.99 would leave layer 'conv1' with 0 of its 6 channels")

@@ -5,11 +5,11 @@ import torch
 from hydra.utils import instantiate
 
 import pruning
-from experiments.pipeline import run
-from experiments.plan import Runtime, Train, execute, split_budget
-from experiments.ratio_policy import ScanTable, SensitivityMaxDrop, SensitivityTarget
-from experiments.results import read_rows
-from experiments.validation import ConfigError
+from experiments.run.pipeline import run
+from experiments.run.validation import ConfigError
+from experiments.storage.results import read_rows
+from experiments.strategies.plan import Runtime, Train, execute, split_budget
+from experiments.strategies.ratio_policy import ScanTable, SensitivityMaxDrop, SensitivityTarget
 from tests.experiments.conftest import FAST
 
 
@@ -185,7 +185,7 @@ def test_scan_policies_from_a_known_table(compose_cfg):
         (
             [
                 "strategy=l1_sensitivity",
-                "strategy.ratio._target_=experiments.ratio_policy.SensitivityTarget",
+                "strategy.ratio._target_=experiments.strategies.ratio_policy.SensitivityTarget",
                 "~strategy.ratio.max_drop",
                 "+strategy.ratio.reduction=0.995",
             ],

@@ -15,9 +15,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from experiments import sweep
-from experiments.results import append_row, read_rows
-from experiments.validation import ConfigError
+from experiments.run import sweep
+from experiments.run.validation import ConfigError
+from experiments.storage.results import append_row, read_rows
 from tests.experiments.conftest import CONF, FAST
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,7 +172,7 @@ def test_sweep_plan_counts_jobs_and_names_swept_keys(hydra_job):
 
 
 def test_progress_counts_jobs_ending_in_other_processes(hydra_job, caplog):
-    caplog.set_level(logging.INFO, logger="experiments.sweep")
+    caplog.set_level(logging.INFO, logger="experiments.run.sweep")
     sweep.SweepProgress().on_multirun_start(hydra_job(task=["seed=0,1,2", "model=lenet5"]))
     assert "sweep: 3 job(s) into" in caplog.text
     for num in (1, 0):  # parallel jobs may end in any order, each with its own copy of the callback
@@ -190,7 +190,7 @@ def test_progress_counts_jobs_ending_in_other_processes(hydra_job, caplog):
 
 
 def test_progress_is_silent_in_single_runs(hydra_job, caplog, tmp_path):
-    caplog.set_level(logging.INFO, logger="experiments.sweep")
+    caplog.set_level(logging.INFO, logger="experiments.run.sweep")
     job = hydra_job(mode=RunMode.RUN)
     progress = sweep.SweepProgress()
     progress.on_job_start(job, task_function=None)

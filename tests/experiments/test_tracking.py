@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from experiments.tracking import TrackingUnavailable, check_wandb_online
+from experiments.storage.tracking import TrackingUnavailable, check_wandb_online
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +46,7 @@ def test_refused_connection_fails_fast_naming_the_fix(monkeypatch):
 
 def test_opt_in_falls_back_to_offline_with_a_warning(caplog):
     port = closed_port()
-    with caplog.at_level(logging.WARNING, logger="experiments.tracking"):
+    with caplog.at_level(logging.WARNING, logger="experiments.storage.tracking"):
         mode = check_wandb_online(timeout_s=2.0, fallback_offline=True, base_url=f"http://127.0.0.1:{port}")
     assert mode == "offline"
     assert any(f"127.0.0.1:{port}" in r.getMessage() and "offline" in r.getMessage() for r in caplog.records)
@@ -63,7 +63,7 @@ def test_reachable_host_is_online_and_only_connected_to(monkeypatch):
         calls.append((address, timeout))
         return Connection()
 
-    monkeypatch.setattr("experiments.tracking.socket.create_connection", connect)
+    monkeypatch.setattr("experiments.storage.tracking.socket.create_connection", connect)
     assert check_wandb_online(timeout_s=4.0) == "online"
     assert calls == [(("api.wandb.ai", 443), 4.0), "close"]
     calls.clear()
@@ -75,7 +75,9 @@ def test_reachable_host_is_online_and_only_connected_to(monkeypatch):
 
 
 def test_a_host_that_does_not_answer_times_out(monkeypatch):
-    monkeypatch.setattr("experiments.tracking.socket.create_connection", lambda address, timeout: time.sleep(30))
+    monkeypatch.setattr(
+        "experiments.storage.tracking.socket.create_connection", lambda address, timeout: time.sleep(30)
+    )
     start = time.perf_counter()
     with pytest.raises(TrackingUnavailable, match=r"no answer within 0.3s.*logger.wandb.offline=true"):
         check_wandb_online(timeout_s=0.3)

@@ -12,7 +12,8 @@ from torch import nn
 
 import pruning
 from experiments.models import MODELS
-from pruning.sensitivity import SensitivityTable, evaluate, sensitivity
+from pruning.evaluation import evaluate
+from pruning.sensitivity import SensitivityTable, sensitivity
 from tests.pruning import test_structured as structured_tests
 
 

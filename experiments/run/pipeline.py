@@ -1,7 +1,7 @@
 """One run: build -> dry-run the strategy's plan -> baseline -> (scan) -> plan -> execute -> row.
 
 This is the only place (with run.py) that knows Hydra configs. The strategy is reached only
-through its protocol (``experiments.strategy.Strategy``): the pipeline validates by a dry
+through its protocol (``experiments.strategies.parts.Strategy``): the pipeline validates by a dry
 run of the plan before the first epoch, executes the planned steps, then writes one
 complete results row, a W&B run (offline by default), CSV curves and the model.
 """
@@ -23,14 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import pruning
-from experiments.baseline import obtain_baseline
-from experiments.context import Phase, RunContext
-from experiments.distributed import is_global_zero
-from experiments.plan import Runtime, dry_run, execute
-from experiments.results import append_row, failure_fields, git_commit
-from experiments.storage import atomic_write_bytes, claim_directory
-from experiments.summary import format_summary
-from experiments.validation import validate_config
+from experiments.run.baseline import obtain_baseline
+from experiments.run.context import Phase, RunContext
+from experiments.run.distributed import is_global_zero
+from experiments.run.summary import format_summary
+from experiments.run.validation import validate_config
+from experiments.storage.files import atomic_write_bytes, claim_directory
+from experiments.storage.results import append_row, failure_fields, git_commit
+from experiments.strategies.plan import Runtime, dry_run, execute
 
 log = logging.getLogger(__name__)
 # Lightning repeats "GPU available / TPU / tips" for every Trainer; one run makes several.

@@ -89,7 +89,7 @@ def prepare_job(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     launcher = str(hydra_cfg.get("launcher", {}).get("_target_", ""))
     if launcher.endswith(("JoblibLauncher", "submitit_launcher.LocalLauncher")):
-        from experiments.validation import ConfigError
+        from experiments.run.validation import ConfigError
 
         name = "joblib" if launcher.endswith("JoblibLauncher") else "submitit_local"
         raise ConfigError(

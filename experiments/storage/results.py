@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from experiments.storage import atomic_write_bytes, file_lock
+from experiments.storage.files import atomic_write_bytes, file_lock
 
 SCHEMA_VERSION = 2
 RUNS_FILE = "runs.jsonl"

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from experiments.storage import atomic_write_bytes, atomic_write_text, file_lock
+from experiments.storage.files import atomic_write_bytes, atomic_write_text, file_lock
 
 log = logging.getLogger(__name__)
 

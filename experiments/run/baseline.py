@@ -20,10 +20,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from experiments.cache import BaselineCache, config_key
-from experiments.context import Phase, RunContext, measure_model
-from experiments.distributed import is_global_zero
-from experiments.module import Classifier
+from experiments.run.context import Phase, RunContext, measure_model
+from experiments.run.distributed import is_global_zero
+from experiments.run.module import Classifier
+from experiments.storage.cache import BaselineCache, config_key
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import pruning
-from experiments.module import Classifier
+from experiments.run.module import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class RunContext:
         fallback = bool(settings.pop("fallback_offline", False))
         mode = "offline" if settings.get("offline", True) else "online"
         if mode == "online":  # a clear error within seconds, not a wandb traceback after minutes
-            from experiments.tracking import check_wandb_online
+            from experiments.storage.tracking import check_wandb_online
 
             mode = check_wandb_online(fallback_offline=fallback)
             settings["offline"] = mode == "offline"

@@ -25,9 +25,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 import pruning
-from experiments.context import Phase, RunContext, measure_model
-from experiments.module import Classifier
-from experiments.validation import ConfigError
+from experiments.run.context import Phase, RunContext, measure_model
+from experiments.run.module import Classifier
+from experiments.run.validation import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class Runtime:
             n = max(2, len(self.example))
             x = self.example[:1].expand(n, *self.example.shape[1:]).clone()
             return x, torch.zeros(n, dtype=torch.long)
-        from experiments.context import seed_phase
+        from experiments.run.context import seed_phase
 
         seed_phase(self.cfg, self.ctx.datamodule, "calibration")
         xs, ys = [], []

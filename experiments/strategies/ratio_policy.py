@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from experiments.models.registry import conv_layers
-from experiments.validation import ConfigError, check_ratio
+from experiments.run.validation import ConfigError, check_ratio
 
 
 @dataclass

@@ -18,13 +18,13 @@ import torch
 from torch import nn
 
 import pruning
-from experiments.context import Phase, measure_model
-from experiments.distributed import is_global_zero
-from experiments.module import Classifier
-from experiments.plan import Measure, Prune, Runtime, Step, Train
-from experiments.storage import atomic_write_bytes
-from experiments.strategy import Retrain, Strategy, freeze_spec
-from experiments.validation import ConfigError, check_choice, check_ratio
+from experiments.run.context import Phase, measure_model
+from experiments.run.distributed import is_global_zero
+from experiments.run.module import Classifier
+from experiments.run.validation import ConfigError, check_choice, check_ratio
+from experiments.storage.files import atomic_write_bytes
+from experiments.strategies.parts import Retrain, Strategy, freeze_spec
+from experiments.strategies.plan import Measure, Prune, Runtime, Step, Train
 
 FREEZE_CHOICES = (None, "conv", "fc")
 SCHEDULE_CHOICES = ("linear", "geometric", "cubic", "gradual")

@@ -39,7 +39,7 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.get("threads") is not None and check_nonnegative_int("threads", cfg.threads) < 1:
         raise ConfigError(f"threads={cfg.threads}: must be null or an integer >= 1")
     check_nonnegative_int("baseline.epochs", cfg.baseline.epochs)
-    from experiments.module import LR_SCHEDULES
+    from experiments.run.module import LR_SCHEDULES
 
     check_choice("baseline.lr_schedule", cfg.baseline.lr_schedule, LR_SCHEDULES)
     root = cfg.dataset.get("root")

@@ -1,0 +1,1 @@
+"""What a run keeps: atomic files and locks, the baseline cache, the results store, W&B tracking."""

@@ -1,0 +1,1 @@
+"""Strategies as compositions of parts: filter and weight pruning, ratio policies, and the steps they plan."""

@@ -1,0 +1,155 @@
+"""The strategy protocol the pipeline calls and the parts every strategy shares.
+
+The pipeline knows one protocol (:class:`Strategy`): ``validate`` static values, say
+whether a sensitivity ``scan`` is wanted, ``plan`` the steps (see ``experiments.strategies.plan``),
+and report ``parts`` (named columns of the results row), ``tables`` (per-layer data),
+``storage_options`` and the ``structure_record``. :class:`Retrain` and :class:`Scan` are the
+retraining and sensitivity-scan parts; ``freeze_spec`` reads a freeze policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+import pruning
+from experiments.run.module import LR_SCHEDULES
+from experiments.run.validation import ConfigError, check_choice, check_nonnegative_int, check_ratio
+from experiments.strategies.plan import Runtime, Step
+
+RETRAIN_MODES = ("finetune", "scratch_e", "scratch_b", "none")
+SELECT_CHOICES = ("last", "best_val")
+
+
+@dataclass
+class Retrain:
+    """How to retrain: a fresh optimizer for ``epochs`` epochs (for a schedule with several
+    steps, the total budget it splits). ``mode``: ``finetune`` the surviving weights,
+    ``scratch_e`` / ``scratch_b`` re-initialise the pruned architecture and train it with the
+    baseline's optimizer and lr schedule for the baseline's epochs (E) or those epochs times
+    baseline MACs / pruned MACs, at most ``scratch_cap`` times (B, Liu et al. 2019), or
+    ``none``. ``distill`` > 0 adds distillation from the dense baseline (Hinton et al. 2015);
+    ``label_smoothing`` smooths the cross-entropy targets (Szegedy et al. 2016); ``select``
+    keeps the ``last`` weights of the phase or those of its epoch with the best validation
+    accuracy (``best_val``).
+    """
+
+    epochs: int = 1
+    optimizer: Callable[..., torch.optim.Optimizer] | None = None
+    lr_schedule: str = "constant"
+    distill: float = 0.0
+    temperature: float = 4.0
+    mode: str = "finetune"
+    scratch_cap: float = 2.0
+    label_smoothing: float = 0.0
+    select: str = "last"
+
+    def validate(self, key: str = "strategy.retrain") -> None:
+        check_nonnegative_int(f"{key}.epochs", self.epochs)
+        check_choice(f"{key}.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice(f"{key}.mode", self.mode, RETRAIN_MODES)
+        if isinstance(self.distill, bool) or not isinstance(self.distill, (int, float)) or not 0 <= self.distill <= 1:
+            raise ConfigError(f"{key}.distill={self.distill!r}: must be a number in [0, 1] (0: no distillation)")
+        if (
+            isinstance(self.temperature, bool)
+            or not isinstance(self.temperature, (int, float))
+            or self.temperature <= 0
+        ):
+            raise ConfigError(f"{key}.temperature={self.temperature!r}: must be a number > 0")
+        check_choice(f"{key}.select", self.select, SELECT_CHOICES)
+        if (
+            isinstance(self.label_smoothing, bool)
+            or not isinstance(self.label_smoothing, (int, float))
+            or not 0 <= self.label_smoothing < 1
+        ):
+            raise ConfigError(f"{key}.label_smoothing={self.label_smoothing!r}: must be a number in [0, 1) (0: off)")
+        if isinstance(self.scratch_cap, bool) or not isinstance(self.scratch_cap, (int, float)) or self.scratch_cap < 1:
+            raise ConfigError(f"{key}.scratch_cap={self.scratch_cap!r}: must be a number >= 1")
+        if self.epochs > 0 and self.mode == "finetune" and self.optimizer is None:
+            raise ConfigError(f"{key}.optimizer is missing: give a _partial_ optimizer, e.g. torch.optim.SGD")
+
+
+@dataclass
+class Scan:
+    """A sensitivity scan on the trained baseline (each group alone, no retraining), run
+    when a ratio policy, a freeze policy or a layer order asks for one."""
+
+    ratios: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    images: int = 1000
+    batch_size: int = 250
+
+    def validate(self) -> None:
+        if not self.ratios:
+            raise ConfigError("strategy.scan.ratios is empty: give ratios in (0, 1), e.g. [0.25, 0.5, 0.75]")
+        for r in self.ratios:
+            if check_ratio("strategy.scan.ratios", r) == 0:
+                raise ConfigError("strategy.scan.ratios contains 0: scan ratios must be in (0, 1)")
+        for key in ("images", "batch_size"):
+            if check_nonnegative_int(f"strategy.scan.{key}", getattr(self, key)) < 1:
+                raise ConfigError(f"strategy.scan.{key}={getattr(self, key)}: must be an integer >= 1")
+
+
+class Strategy:
+    """What the pipeline calls. Defaults are no-ops, so a strategy overrides only its parts."""
+
+    name: str = "strategy"
+    scan: Scan | None = None
+
+    def validate(self, model: nn.Module) -> None:
+        """Static checks of the settings against the built model (before any training)."""
+
+    def plan(self, model: nn.Module, rt: Runtime) -> list[Step]:
+        raise NotImplementedError
+
+    def sensitivity_scan(self, model: nn.Module, rt: Runtime) -> Any:
+        """The scan the plan reads (``rt.scan``); asked for only when ``scan`` is set."""
+        raise NotImplementedError
+
+    def parts(self) -> dict[str, Any]:
+        """The strategy's parts as named columns of the results row."""
+        return {}
+
+    def tables(self, model: nn.Module) -> dict[str, Any]:
+        """Per-layer tables of the final model (JSON-able lists of rows)."""
+        return {}
+
+    def storage_options(self, model: nn.Module) -> dict[str, Any]:
+        """Options of ``pruning.save_compressed`` for the run's compressed-size measurement."""
+        return {"values": "fp32"}
+
+    def structure_record(self) -> pruning.PruningRecord:
+        """What was physically removed so far (replayable on a fresh dense model)."""
+        return pruning.PruningRecord()
+
+
+def output_layer_name(model: nn.Module) -> str:
+    """Name of the last conv/linear module: the classifier, whose outputs are never pruned."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not names:
+        raise ConfigError("the model has no Conv2d or Linear layer to prune")
+    return names[-1]
+
+
+def freeze_spec(freeze: Any) -> tuple[list[str], int]:
+    """``(module names, k most sensitive)`` from ``null``, a list of names, or ``{most_sensitive: k}``."""
+    if freeze is None or freeze == [] or freeze == "none":
+        return [], 0
+    if isinstance(freeze, str):
+        return [freeze], 0
+    if isinstance(freeze, Mapping):
+        unknown = set(freeze) - {"most_sensitive"}
+        if unknown:
+            raise ConfigError(
+                f"strategy.freeze has unknown keys {sorted(unknown)}: use a list of module names or "
+                "{most_sensitive: k}"
+            )
+        k = freeze.get("most_sensitive")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"strategy.freeze.most_sensitive={k!r}: must be an integer >= 1")
+        return [], k
+    if isinstance(freeze, (list, tuple)) and all(isinstance(n, str) for n in freeze):
+        return list(freeze), 0
+    raise ConfigError(f"strategy.freeze={freeze!r}: use null, a list of module names, or {{most_sensitive: k}}")
