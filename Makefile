@@ -1,5 +1,5 @@
 # The two commands of the README. Both are idempotent.
-.PHONY: setup run test lint quick study report
+.PHONY: setup run test lint quick study study-pilot report
 
 setup:
 	bash scripts/setup.sh
@@ -17,9 +17,25 @@ lint: setup  ## ruff: lint and formatting, as pre-commit runs them
 quick: setup  ## the tests not marked slow (the edit loop)
 	WANDB_MODE=offline .venv/bin/python -m pytest -m "not slow" $(ARGS)
 
-study: setup  ## every lesson on Fashion-MNIST, 3 seeds, then the report
-	WANDB_MODE=$${WANDB_MODE:-offline} .venv/bin/python run.py -m study=all $(ARGS)
+# `make study`: every lesson's primary comparison (conf/study/all.yaml) over STUDY_SEEDS seeds.
+# STUDY_SEEDS defaults to what the power analysis says the store in results/ needs
+# (`python -m analysis.power --store results --max`: run `make study-pilot` first, 3 seeds,
+# about 45 min), capped at STUDY_MAX_SEEDS = 12 (about 3 hours on 2 cores, see all.yaml);
+# 3 when results/ has no pilot to plan from. `make study STUDY_SEEDS=8` sets it.
+STUDY_MAX_SEEDS ?= 12
+STUDY_SEEDS ?= $(shell n=$$(.venv/bin/python -m analysis.power --store results --max 2>/dev/null) \
+	&& [ "$$n" -ge 1 ] 2>/dev/null && echo $$(( n < 3 ? 3 : n )) || echo 3)
+
+study: setup  ## every lesson on Fashion-MNIST, powered number of seeds, then the report
+	@n=$(STUDY_SEEDS); if [ $$n -gt $(STUDY_MAX_SEEDS) ]; then \
+		echo "study: the power analysis asks for $$n seeds; running $(STUDY_MAX_SEEDS) (STUDY_MAX_SEEDS)"; \
+		n=$(STUDY_MAX_SEEDS); fi; \
+	echo "study: $$n seeds"; \
+	WANDB_MODE=$${WANDB_MODE:-offline} .venv/bin/python run.py -m study=all seed=$$(seq -s, 0 $$((n - 1))) $(ARGS)
 	.venv/bin/python -m analysis.report
+
+study-pilot: setup  ## the same with 3 seeds (about 45 min): the pilot the power analysis plans from
+	$(MAKE) study STUDY_SEEDS=3
 
 report: setup  ## figures, tables and verdicts from results/
 	.venv/bin/python -m analysis.report $(ARGS)

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.papers import PAPERS
-from analysis.parts import PARTS, chance_accuracy, derive_parts, ratio_text, ratio_value
+from analysis.parts import PARTS, chance_accuracy, derive_parts, effective_lr, ratio_text, ratio_value
 
 RUNS_FILE = "runs.jsonl"
 KNOWN_SCHEMAS = (1, 2)
@@ -38,6 +38,7 @@ META = (
     "model",
     "strategy",
     "experiment",
+    "arm",
     "output_dir",
     "wall_s",
     "schema_version",
@@ -53,12 +54,13 @@ RUN_KEYS = (
     "model",
     "strategy",
     "experiment",
+    "arm",
     *PARTS,
     "variant",
     "baseline_config",
 )
 """The columns every long table carries, so it can be grouped like the runs table."""
-TABLES = ("layers", "sensitivity", "storage", "filter_norms")
+TABLES = ("layers", "sensitivity", "sensitivity_criteria", "storage", "filter_norms")
 _VOLATILE_TOP = {"paths", "results", "hydra", "logger"}
 _VOLATILE_KEYS = {"seed", "output_dir", "dir", "save_dir", "root", "run_id", "machine", "host", "hostname"}
 
@@ -141,8 +143,9 @@ def load_runs(store: StoreLike = "results", status: str | None = "ok") -> pd.Dat
     """One row per run: meta columns, every ``parts`` key, ``variant``, and every metric as a column.
 
     ``status=None`` keeps failed and interrupted runs too (with ``error_type/message/phase``).
-    Extra columns: ``ratio_value`` (the ratio as a number), ``chance`` and ``diverged``
-    (final accuracy within 2 points of chance).
+    Extra columns: ``ratio_value`` (the ratio as a number), ``retrain_lr`` (the learning rate
+    retraining used: the fine-tuning optimizer's, or the baseline's for Scratch-E/B), ``chance``
+    and ``diverged`` (final accuracy within 2 points of chance).
     """
     rows = read_store(store).with_status(status)
     records = []
@@ -155,6 +158,8 @@ def load_runs(store: StoreLike = "results", status: str | None = "ok") -> pd.Dat
         error = r.get("error") or {}
         rec.update(error_type=error.get("type"), error_message=error.get("message"), error_phase=error.get("phase"))
         rec.update(r["metrics"])
+        recorded = r["parts"].get("retrain_lr")  # the lr the run says it used, else read off its config
+        rec["retrain_lr"] = recorded if recorded is not None else effective_lr(r["config"], r["parts"])[0]
         chance = chance_accuracy(r["dataset"], r["config"])
         rec["chance"] = chance
         acc = r["metrics"].get("final/acc")
@@ -189,6 +194,11 @@ def load_layers(store: StoreLike = "results") -> pd.DataFrame:
 def load_sensitivity(store: StoreLike = "results") -> pd.DataFrame:
     """Per (run, group, ratio) of a sensitivity scan: the metric after pruning that group alone, and the base metric."""
     return load_table(store, "sensitivity")
+
+
+def load_sensitivity_criteria(store: StoreLike = "results") -> pd.DataFrame:
+    """Per (run, criterion, group, ratio): the scan repeated with each of ``strategy.scan.criteria`` (Li Fig. 2c)."""
+    return load_table(store, "sensitivity_criteria")
 
 
 def load_storage(store: StoreLike = "results") -> pd.DataFrame:
@@ -245,6 +255,10 @@ def _normalise(raw: Any, source: str, problems: list[Problem]) -> dict[str, Any]
     parts = dict.fromkeys(PARTS) | (derive_parts(config) if given is None else {})
     if given is not None:
         parts.update({k: v for k, v in given.items() if k in PARTS})
+        # parts this analysis does not know yet (a new strategy key) are kept when they are plain values
+        parts.update(
+            {k: v for k, v in given.items() if k not in PARTS and (v is None or isinstance(v, (str, int, float, bool)))}
+        )
     parts["ratio"] = ratio_text(parts["ratio"])
     if "final/acc" not in metrics:
         for phase in ("quantized", "retrained") + (("pruned",) if parts.get("retrain") == "none" else ()):
@@ -289,6 +303,7 @@ def _normalise(raw: Any, source: str, problems: list[Problem]) -> dict[str, Any]
         "model": str(raw["model"]),
         "strategy": raw.get("strategy") or (config.get("strategy") or {}).get("name"),
         "experiment": raw.get("experiment") or _experiment_of_v1(raw, config),
+        "arm": raw.get("arm") if isinstance(raw.get("arm"), str) else None,
         "output_dir": raw.get("output_dir"),
         "wall_s": _number(raw.get("wall_s")),
         "schema_version": version,

@@ -23,7 +23,7 @@ from analysis.parts import PARTS
 
 CONTEXT = ("dataset", "model", "baseline_epochs")
 """What a comparison is about: runs are only ever compared within one context."""
-ARM = ("dataset", "model", "experiment", "strategy", *PARTS, "variant")
+ARM = ("dataset", "model", "experiment", "arm", "strategy", *PARTS, "variant")
 """Everything that tells runs apart except the seed: one arm = one line in a table."""
 MISSING = "—"
 

@@ -25,8 +25,24 @@ PARTS: tuple[str, ...] = (
     "epochs_budget",
     "baseline_epochs",
     "recipe",
+    "order",
+    "budget",
+    "retrain_epochs",
+    "recalibrate_bn",
+    "skip_sensitive",
+    "freeze_bn",
+    "scratch_cap",
+    "target_resource",
+    "match_uniform",
+    "optimizer",
+    "sparsity",
+    "sparsity_strength",
+    "sparsity_epochs",
+    "sparsity_ramp",
+    "scope",
 )
-"""Every key of ``row["parts"]``, each its own column of :func:`analysis.load.load_runs`."""
+"""The known keys of ``row["parts"]``, each its own column of :func:`analysis.load.load_runs` (and part of
+an arm's identity in tables); other scalar parts a newer row carries become columns too."""
 
 OPERATING_POINT: tuple[str, ...] = ("ratio", "ratio_policy", "max_drop", "target_reduction")
 """The parts that say how much is pruned (the x axis of a trade-off)."""
@@ -167,3 +183,27 @@ def _as_int(value: Any) -> int | None:
         return int(value) if value is not None and not isinstance(value, bool) else None
     except (TypeError, ValueError):
         return None
+
+
+def effective_lr(config: dict[str, Any], parts: dict[str, Any] | None = None) -> tuple[float | None, str]:
+    """(the retraining learning rate a run used, the config key it came from).
+
+    Fine-tuning uses ``strategy.retrain.optimizer.lr``; Scratch-E/B train the re-initialised
+    network with the baseline's optimizer (``baseline.optimizer.lr``) unless the strategy
+    declares its own scratch optimizer (a ``strategy.retrain.scratch*`` key holding ``lr``).
+    """
+    retrain = _get(config, "strategy", "retrain")
+    retrain = retrain if isinstance(retrain, dict) else {}
+    mode = str((parts or {}).get("retrain") or retrain.get("mode") or "finetune")
+    if mode.startswith("scratch"):
+        for key, value in retrain.items():
+            if str(key).startswith("scratch") and isinstance(value, dict):
+                lr = value.get("lr", _get(value, "optimizer", "lr"))
+                if isinstance(lr, (int, float)) and not isinstance(lr, bool):
+                    return float(lr), f"strategy.retrain.{key}" + (".lr" if "lr" in value else ".optimizer.lr")
+        lr = _get(config, "baseline", "optimizer", "lr")
+        return (float(lr), "baseline.optimizer.lr") if isinstance(lr, (int, float)) else (None, "baseline.optimizer.lr")
+    lr = _get(retrain, "optimizer", "lr")
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool):
+        return float(lr), "strategy.retrain.optimizer.lr"
+    return None, "strategy.retrain.optimizer.lr"

@@ -22,13 +22,19 @@ import pandas as pd
 from analysis import (
     compression,
     criteria,
+    forest,
+    latency,
+    layer_criteria,
+    lessons,
     paper_comparison,
+    power,
     sensitivity,
     speed,
     strategy_table,
     tradeoff,
     verdicts,
 )
+from analysis.arms import build_arms
 from analysis.load import Store, load_runs, read_store
 from analysis.output import NoData, markdown, provenance
 
@@ -112,6 +118,38 @@ def _compression(store: Store, out: Path) -> Section:
     )
 
 
+def _latency(store: Store, out: Path) -> Section:
+    latency.latency_pareto_figure(store, out)  # NoData when no run measured latency
+    section = Section(
+        "Accuracy vs measured latency",
+        text=[
+            "Test accuracy vs the final model's latency as a fraction of its baseline's (both timed interleaved in "
+            "the run), with the Pareto front of the arms; then the latency a latency table predicted vs the measured."
+        ],
+        images=[("latency_pareto.png", "latency_pareto")],
+        files=["latency_pareto.svg", "latency_pareto.csv"],
+    )
+    try:
+        latency.latency_prediction_figure(store, out)
+        section.images.append(("latency_prediction.png", "latency_prediction"))
+        section.files += ["latency_prediction.svg", "latency_prediction.csv"]
+    except NoData as err:
+        section.text.append(f"Not shown: {err}")
+    return section
+
+
+def _declarations(store: Store, out: Path) -> Section:
+    return Section(
+        "Lessons as declared (before the sweep)",
+        text=[
+            "Per lesson: the arms (A > B), the config keys of the part it compares, the keys that part implies "
+            "(allowed to differ, shown), the one primary endpoint and the equivalence margin. Any other config "
+            "difference refuses a comparison; measurement-only keys are annotated."
+        ],
+        tables=[lessons.declaration_table()],
+    )
+
+
 def _verdicts(store: Store, out: Path) -> Section:
     table, lines = verdicts.verdict_report(store, out)
     section = Section(
@@ -122,11 +160,47 @@ def _verdicts(store: Store, out: Path) -> Section:
     )
     if not table.empty:
         section.tables.append(verdicts.shown_table(table))
+    try:
+        forest.forest_figure(store, out, table)
+        section.images.append(("forest.png", "verdict forest plot"))
+        section.files += ["forest.svg", "forest.csv"]
+    except NoData as err:
+        section.text.append(f"No forest plot: {err}")
     return section
 
 
+def _secondary(store: Store, out: Path) -> Section:
+    if not (out / "verdicts_secondary.csv").exists():  # written by the verdicts section when it has pairs
+        raise NoData("no tested lesson comparison, so no secondary endpoints")
+    return Section(
+        "Secondary endpoints of the verdict pairs",
+        text=[verdicts.SECONDARY_TEXT],
+        tables=[verdicts.shown_secondary(pd.read_csv(out / "verdicts_secondary.csv"))],
+        files=["verdicts_secondary.md", "verdicts_secondary.tex", "verdicts_secondary.csv"],
+    )
+
+
+def _power(store: Store, out: Path) -> Section:
+    plan = power.power_table(store=store)
+    if "seeds needed" not in plan:
+        raise NoData("no lesson comparison with >= 2 seeds to take a pilot SD from")
+    return Section(
+        "Seeds a powered sweep needs",
+        text=[
+            "Per lesson, from this store as a pilot: the pooled SD of the paired differences (its degrees of "
+            "freedom), planned at its one-sided 80% upper limit; power 0.8 at alpha / comparisons for the declared "
+            "effect and for equivalence within the margin (noncentral t; exact sign test where every difference "
+            "was identical). `python -m analysis.power --sd S --effect E` plans from a declared SD instead."
+        ],
+        tables=[plan],
+    )
+
+
 BUILDERS: tuple[tuple[str, Callable[[Store, Path], Section]], ...] = (
+    ("lesson declarations", _declarations),
     ("verdicts", _verdicts),
+    ("secondary endpoints", _secondary),
+    ("seeds needed", _power),
     (
         "strategy table",
         _table(
@@ -156,6 +230,15 @@ BUILDERS: tuple[tuple[str, Callable[[Store, Path], Section]], ...] = (
         ),
     ),
     (
+        "criteria per layer",
+        _figure(
+            "Criteria per layer without retraining (Li et al. 2017, Fig. 2c)",
+            layer_criteria.layer_criteria_figure,
+            ["layer_criteria"],
+            "Validation accuracy after pruning one group alone with each criterion, no retraining; chance dotted.",
+        ),
+    ),
+    (
         "trade-off",
         _figure(
             "Accuracy vs compression (Han et al. 2015, Fig. 5)",
@@ -174,6 +257,7 @@ BUILDERS: tuple[tuple[str, Callable[[Store, Path], Section]], ...] = (
             "Measured latency ratio vs MAC ratio at batch 1 and the largest batch; ideal y = x.",
         ),
     ),
+    ("latency", _latency),
 )
 
 
@@ -183,6 +267,12 @@ def problem_section(store: Store | None, runs: pd.DataFrame | None) -> Section:
     if store is not None:
         section.items += [f"skipped {p}" for p in store.problems]
         section.items += [f"duplicate {p}" for p in store.superseded]
+        for arm in build_arms(store):  # same arm (configs equal but for ignored keys such as threads) and seed
+            for seed, rows in sorted(arm.duplicates.items()):
+                section.items.append(
+                    f"duplicate runs of {arm.label} seed {seed}: {', '.join(r['run_id'] for r in rows)} and "
+                    f"{arm.by_seed[seed]['run_id']}; only the latest ({arm.by_seed[seed]['run_id']}) enters the verdicts"
+                )
     if runs is not None and not runs.empty:
         for _, r in runs[runs["status"] != "ok"].iterrows():
             section.items.append(

@@ -1,8 +1,11 @@
 """Sensitivity to pruning (Li et al. 2017, Fig. 2b) and sorted filter norms (Fig. 2a).
 
-Sensitivity: accuracy after pruning one group alone (no retraining) against the fraction
-of its filters removed, one line per group, mean ± std over seeds, the unpruned baseline
-marked. A scan is of the baseline, so runs sharing a baseline and seed count once.
+Sensitivity: validation accuracy after pruning one group alone (no retraining; the scan
+runs on the validation split) against the fraction of its filters removed, one line per
+group in depth order (the group's place in the network), mean ± std over seeds, the
+unpruned baseline marked. A scan is of the baseline, so runs sharing a baseline and seed
+count once, and the footer counts those scans. Scans stored per criterion show the run's
+own criterion here (all of them: :mod:`analysis.layer_criteria`).
 
     python -m analysis.sensitivity --store results --out reports
 """
@@ -43,16 +46,43 @@ def _percent(values: pd.Series) -> float:
     return 100.0 if values.dropna().between(0, 1).all() else 1.0
 
 
+def with_depth(sens: pd.DataFrame) -> pd.DataFrame:
+    """``depth``: the group's place in the network, from a ``depth``/``index`` column or the scan's row order."""
+    sens = sens.reset_index(drop=True)
+    for col in ("depth", "index", "group_index"):
+        if col in sens and sens[col].notna().all():
+            return sens.assign(depth=pd.to_numeric(sens[col], errors="coerce"))
+    runs = sens["run_id"] if "run_id" in sens else pd.Series("", index=sens.index)
+    position = sens.groupby(runs, sort=False)["group"].transform(
+        lambda g: g.map({v: i for i, v in enumerate(dict.fromkeys(g))})
+    )
+    # a group's depth: its mean position over the scans holding it (a scan lists groups input to output)
+    return sens.assign(depth=position.groupby(sens["group"]).transform("mean"))
+
+
+def own_criterion(sens: pd.DataFrame) -> pd.DataFrame:
+    """The scan entries of the run's own criterion when entries name one (scans stored per criterion)."""
+    if "run_criterion" not in sens or "criterion" not in sens:
+        return sens
+    own = sens[sens["criterion"].astype(str) == sens["run_criterion"].astype(str)]
+    return own if not own.empty else sens[sens["criterion"].astype(str) == "l1"]
+
+
 def sensitivity_table(sens: pd.DataFrame) -> pd.DataFrame:
-    """Per (context, group, ratio): metric mean/std/n over seeds and the base metric; one scan per baseline and seed."""
+    """Per (context, group, ratio): metric mean/std/n over seeds, the base metric and ``depth``; one scan per baseline and seed."""
     if sens.empty or "group" not in sens:
         raise NoData(SCAN_HINT)
-    sens = sens.drop_duplicates(subset=["baseline_config", "seed", "group", "ratio"])
+    sens = with_depth(own_criterion(sens).drop_duplicates(subset=["baseline_config", "seed", "group", "ratio"]))
     table = over_seeds(sens, [*CONTEXT, "group", "ratio"], ["metric", "base_metric"])
-    if "kept" in sens and "channels" in sens:
-        shapes = keyed(sens, CONTEXT).groupby([*CONTEXT, "group", "ratio"])[["kept", "channels"]].first().reset_index()
-        table = table.merge(shapes, on=[*CONTEXT, "group", "ratio"], how="left")
-    return table.sort_values([*CONTEXT, "group", "ratio"]).reset_index(drop=True)
+    extra = [c for c in ("kept", "channels", "depth") if c in sens]
+    shapes = keyed(sens, CONTEXT).groupby([*CONTEXT, "group", "ratio"])[extra].first().reset_index()
+    table = table.merge(shapes, on=[*CONTEXT, "group", "ratio"], how="left")
+    return table.sort_values([*CONTEXT, "depth", "group", "ratio"]).reset_index(drop=True)
+
+
+def scans(sens: pd.DataFrame) -> pd.DataFrame:
+    """One row per distinct scan (baseline and seed): what a sensitivity figure's footer counts."""
+    return sens.drop_duplicates(subset=["baseline_config", "seed"]) if "baseline_config" in sens else sens
 
 
 def sensitivity_figure(store: StoreLike, out: str | Path | None = None) -> Figure:
@@ -89,11 +119,11 @@ def sensitivity_figure(store: StoreLike, out: str | Path | None = None) -> Figur
             fontsize=9,
         )
         ax.set_xlabel("filters pruned away in the group (%)")
-        ax.set_ylabel("test accuracy (%)" if scale == 100 else "metric")
+        ax.set_ylabel("validation accuracy (%)" if scale == 100 else "validation metric")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2 if len(groups) > 6 else 1, title="group", title_fontsize=7)
-    fig.suptitle("Sensitivity to pruning (Li et al. 2017, Fig. 2b)")
-    footer(fig, sens.drop_duplicates("run_id"))
+        ax.legend(fontsize=7, ncol=2 if len(groups) > 6 else 1, title="group (input to output)", title_fontsize=7)
+    fig.suptitle("Sensitivity to pruning (Li et al. 2017, Fig. 2b), validation split")
+    footer(fig, scans(own_criterion(sens)))
     save(fig, table, out, "sensitivity")
     return fig
 
@@ -130,7 +160,7 @@ def filter_norms_figure(store: StoreLike, out: str | Path | None = None) -> Figu
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2 if len(layers) > 6 else 1, title="layer", title_fontsize=7)
     fig.suptitle("Filters sorted by L1 norm (Li et al. 2017, Fig. 2a)")
-    footer(fig, norms.drop_duplicates("run_id"))
+    footer(fig, scans(norms))  # the baselines plotted, one per (baseline config, seed)
     save(fig, table, out, "filter_norms")
     return fig
 

@@ -1,7 +1,11 @@
 """Does pruning make models faster? Measured latency ratio vs MAC ratio, at batch 1 and the largest batch measured.
 
-Every finished run is a point (final model / its baseline, measured on the same machine
-in the same run); the dashed y = x line is the ideal where latency falls with MACs.
+Latency depends on the architecture, not on how it was reached, so runs are pooled by final
+architecture (equal MAC ratio, to 3 decimals): each point is the mean latency ratio (final /
+baseline, measured in the same run) of those runs with its 95% Student-t interval over runs;
+a single run shows its own interleaved-measurement interval (``latency/b<N>/ci_low``/``ci_high``)
+where the row has one. Runs are drawn faintly behind. The dashed y = x line is the ideal
+where latency falls with MACs.
 
     python -m analysis.speed --store results --out reports
 """
@@ -25,6 +29,7 @@ from analysis.output import (
     save,
     split,
 )
+from analysis.stats import mean_std, t_interval
 from analysis.tradeoff import LINE, line_names
 
 HINT = (
@@ -45,7 +50,7 @@ def latency_batches(runs: pd.DataFrame) -> list[int]:
 
 
 def speed_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[int]]:
-    """Per run: MAC ratio and latency ratio at batch 1 and at the largest batch (final / baseline)."""
+    """Per run: MAC ratio and latency ratio (with its interval if measured) at batch 1 and at the largest batch."""
     batches = latency_batches(runs) if not runs.empty else []
     if not batches or "ratio/macs" not in runs:
         raise NoData(HINT)
@@ -60,46 +65,81 @@ def speed_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[int]]:
             if base in runs and f"{phase}/latency_b{b}_ms" in runs:
                 ratio = ratio.fillna(runs[f"{phase}/latency_b{b}_ms"] / runs[base])
         out[f"latency_ratio_b{b}"] = ratio
+        for end in ("ci_low", "ci_high"):
+            col = f"latency/b{b}/{end}"
+            out[f"{end}_b{b}"] = pd.to_numeric(runs[col], errors="coerce") if col in runs else float("nan")
     out = out[out["ratio/macs"].notna() & out[[f"latency_ratio_b{b}" for b in chosen]].notna().any(axis=1)]
     if out.empty:
         raise NoData(HINT)
     out = out.reset_index(drop=True)
     out["line"] = line_names(out)
+    out["architecture"] = out["ratio/macs"].round(3)
     return out, chosen
 
 
+def architecture_means(table: pd.DataFrame, batch: int) -> pd.DataFrame:
+    """Per (context, architecture): mean latency ratio, its 95% interval, runs and strategies behind it."""
+    rows = []
+    col = f"latency_ratio_b{batch}"
+    for keys, g in table.dropna(subset=[col]).groupby([*CONTEXT, "architecture"], sort=True):
+        values = [float(v) for v in g[col]]
+        mean, std, n = mean_std(values)
+        low, high = t_interval(mean, std, n, 0.05)
+        if n == 1:
+            low, high = float(g[f"ci_low_b{batch}"].iloc[0]), float(g[f"ci_high_b{batch}"].iloc[0])
+        rows.append(
+            {
+                **dict(zip([*CONTEXT, "architecture"], keys)),
+                "macs": float(g["ratio/macs"].mean()),
+                "latency_ratio": mean,
+                "low": low,
+                "high": high,
+                "runs": n,
+                "strategies": g["strategy"].nunique(),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def speed_figure(store: StoreLike, out: str | Path | None = None) -> Figure:
-    """Per dataset/model and batch size: latency ratio vs MAC ratio, a colour per strategy, ideal y = x."""
+    """Per dataset/model and batch size: latency ratio vs MAC ratio per architecture, with 95% intervals; ideal y = x."""
     runs = load_runs(store)
     table, batches = speed_table(runs)
     contexts = split(table, CONTEXT)
     fig, axes = grid(len(contexts) * len(batches), ncols=len(batches), size=(5.6, 4.6))
-    lines = list(dict.fromkeys(table["line"]))
     for i, (ctx, sub) in enumerate(contexts):
         for j, b in enumerate(batches):
             ax = axes[i * len(batches) + j]
-            for name, g in sub.groupby("line", sort=False):
-                ax.plot(
-                    g["ratio/macs"],
-                    g[f"latency_ratio_b{b}"],
-                    ls="",
+            ax.plot(sub["ratio/macs"], sub[f"latency_ratio_b{b}"], ls="", marker=".", color="0.7", label="one run")
+            means = architecture_means(sub, b)
+            for k, r in means.reset_index(drop=True).iterrows():
+                has = pd.notna(r["low"]) and pd.notna(r["high"])
+                yerr = [[r["latency_ratio"] - r["low"]], [r["high"] - r["latency_ratio"]]] if has else None
+                ax.errorbar(
+                    [r["macs"]],
+                    [r["latency_ratio"]],
+                    yerr=yerr,
                     marker="o",
-                    alpha=0.8,
-                    color=f"C{lines.index(name) % 10}",
-                    label=f"{name} ({g['seed'].nunique()} seeds)",
+                    capsize=3,
+                    color=f"C{k % 10}",
+                    label=f"MACs {r['macs']:.3f}: {int(r['runs'])} runs, {int(r['strategies'])} strategies",
                 )
             top = max(1.05, float(sub[[f"latency_ratio_b{b}", "ratio/macs"]].max().max()) * 1.05)
+            if not means.empty and means["high"].notna().any():
+                top = max(top, float(means["high"].max()) * 1.05)
             ax.plot([0, top], [0, top], "k--", lw=1, label="ideal: latency ratio = MAC ratio")
             ax.axhline(1.0, color="0.6", lw=0.8, ls=":", label="baseline (unpruned) = 1")
             ax.set_xlim(0, top)
             ax.set_ylim(0, top)
-            ax.set_title(f"{context_title(ctx)}: batch {b}", fontsize=9)
-            ax.set_xlabel("MACs, final / baseline")
-            ax.set_ylabel(f"latency at batch {b}, final / baseline")
+            ax.set_title(
+                f"{context_title(ctx)}\nbatch {b}: mean and 95% CI over the runs of each architecture", fontsize=9
+            )
+            ax.set_xlabel("MACs, final / baseline (ratio)")
+            ax.set_ylabel(f"latency at batch {b}, final / baseline (ratio)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     fig.suptitle("Measured speed-up vs MAC reduction (below the dashed line: faster than MACs predict)")
-    footer(fig, runs)
+    footer(fig, table)
     save(fig, table, out, "speed")
     return fig
 

@@ -33,6 +33,8 @@ VALUES = [
     "ratio/macs",
     "ratio/params",
     "retrain/epochs",
+    "retrain/steps",
+    "retrain_lr",
     "retrain/wall_s",
     "prune/wall_s",
     "wall_s",
@@ -54,7 +56,7 @@ def strategy_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def shown_table(table: pd.DataFrame) -> pd.DataFrame:
     """The table as text: named columns that vary, then "mean ± std" cells in percent points, seconds, epochs."""
-    parts = varying(table, ["experiment", *PARTS, "variant"])
+    parts = varying(table, ["experiment", "arm", *PARTS, "variant"])
     out = table[["dataset", "model", "strategy", *parts]].copy().astype(object)
     for col in parts:
         out[col] = out[col].map(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)
@@ -70,6 +72,8 @@ def shown_table(table: pd.DataFrame) -> pd.DataFrame:
     out["MAC reduction (%)"] = cell("ratio/macs", 100, offset=1.0, digits=1)
     out["param reduction (%)"] = cell("ratio/params", 100, offset=1.0, digits=1)
     out["retrain epochs"] = cell("retrain/epochs", digits=0)
+    out["optimizer steps"] = cell("retrain/steps", digits=0)
+    out["retrain lr"] = [MISSING if pd.isna(v) else f"{v:g}" for v in table["retrain_lr_mean"]]
     out["retrain wall (s)"] = cell("retrain/wall_s", digits=1)
     out["run wall (s)"] = cell("wall_s", digits=1)
     out["seeds"] = table["seeds"]
@@ -88,8 +92,9 @@ def write_strategy_table(store: StoreLike, out: str | Path | None = None) -> tup
         shown,
         out,
         "strategy_table",
-        "Strategies: accuracy change (final - baseline, percent points), MAC and parameter reduction of the "
-        "final model, retraining epochs and wall time; mean ± std over seeds.",
+        "Strategies: accuracy change (final - baseline, percent points, test split), MAC and parameter reduction "
+        "of the final model, retraining epochs, optimizer steps and learning rate (the fine-tuning optimizer's, "
+        "or the baseline's for Scratch-E/B), wall time; mean ± std over seeds.",
     )
     return table, shown
 

@@ -2,7 +2,8 @@
 
 x: the fraction of weights (nonzero parameters) or of MACs removed, measured on the final
 model; y: test accuracy after retraining (solid) and right after pruning (dashed), mean ±
-std over seeds at each operating point (ratio / target) of a strategy.
+std over seeds at each operating point (ratio / target) of a strategy. One legend for the
+figure: a colour per strategy and one entry per line style; the footer counts the runs plotted.
 
     python -m analysis.tradeoff --store results --out reports
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from analysis.load import Store, StoreLike, load_runs
 from analysis.output import (
@@ -40,8 +42,8 @@ HINT = (
 AXES = (("weights", "weights", "weights (nonzero parameters) removed (%)"), ("macs", "MACs", "MACs removed (%)"))
 
 
-def tradeoff_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (context, line, operating point): fractions of weights and MACs removed, pruned and final accuracy over seeds."""
+def with_removed(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs with a measured compression, with ``removed/weights`` and ``removed/macs``: the runs plotted."""
     if runs.empty or "final/acc" not in runs:
         raise NoData(HINT)
     runs = runs.copy()
@@ -53,6 +55,12 @@ def tradeoff_table(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs[runs[["removed/weights", "removed/macs"]].notna().any(axis=1)]
     if runs.empty:
         raise NoData(HINT)
+    return runs
+
+
+def tradeoff_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (context, line, operating point): fractions of weights and MACs removed, pruned and final accuracy over seeds."""
+    runs = with_removed(runs)
     values = ["removed/weights", "removed/macs", "pruned/acc", "final/acc", "baseline/acc"]
     table = over_seeds(runs, [*CONTEXT, *LINE, *OPERATING_POINT], values)
     return table.sort_values([*CONTEXT, *LINE, "removed/weights_mean"]).reset_index(drop=True)
@@ -69,7 +77,11 @@ def line_names(table: pd.DataFrame) -> pd.Series:
 
 
 def tradeoff_figure(store: StoreLike, out: str | Path | None = None) -> Figure:
-    """Per dataset/model: accuracy vs weights removed and vs MACs removed, solid retrained, dashed not retrained."""
+    """Per dataset/model: test accuracy vs weights removed and vs MACs removed, solid retrained, dashed not retrained.
+
+    One colour per line (strategy, plus the parts that set apart lines of one strategy) in a
+    single legend beside the panels, and one legend entry per line style, not one per pair.
+    """
     runs = load_runs(store)
     table = tradeoff_table(runs)
     table["line"] = line_names(table)
@@ -86,7 +98,7 @@ def tradeoff_figure(store: StoreLike, out: str | Path | None = None) -> Figure:
                 color = f"C{lines.index(name) % 10}"
                 x = g[f"removed/{what}_mean"] * 100
                 xerr = g[f"removed/{what}_std"] * 100 if (g["seeds"] > 1).any() else None
-                for metric, style, suffix in (("final/acc", "-", "retrained"), ("pruned/acc", "--", "not retrained")):
+                for metric, style in (("final/acc", "-"), ("pruned/acc", "--")):
                     if g[f"{metric}_mean"].isna().all() or (metric == "pruned/acc" and (g["retrain"] == "none").all()):
                         continue
                     yerr = g[f"{metric}_std"] * 100 if (g[f"{metric}_n"] > 1).any() else None
@@ -100,22 +112,27 @@ def tradeoff_figure(store: StoreLike, out: str | Path | None = None) -> Figure:
                         mfc=color if style == "-" else "white",
                         color=color,
                         capsize=2,
-                        label=f"{name}, {suffix}",
                     )
             base = sub["baseline/acc_mean"].mean()
             if pd.notna(base):
-                ax.axhline(base * 100, color="k", ls=":", lw=1, label=f"baseline (unpruned) {base * 100:.2f}")
+                ax.axhline(base * 100, color="k", ls=":", lw=1)
             ax.set_title(
-                f"{context_title(ctx)}: accuracy vs {name_of} removed ({int(sub['seeds'].max())} seeds max)", fontsize=9
+                f"{context_title(ctx)}\nvs {name_of} removed ({int(sub['seeds'].max())} seeds max"
+                + (f"; baseline {base * 100:.2f}%)" if pd.notna(base) else ")"),
+                fontsize=9,
             )
             ax.set_xlabel(xlabel)
             ax.set_ylabel("test accuracy (%)")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    fig.suptitle(
-        "Accuracy vs compression (Han et al. 2015, Fig. 5): solid after retraining, dashed before; mean ± std over seeds"
-    )
-    footer(fig, runs)
+    handles = [Line2D([], [], color=f"C{k % 10}", marker="o", label=name) for k, name in enumerate(lines)]
+    handles += [
+        Line2D([], [], color="0.3", marker="o", ls="-", label="after retraining (solid)"),
+        Line2D([], [], color="0.3", marker="o", mfc="white", ls="--", label="right after pruning (dashed)"),
+        Line2D([], [], color="k", ls=":", label="baseline (unpruned)"),
+    ]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=7, title="strategy", title_fontsize=7)
+    fig.suptitle("Accuracy vs compression (Han et al. 2015, Fig. 5); mean ± std over seeds, test split")
+    footer(fig, with_removed(runs))
     save(fig, table, out, "tradeoff")
     return fig
 

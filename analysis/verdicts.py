@@ -1,16 +1,23 @@
-"""Lesson verdicts: does each lesson from the pruning literature hold on our runs?
+"""Lesson verdicts: better / worse / equivalent / inconclusive, per comparison, inside each lesson's family.
 
-Protocol. Two arms A (the lesson's better one) and B are compared PAIRED BY SEED, within
-the same dataset, model and baseline config, at the same operating point (ratio / target;
-for L2 at equal measured MACs, within ``mac_tolerance``), and with every other part equal:
-the arms differ only in the part the lesson is about. Per common seed s,
-d_s = acc(A, s) - acc(B, s); we report mean(d), std(d), n, the 95% Student-t CI
-(n - 1 dof) and the two-sided paired t-test p. Over all comparisons the p-values are
-Holm-adjusted. Verdict: with one comparison, *holds* if the whole CI is > 0, *does not
-hold* if it is < 0, else *inconclusive*; with several, *holds* / *does not hold* when the
-Holm-adjusted p < 0.05 (and the mean is > 0 / < 0), else *inconclusive*. n = 1 is
-inconclusive (needs >= 2 seeds). No seed is dropped: diverged runs (accuracy within 2
-points of chance) are kept and named in the notes.
+Protocol (declared in :mod:`analysis.lessons`, pairs chosen by :mod:`analysis.pairing`):
+arms whose full resolved configs differ only in the lesson's part (and what it implies)
+are paired by seed; d_s = endpoint(A, s) - endpoint(B, s) on the lesson's one primary
+endpoint. Per comparison: mean, std, n, the two-sided paired t-test p (difference) and the
+TOST p (equivalence within +-margin, default 0.25 pp). Both families of p-values are
+Holm-adjusted over that lesson's comparisons only, so no verdict depends on the other
+lessons in the store. Outcome at family-wise alpha = 0.05:
+
+- *equivalent*: Holm-adjusted TOST p < alpha (the 1 - 2 alpha* interval lies inside the margin);
+- *better* / *worse*: Holm-adjusted difference p < alpha, by the sign of the mean;
+- *inconclusive*: neither (also n < 2, with the seeds a powered sweep needs).
+
+Intervals match the decision: the difference CI is at level 1 - alpha*, alpha* the level
+Holm's step-down tested that comparison at (it excludes 0 exactly when Holm rejects), the
+equivalence interval at 1 - 2 alpha*_TOST. Zero-variance differences get the exact sign
+test instead of t (no p = 0). Duplicate runs of an (arm, seed) are not averaged: the latest
+is used and the others named; failed, diverged and unpaired seeds are named. Secondary
+endpoints (params, MACs, wall time, the other accuracy) are reported apart, unadjusted.
 
     python -m analysis.verdicts --store results --out reports
 """
@@ -18,348 +25,302 @@ points of chance) are kept and named in the notes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from analysis.load import Store, StoreLike, load_runs
-from analysis.output import MISSING, cli, keyed, label, markdown, write_tables
-from analysis.parts import OPERATING_POINT, PARTS, ratio_value
-from analysis.stats import holm, paired_t, seeds_needed
+from analysis.arms import build_arms
+from analysis.lessons import ENDPOINT_NAMES, LESSONS, SECONDARY, Lesson
+from analysis.load import Store, StoreLike
+from analysis.output import MISSING, cli, markdown, write_tables
+from analysis.pairing import TOLERANCE, Pairing, describe_pairing, paired_values, pairings
+from analysis.power import plan
+from analysis.stats import holm, holm_levels, paired_t, t_interval, tost
 
 ALPHA = 0.05
-TEST = "paired t-test over seeds (two-sided), 95% Student-t CI with n-1 dof, Holm-adjusted over the table"
-METRIC_NAMES = {"final/acc": "final accuracy (with retraining)", "pruned/acc": "accuracy without retraining"}
+POWER = 0.8
+OUTCOMES = ("better", "worse", "equivalent", "inconclusive", "refused")
+COLUMNS = [
+    "lesson",
+    "claim",
+    "dataset",
+    "model",
+    "A",
+    "B",
+    "operating point",
+    "endpoint",
+    "n",
+    "seeds",
+    "mean",
+    "std",
+    "method",
+    "p",
+    "p_tost",
+    "margin",
+    "p_holm",
+    "p_tost_holm",
+    "family",
+    "alpha_ci",
+    "ci_low",
+    "ci_high",
+    "alpha_eq",
+    "eq_low",
+    "eq_high",
+    "outcome",
+    "seeds_needed",
+    "differs in (part)",
+    "implied",
+    "annotation",
+    "training",
+    "refused because",
+    "notes",
+    "runs",
+]
 
 
-@dataclass(frozen=True)
-class Lesson:
-    """A claim "A beats B": arms chosen by the value of one part; ``free`` parts may differ between them."""
-
-    code: str
-    part: str
-    is_a: Callable[[Any], bool]
-    is_b: Callable[[Any], bool]
-    a_name: str
-    b_name: str | None  # None: one comparison per distinct B value of ``part``
-    free: tuple[str, ...]
-    metrics: tuple[str, ...] = ("final/acc",)
-    equal_macs: bool = False
-    hint: str = ""
-
-    def claim(self, b_value: Any = None) -> str:
-        return f"{self.a_name} > {self.b_name if self.b_name is not None else b_value}"
+def _operating_point(p: Pairing) -> str:
+    parts = p.a.parts
+    text = []
+    if parts.get("ratio") not in (None, "", "sensitivity"):
+        text.append(f"ratio {parts['ratio']}")
+    elif parts.get("ratio") == "sensitivity" and parts.get("target_reduction") is not None:
+        text.append(f"target {parts['target_reduction']}")
+    if parts.get("ratio_policy") not in (None, "", "uniform"):
+        text.append(str(parts["ratio_policy"]))
+    if parts.get("recalibrate_bn") not in (None, "", 0, False, "none"):
+        text.append(f"BN recalibrated ({parts['recalibrate_bn']})")
+    return ", ".join(text) or MISSING
 
 
-LESSONS: tuple[Lesson, ...] = (
-    Lesson(
-        "L1",
-        "schedule",
-        lambda v: v == "layerwise",
-        lambda v: v == "oneshot",
-        "layerwise",
-        "oneshot",
-        ("schedule", "rounds"),
-        hint="runs with schedule=layerwise and schedule=oneshot at equal retraining epochs",
-    ),
-    Lesson(
-        "L1",
-        "schedule",
-        lambda v: v == "iterative",
-        lambda v: v == "oneshot",
-        "iterative",
-        "oneshot",
-        ("schedule", "rounds"),
-        hint="e.g. `python run.py -m strategy=l1_oneshot,l1_iterative seed=0,1,2` (at equal retraining epochs)",
-    ),
-    Lesson(
-        "L2",
-        "ratio",
-        lambda v: v == "sensitivity",
-        lambda v: not math.isnan(ratio_value(v)),
-        "sensitivity ratios",
-        "uniform",
-        OPERATING_POINT,
-        equal_macs=True,
-        hint="runs with ratio=sensitivity and uniform runs of the same MACs, over the same seeds",
-    ),
-    Lesson(
-        "L3",
-        "criterion",
-        lambda v: v == "l1",
-        lambda v: v != "l1",
-        "l1",
-        None,
-        ("criterion",),
-        ("pruned/acc", "final/acc"),
-        hint="e.g. `python run.py -m strategy=l1_oneshot,random_oneshot seed=0,1,2`",
-    ),
-    Lesson(
-        "L4",
-        "retrain",
-        lambda v: v == "finetune",
-        lambda v: v == "scratch_e",
-        "finetune",
-        "scratch_e",
-        ("retrain", "epochs_budget"),
-        hint="runs with retrain=finetune and retrain=scratch_e, same seeds",
-    ),
-    Lesson(
-        "L4",
-        "retrain",
-        lambda v: v == "finetune",
-        lambda v: v == "scratch_b",
-        "finetune",
-        "scratch_b",
-        ("retrain", "epochs_budget"),
-        hint="runs with retrain=finetune and retrain=scratch_b, same seeds",
-    ),
-    Lesson(
-        "L5",
-        "freeze",
-        lambda v: str(v).startswith("most_sensitive"),
-        lambda v: v == "none",
-        "freeze most sensitive",
-        "no freeze",
-        ("freeze",),
-        hint="runs with freeze=most_sensitive:<k> and freeze=none",
-    ),
-)
-
-
-def _arm_label(row: pd.Series, lesson: Lesson) -> str:
-    text = f"{row['strategy']} ({label(row, [lesson.part])})"
-    return text + (f" [{row['variant']}]" if str(row.get("variant", "")) not in ("", MISSING) else "")
-
-
-def compare(runs: pd.DataFrame, lessons: tuple[Lesson, ...] = LESSONS, mac_tolerance: float = 0.02) -> pd.DataFrame:
-    """One row per comparison (lesson, context, operating point, arms, metric) with the paired statistics and verdict."""
-    columns = [
-        "lesson",
-        "claim",
-        "dataset",
-        "model",
-        "budget",
-        "operating point",
-        "metric",
-        "A",
-        "B",
-        "n",
-        "mean",
-        "std",
-        "ci_low",
-        "ci_high",
-        "p",
-        "p_holm",
-        "verdict",
-        "seeds_needed",
-        "seeds",
-        "notes",
-    ]
-    if runs.empty or "final/acc" not in runs:
-        return pd.DataFrame(columns=columns)
-    runs = keyed(runs, [*PARTS, "variant", "baseline_config", "strategy", "experiment"])
-    rows: list[dict[str, Any]] = []
-    for lesson in lessons:
-        fixed = ["dataset", "model", "baseline_config", *[p for p in PARTS if p not in lesson.free]]
-        if lesson.equal_macs:
-            fixed = [p for p in fixed if p not in OPERATING_POINT]
-        arm_keys = ["strategy", "experiment", "variant", *lesson.free]
-        for _, ctx in runs.groupby(fixed, sort=True):
-            a_runs, b_runs = ctx[ctx[lesson.part].map(lesson.is_a)], ctx[ctx[lesson.part].map(lesson.is_b)]
-            if a_runs.empty or b_runs.empty:
-                continue
-            for _, a in a_runs.groupby(arm_keys, sort=True):
-                b_groups = [b for _, b in b_runs.groupby(arm_keys, sort=True)]
-                if lesson.equal_macs:
-                    b_groups = _closest_macs(a, b_groups, mac_tolerance)
-                for b in b_groups:
-                    for metric in lesson.metrics:
-                        line = _paired_line(lesson, a, b, metric)
-                        if line is not None:
-                            rows.append(line)
-    table = pd.DataFrame(rows, columns=columns)
-    return decide(table)
-
-
-def _closest_macs(a: pd.DataFrame, b_groups: list[pd.DataFrame], tol: float) -> list[pd.DataFrame]:
-    """The B arm whose mean MAC ratio is nearest A's, if within ``tol`` (none otherwise)."""
-    if "ratio/macs" not in a or a["ratio/macs"].isna().all():
-        return []
-    target = a["ratio/macs"].mean()
-    scored = [
-        (abs(b["ratio/macs"].mean() - target), i) for i, b in enumerate(b_groups) if b["ratio/macs"].notna().any()
-    ]
-    scored = [s for s in scored if s[0] <= tol]
-    return [b_groups[min(scored)[1]]] if scored else []
-
-
-def _paired_line(lesson: Lesson, a: pd.DataFrame, b: pd.DataFrame, metric: str) -> dict[str, Any] | None:
-    if metric not in a or metric not in b:
-        return None
-    notes = []
-    for name, arm in (("A", a), ("B", b)):
-        if arm["seed"].duplicated().any():
-            notes.append(
-                f"{name} has several runs per seed (settings differ outside the named parts); their mean is used"
-            )
-    a_by_seed = a.dropna(subset=[metric]).groupby("seed")[metric].mean()
-    b_by_seed = b.dropna(subset=[metric]).groupby("seed")[metric].mean()
-    common = sorted(set(a_by_seed.index) & set(b_by_seed.index))
-    for name, arm, other in (("A", a_by_seed, b_by_seed), ("B", b_by_seed, a_by_seed)):
-        alone = sorted(set(arm.index) - set(other.index))
-        if alone:
-            notes.append(f"seeds {', '.join(map(str, alone))} only in {name} (unpaired)")
-    for name, arm in (("A", a), ("B", b)):
-        for _, r in arm[arm["diverged"].astype(bool)].iterrows() if "diverged" in arm else []:
-            notes.append(
-                f"{name} seed {r['seed']} diverged (final acc {r['final/acc']:.3f}, near chance "
-                f"{float(r['chance']):.2f}); kept"
-            )
-    if not common:
-        return None
-    diffs = [a_by_seed[s] - b_by_seed[s] for s in common]
+def _row(p: Pairing, metric: str) -> dict[str, Any]:
+    seeds, diffs, notes = paired_values(p, metric)
+    base = {
+        "lesson": p.lesson.code,
+        "claim": p.lesson.claim,
+        "dataset": p.a.dataset,
+        "model": p.a.model,
+        "A": p.a.label,
+        "B": p.b.label,
+        "operating point": _operating_point(p),
+        "endpoint": metric,
+        "n": len(seeds),
+        "seeds": " ".join(map(str, seeds)),
+        "margin": p.lesson.margin,
+        **describe_pairing(p),
+        "notes": "; ".join(notes),
+        "runs": " ".join(arm.by_seed[s]["run_id"] for arm in (p.a, p.b) for s in seeds),
+    }
+    if not p.ok or not seeds:
+        return base | {"mean": math.nan, "std": math.nan, "p": math.nan, "p_tost": math.nan, "method": MISSING}
     stats = paired_t(diffs)
-    first_a, first_b = a.iloc[0], b.iloc[0]
-    if lesson.equal_macs:
-        point = f"MACs ratio A {a['ratio/macs'].mean():.3f} vs B {b['ratio/macs'].mean():.3f}"
-    else:
-        point = label(first_a, OPERATING_POINT)
-    budget_a, budget_b = first_a["epochs_budget"], first_b["epochs_budget"]
-    budget = f"retrain epochs {_int(budget_a)}" + (f" vs {_int(budget_b)}" if str(budget_a) != str(budget_b) else "")
-    budget += f", baseline {_int(first_a['baseline_epochs'])} epochs"
-    return {
-        "lesson": lesson.code,
-        "claim": lesson.claim(first_b[lesson.part]),
-        "dataset": first_a["dataset"],
-        "model": first_a["model"],
-        "budget": budget,
-        "operating point": point,
-        "metric": METRIC_NAMES.get(metric, metric),
-        "A": _arm_label(first_a, lesson),
-        "B": _arm_label(first_b, lesson),
-        "n": stats.n,
+    eq = tost(diffs, p.lesson.margin) if stats.n >= 2 else None
+    if stats.zero_variance:
+        base["notes"] = "; ".join(
+            [f"zero variance: every seed gave {stats.mean * 100:+.2f} pp (n = {stats.n}); exact sign tests, no t"]
+            + notes
+        )
+    return base | {
         "mean": stats.mean,
         "std": stats.std,
-        "ci_low": stats.low,
-        "ci_high": stats.high,
+        "method": "t" if stats.method == "t" else "sign (zero variance)",
         "p": stats.p,
-        "p_holm": math.nan,
-        "verdict": "",
-        "seeds_needed": seeds_needed(stats.mean, stats.std) if stats.n >= 2 else None,
-        "seeds": " ".join(map(str, common)),
-        "notes": "; ".join(notes),
+        "p_tost": eq.p if eq is not None else math.nan,
     }
 
 
-def _int(value: Any) -> Any:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return value
+def _secondary(p: Pairing, lesson: Lesson) -> list[dict[str, Any]]:
+    rows = []
+    other = "final/acc" if lesson.endpoint == "pruned/acc" else "pruned/acc"
+    for metric in (other, *SECONDARY):
+        seeds, diffs, _ = paired_values(p, metric)
+        if not seeds:
+            continue
+        stats = paired_t(diffs)
+        rows.append(
+            {
+                "lesson": lesson.code,
+                "claim": lesson.claim,
+                "A": p.a.label,
+                "B": p.b.label,
+                "operating point": _operating_point(p),
+                "endpoint": metric,
+                "n": stats.n,
+                "mean A": p.a.mean(metric),
+                "mean B": p.b.mean(metric),
+                "mean Δ": stats.mean,
+                "95% CI low": stats.low,
+                "95% CI high": stats.high,
+            }
+        )
+    return rows
 
 
-def decide(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
-    """Holm-adjust the p-values and set each verdict by the rule in the module docstring."""
+def comparisons(
+    store: StoreLike, lessons: tuple[Lesson, ...] = LESSONS, alpha: float = ALPHA, tolerance: float = TOLERANCE
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(primary verdict table, secondary endpoints table) for every lesson comparison in ``store``."""
+    arms = build_arms(store)
+    rows, secondary = [], []
+    for lesson in lessons:
+        for p in pairings(lesson, arms, tolerance):
+            rows.append(_row(p, lesson.endpoint))
+            if p.ok:
+                secondary += _secondary(p, lesson)
+    table = decide(pd.DataFrame(rows, columns=COLUMNS), alpha, lessons)
+    return table, pd.DataFrame(secondary)
+
+
+def compare(store: StoreLike, lessons: tuple[Lesson, ...] = LESSONS, alpha: float = ALPHA) -> pd.DataFrame:
+    """One row per comparison (lesson, arms, operating point): paired statistics, intervals and outcome."""
+    return comparisons(store, lessons, alpha)[0]
+
+
+def pooled_sd(table: pd.DataFrame) -> dict[str, tuple[float, int, int]]:
+    """Per lesson: (pooled SD of the paired differences, its degrees of freedom, comparisons pooled)."""
+    out = {}
+    tested = table[(table["n"] >= 2) & table["std"].notna()] if not table.empty else table
+    for code, rows in tested.groupby("lesson", sort=False):
+        dof = int((rows["n"] - 1).sum())
+        if dof > 0:
+            var = float(((rows["n"] - 1) * rows["std"] ** 2).sum()) / dof
+            out[str(code)] = (math.sqrt(var), dof, len(rows))
+    return out
+
+
+def decide(table: pd.DataFrame, alpha: float = ALPHA, lessons: tuple[Lesson, ...] = LESSONS) -> pd.DataFrame:
+    """Holm inside each lesson's family, matching intervals, the four outcomes and the seeds a powered sweep needs."""
     table = table.copy()
-    if table.empty:
-        return table
-    table["p_holm"] = holm(list(table["p"].astype(float)))
-    several = int(table["p"].notna().sum()) > 1
-    verdicts = []
-    for _, r in table.iterrows():
-        if r["n"] < 2:
-            verdicts.append("inconclusive (needs >= 2 seeds)")
-        elif several:
-            significant = r["p_holm"] < alpha
-            verdicts.append(
-                "holds"
-                if significant and r["mean"] > 0
-                else "does not hold"
-                if significant and r["mean"] < 0
-                else "inconclusive"
-            )
-        else:
-            verdicts.append("holds" if r["ci_low"] > 0 else "does not hold" if r["ci_high"] < 0 else "inconclusive")
-    table["verdict"] = verdicts
+    for col in ("p_holm", "p_tost_holm", "alpha_ci", "ci_low", "ci_high", "alpha_eq", "eq_low", "eq_high"):
+        table[col] = math.nan
+    table["family"], table["outcome"], table["seeds_needed"] = 0, "", None
+    by_code = {lsn.code: lsn for lsn in lessons}
+    pooled = pooled_sd(table)
+    for code, idx in table.groupby("lesson", sort=False).groups.items():
+        tested = [i for i in idx if pd.notna(table.at[i, "p"])]
+        p = [float(table.at[i, "p"]) for i in tested]
+        pt = [float(table.at[i, "p_tost"]) for i in tested]
+        for column, values in (
+            ("p_holm", holm(p)),
+            ("alpha_ci", holm_levels(p, alpha)),
+            ("p_tost_holm", holm(pt)),
+            ("alpha_eq", holm_levels(pt, alpha)),
+        ):
+            for i, v in zip(tested, values):
+                table.at[i, column] = v
+        needed = None
+        if code in pooled:
+            lesson = by_code.get(code)
+            sd, dof, _ = pooled[code]
+            margin = lesson.margin if lesson else table.at[idx[0], "margin"]
+            effect = lesson.effect if lesson else margin
+            needed = plan(sd * 100, effect * 100, margin * 100, alpha, POWER, max(1, len(tested)), dof).seeds
+            needed = math.inf if needed is None else needed  # beyond the search limit
+        for i in idx:
+            table.at[i, "family"] = len(tested)
+            table.at[i, "outcome"] = _outcome(table.loc[i], alpha)
+            if table.at[i, "outcome"] == "inconclusive":
+                table.at[i, "seeds_needed"] = needed
+            _intervals(table, i)
     return table
 
 
+def _intervals(table: pd.DataFrame, i: Any) -> None:
+    r = table.loc[i]
+    if r["n"] < 2 or r["method"] != "t":
+        return
+    table.at[i, "ci_low"], table.at[i, "ci_high"] = t_interval(r["mean"], r["std"], int(r["n"]), r["alpha_ci"])
+    if pd.notna(r["alpha_eq"]) and 2 * r["alpha_eq"] < 1:
+        table.at[i, "eq_low"], table.at[i, "eq_high"] = t_interval(r["mean"], r["std"], int(r["n"]), 2 * r["alpha_eq"])
+
+
+def _outcome(r: pd.Series, alpha: float) -> str:
+    if isinstance(r["refused because"], str) and r["refused because"]:
+        return "refused"
+    if r["n"] < 2 or pd.isna(r["p"]):
+        return "inconclusive"
+    if pd.notna(r["p_tost_holm"]) and r["p_tost_holm"] < alpha:
+        return "equivalent"
+    if r["p_holm"] < alpha:
+        return "better" if r["mean"] > 0 else "worse"
+    return "inconclusive"
+
+
+def _pp(x: float, digits: int = 2) -> str:
+    return MISSING if pd.isna(x) else f"{x * 100:+.{digits}f}"
+
+
+def shown_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Text version: effects and intervals in percentage points, adjusted levels and p-values, outcomes."""
+    out = table[["lesson", "claim", "dataset", "model", "A", "B", "operating point", "n"]].copy()
+    out["endpoint"] = [ENDPOINT_NAMES.get(m, m) for m in table["endpoint"]]
+    out["mean Δ (pp)"] = [_pp(m) for m in table["mean"]]
+    out["std (pp)"] = [MISSING if pd.isna(s) else f"{s * 100:.2f}" for s in table["std"]]
+    out["CI (pp), level"] = [
+        MISSING if pd.isna(lo) else f"[{_pp(lo)}, {_pp(hi)}] at {100 * (1 - a):.2f}%"
+        for lo, hi, a in zip(table["ci_low"], table["ci_high"], table["alpha_ci"])
+    ]
+    out["p (Holm, in lesson)"] = [MISSING if pd.isna(p) else f"{p:.3g}" for p in table["p_holm"]]
+    out["TOST p (Holm)"] = [MISSING if pd.isna(p) else f"{p:.3g}" for p in table["p_tost_holm"]]
+    out["margin (pp)"] = [f"±{m * 100:g}" for m in table["margin"]]
+    out["outcome"] = table["outcome"]
+    out["seeds needed"] = [
+        MISSING if s is None or pd.isna(s) else ("> 10000" if math.isinf(s) else str(int(s)))
+        for s in table["seeds_needed"]
+    ]
+    for col in ("differs in (part)", "implied", "annotation", "training", "refused because", "notes"):
+        out[col] = table[col].replace("", MISSING)
+    return out
+
+
 def summary_lines(table: pd.DataFrame, lessons: tuple[Lesson, ...] = LESSONS) -> list[str]:
-    """One line per lesson claim: its overall verdict, how many comparisons say what, or what to run."""
+    """One line per lesson claim: outcome counts, the largest effect with its interval, or what to run."""
     lines = []
-    found = list(dict.fromkeys(zip(table["lesson"], table["claim"]))) if not table.empty else []
-    claims = dict.fromkeys((lsn.code, lsn.claim()) for lsn in lessons if lsn.b_name is not None)
-    for lsn in lessons:  # "A > each other value": one line per value found, or a placeholder
-        if lsn.b_name is None and not any(code == lsn.code and c.startswith(f"{lsn.a_name} > ") for code, c in found):
-            claims[(lsn.code, lsn.claim("each other"))] = None
-    claims.update(dict.fromkeys(found))
-    hints = {(lsn.code, lsn.claim(None if lsn.b_name else "each other")): lsn.hint for lsn in lessons}
-    for code, claim in sorted(claims, key=lambda c: c[0]):
-        rows = table[(table["lesson"] == code) & (table["claim"] == claim)] if not table.empty else table
+    for lesson in lessons:
+        rows = table[(table["lesson"] == lesson.code) & (table["claim"] == lesson.claim)] if not table.empty else table
         if rows.empty:
-            hint = hints.get((code, claim)) or next((lsn.hint for lsn in lessons if lsn.code == code), "")
-            lines.append(f"**{code}: {claim}**: no comparable runs (needs {hint})")
+            lines.append(f"**{lesson.code}: {lesson.claim}**: no comparable runs (needs {lesson.hint})")
             continue
-        counts = rows["verdict"].str.replace(r" \(.*\)$", "", regex=True).value_counts()
-        holds, fails = int(counts.get("holds", 0)), int(counts.get("does not hold", 0))
-        overall = "mixed" if holds and fails else "holds" if holds else "does not hold" if fails else "inconclusive"
-        where = "; ".join(sorted({f"{r['dataset']}/{r['model']}, {r['budget']}" for _, r in rows.iterrows()}))
-        best = rows.iloc[rows["mean"].abs().argmax()]
+        counts = rows["outcome"].value_counts()
+        tally = ", ".join(f"{int(counts[o])} {o}" for o in OUTCOMES if o in counts)
+        tested = rows[rows["mean"].notna()]
+        if tested.empty:
+            lines.append(f"**{lesson.code}: {lesson.claim}**: {tally}: {rows.iloc[0]['refused because']}")
+            continue
+        best = tested.loc[tested["mean"].abs().idxmax()]
         ci = (
-            f"95% CI [{best['ci_low'] * 100:+.2f}, {best['ci_high'] * 100:+.2f}] pp"
-            if best["n"] >= 2
-            else "no CI: needs >= 2 seeds"
+            f"CI [{_pp(best['ci_low'])}, {_pp(best['ci_high'])}] pp at {100 * (1 - best['alpha_ci']):.2f}%"
+            if pd.notna(best["ci_low"])
+            else "no t-interval (zero variance: exact sign test)"
         )
         lines.append(
-            f"**{code}: {claim}**: {overall} ({holds} hold, {fails} do not hold, "
-            f"{len(rows) - holds - fails} inconclusive of {len(rows)} comparisons; largest effect "
-            f"{best['mean'] * 100:+.2f} pp, {ci}, n = {best['n']}) on {where}"
+            f"**{lesson.code}: {lesson.claim}** ({ENDPOINT_NAMES.get(lesson.endpoint, lesson.endpoint)}, margin "
+            f"±{lesson.margin * 100:g} pp, Holm over the lesson's {int(best['family'])} comparisons): {tally}; "
+            f"largest effect {_pp(best['mean'])} pp ({best['outcome']}), {ci}, n = {best['n']}"
         )
     return lines
 
 
-def shown_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Text version: effects and CIs in percent points, p-values, verdicts."""
-    out = table[["lesson", "claim", "dataset", "model", "budget", "operating point", "metric", "A", "B", "n"]].copy()
-    out["mean Δ (pp)"] = [f"{m * 100:+.2f}" for m in table["mean"]]
-    out["std (pp)"] = [MISSING if pd.isna(s) else f"{s * 100:.2f}" for s in table["std"]]
-    out["95% CI (pp)"] = [
-        MISSING if pd.isna(lo) else f"[{lo * 100:+.2f}, {hi * 100:+.2f}]"
-        for lo, hi in zip(table["ci_low"], table["ci_high"])
-    ]
-    out["p"] = [MISSING if pd.isna(p) else f"{p:.3g}" for p in table["p"]]
-    out["p (Holm)"] = [MISSING if pd.isna(p) else f"{p:.3g}" for p in table["p_holm"]]
-    out["verdict"] = table["verdict"]
-    out["seeds a CI ∌ 0 would need"] = [
-        str(int(s)) if v == "inconclusive" and pd.notna(s) else MISSING
-        for s, v in zip(table["seeds_needed"], table["verdict"])
-    ]
-    out["notes"] = table["notes"]
-    return out
-
-
 def rule_text(table: pd.DataFrame) -> str:
-    """How the verdicts were decided, for the report (the number of comparisons included)."""
-    m = int(table["p"].notna().sum()) if not table.empty else 0
-    decision = (
-        "Holm-adjusted p < 0.05 with the sign of the mean difference"
-        if m > 1
-        else "the 95% CI lying wholly above (holds) or below (does not hold) zero"
-    )
+    """How the outcomes were decided, with the number of comparisons and families."""
+    tested = int(table["p"].notna().sum()) if not table.empty else 0
+    refused = int((table["outcome"] == "refused").sum()) if not table.empty else 0
+    families = table.loc[table["p"].notna(), "lesson"].nunique() if not table.empty else 0
     return (
-        f"{len(table)} comparisons ({m} with >= 2 seeds). Each pairs seeds of two arms that differ only in the part "
-        f"the lesson is about (same dataset, model, baseline config, operating point). Test: {TEST}. "
-        f"Verdict: {decision}; otherwise inconclusive. CIs shown are per comparison (not adjusted)."
+        f"{len(table)} comparisons ({tested} tested in {families} lesson families, {refused} refused). Arms are "
+        "paired by seed and differ only in the lesson's part and the keys it implies (see the lesson declarations); "
+        "any other config difference refuses the comparison. Paired t-test (difference) and TOST (equivalence within "
+        f"the margin), each Holm-adjusted inside its lesson's family at alpha = {ALPHA}: equivalent if TOST rejects, "
+        "else better/worse if the difference test rejects, else inconclusive. The CI is at 1 - alpha*, the level "
+        "Holm tested that comparison at, so it excludes 0 exactly when the difference is declared. Zero variance: "
+        "exact sign test. Seeds needed: noncentral-t power 0.8 at the lesson's pooled SD (its 80% upper limit) for "
+        "the declared effect and for equivalence, at alpha / family size."
     )
 
 
 def verdict_report(store: StoreLike, out: str | Path | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """(comparison table, summary lines); writes verdicts.csv/.md/.tex into ``out``."""
-    table = compare(load_runs(store))
+    """(comparison table, summary lines); writes verdicts.csv/.md/.tex and verdicts_secondary.csv/.md into ``out``."""
+    table, secondary = comparisons(store)
     lines = summary_lines(table)
     if out is not None:
         shown = shown_table(table)
@@ -373,7 +334,25 @@ def verdict_report(store: StoreLike, out: str | Path | None = None) -> tuple[pd.
             + (markdown(shown) if len(shown) else "")
             + "\n"
         )
+        if not secondary.empty:
+            write_tables(secondary, shown_secondary(secondary), out, "verdicts_secondary", SECONDARY_TEXT)
+        else:  # no stale file from an earlier report of another store
+            for ext in ("csv", "md", "tex"):
+                Path(out, f"verdicts_secondary.{ext}").unlink(missing_ok=True)
     return table, lines
+
+
+SECONDARY_TEXT = (
+    "Secondary endpoints of the same pairs (not in any Holm family; unadjusted 95% Student-t CIs): the other "
+    "accuracy, params and MACs ratios (final / baseline), retraining and run wall time (s)."
+)
+
+
+def shown_secondary(secondary: pd.DataFrame) -> pd.DataFrame:
+    out = secondary[["lesson", "claim", "A", "B", "operating point", "endpoint", "n"]].copy()
+    for col in ("mean A", "mean B", "mean Δ", "95% CI low", "95% CI high"):
+        out[col] = [MISSING if pd.isna(v) else f"{v:.4g}" for v in secondary[col]]
+    return out
 
 
 def build(store: Store, out: Path) -> list[Path]:

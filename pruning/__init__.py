@@ -27,6 +27,7 @@ from pruning.criteria import (
     APoZ,
     BNGamma,
     Criterion,
+    GroupNorm,
     LargestL1,
     Random,
     Taylor,
@@ -37,6 +38,9 @@ from pruning.criteria import (
 from pruning.fold import fold_batchnorm, foldable_pairs
 from pruning.graph import ChannelGroup, GroupMember, dependency_groups
 from pruning.handlers import ChannelwiseHandler, FilterHandler, register_handler
+from pruning.latency import LatencyComparison, compare_latency, cpu_model, device_name
+from pruning.latency_prune import LatencyPruning, prune_for_latency
+from pruning.latency_table import LatencyTable, latency_table
 from pruning.masks import MaskCount, Masks, Sparsity, adjusted_dropout, prune_weights, regrow
 from pruning.measure import Counts, count, dense_bytes, measure_latency, nonzero_params
 from pruning.oprules import register_op_rule
@@ -49,6 +53,7 @@ from pruning.record import (
     read_record,
     save_pruned,
 )
+from pruning.regularizers import GroupLasso, l1_penalty, norm_scales, soft_prune_
 from pruning.schedules import channel_schedule, sparsity_schedule
 from pruning.sensitivity import SensitivityTable, sensitivity
 from pruning.sparse import SparseChoice, SparseConv2d, SparseLinear, sparsify
@@ -71,20 +76,30 @@ __all__ = [
     "compression_report",
     "count",
     "Counts",
+    "compare_latency",
+    "cpu_model",
     "Criterion",
     "criterion_names",
     "dense_bytes",
     "dependency_groups",
+    "device_name",
     "FilterHandler",
     "fold_batchnorm",
     "foldable_pairs",
     "FPGM",
     "get_criterion",
     "group_channels",
+    "GroupLasso",
     "GroupMember",
+    "GroupNorm",
     "kept_channels",
     "L1",
+    "l1_penalty",
     "L2",
+    "LatencyComparison",
+    "LatencyPruning",
+    "LatencyTable",
+    "latency_table",
     "LargestL1",
     "load_compressed",
     "load_pruned",
@@ -92,8 +107,10 @@ __all__ = [
     "Masks",
     "measure_latency",
     "nonzero_params",
+    "norm_scales",
     "planned_channels",
     "prune_filters",
+    "prune_for_latency",
     "prune_to",
     "prune_weights",
     "regrow",
@@ -111,6 +128,7 @@ __all__ = [
     "SensitivityTable",
     "share_weights",
     "SharedWeights",
+    "soft_prune_",
     "SizeReport",
     "SparseChoice",
     "SparseConv2d",

@@ -240,6 +240,45 @@ class BNGamma(Criterion):
         return None
 
 
+def member_bias(member: GroupMember) -> Tensor | None:
+    """The bias (or BatchNorm shift) entries of an output-side member, one per position, or None.
+
+    A filter's bias and a normalisation layer's beta belong to the channel they produce; the
+    consumers' biases (``in`` members) do not belong to any input channel."""
+    if member.kind != "module" or member.dim != 0 or member.role not in ("out", "dw", "norm"):
+        return None
+    bias = getattr(member.module, "bias", None)
+    if not isinstance(bias, Tensor) or bias.numel() != member.size:
+        return None
+    return bias
+
+
+@register_criterion("group_norm")
+class GroupNorm(Criterion):
+    """DepGraph (Fang et al. 2023): the L2 norm of *all* of a channel's coupled parameters.
+
+    Every member of the group counts: the producers' filter rows and biases, the
+    normalisation scale and shift, the consumers' input columns (several positions per
+    channel after a flatten) and bare per-channel parameters. This is the quantity the
+    group-lasso penalty (``pruning.regularizers.GroupLasso``) drives to zero, so training
+    with that penalty and pruning by this criterion remove the same channels.
+    """
+
+    def __init__(self, bias: bool = True):
+        self.bias = bias
+
+    def __call__(self, group: ChannelGroup) -> Tensor | None:
+        parts = []
+        for m in group.members:
+            if m.tensor() is None:  # e.g. BatchNorm without affine parameters
+                continue
+            parts.append(per_channel(group, m, m.view().detach().double().pow(2).sum(1)))
+            bias = member_bias(m) if self.bias else None
+            if bias is not None:
+                parts.append(per_channel(group, m, bias.detach().double().pow(2)))
+        return combine_scores(parts, "sum").sqrt() if parts else None
+
+
 @register_criterion("fpgm")
 class FPGM(Criterion):
     """He et al. 2019: filters near the geometric median of their layer are redundant.

@@ -84,6 +84,7 @@ def _group_ratios(model: nn.Module, groups: list[ChannelGroup], ratio: Ratio) ->
 
 def plan_removal(graph: ChannelGraph, ratios: dict[int, float], criterion: Criterion, round_to: int = 1) -> Tensor:
     """Which channels to remove: a :meth:`ChannelGraph.removal_mask` with True where cut."""
+    round_to = round_to if isinstance(round_to, int) else 1  # "auto" is resolved by planned_channels
     keeps = {}
     for g in graph.groups:
         if ratios.get(g.index, 0.0) > 0 and g.n_prunable > 0:
@@ -180,10 +181,11 @@ def prune_filters(
         of the named layers (others keep their channels).
     criterion: a registered name (``pruning.criterion_names()``) or a criterion object.
     ignore: module names (or prefixes) whose output channels are never pruned.
-    round_to: keep a multiple of this many channels per group.
+    round_to: keep a multiple of this many channels per group; ``"auto"``: per group the
+        multiple (1, 8, 16) a latency table times fastest (``pruning.latency_table.round_auto``).
     """
-    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"round_to={round_to!r}: must be a positive integer")
+    if round_to != "auto" and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise ValueError(f"round_to={round_to!r}: must be a positive integer or 'auto'")
     if isinstance(ignore, str):
         ignore = (ignore,)
     crit = get_criterion(criterion)
@@ -198,6 +200,9 @@ def prune_filters(
         raise ValueError(f"ignore names {unknown}, which are not modules of the model")
     graph = build_graph(model, example_inputs, tuple(ignore))
     ratios = _group_ratios(model, graph.groups, ratio)
+    if round_to == "auto":
+        planned = planned_channels(model, example_inputs, ratio, ignore, "auto")
+        return prune_to(model, example_inputs, {g: k for g, (c, k) in planned.items() if k < c}, crit, ignore)
     removed = plan_removal(graph, ratios, crit, round_to)
     return cut(model, graph, removed)
 
@@ -221,6 +226,10 @@ def planned_channels(
 ) -> dict[str, tuple[int, int]]:
     """``{group name: (channels, channels kept)}`` that :func:`prune_filters` with these
     arguments would leave, without cutting anything."""
+    if round_to == "auto":
+        from pruning.latency_table import round_auto  # imported here: latency_table imports this module
+
+        return round_auto(model, example_inputs, planned_channels(model, example_inputs, ratio, ignore), ignore)
     graph = build_graph(model, example_inputs, tuple(ignore))
     ratios = _group_ratios(model, graph.groups, ratio)
     out = {}

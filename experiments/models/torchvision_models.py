@@ -1,7 +1,9 @@
-"""Any torchvision classification model by name, untrained (``weights=None``).
+"""Any torchvision classification model by name, untrained or from a weights file.
 
 ``model=tv model.name=resnet50`` selects it from the command line; ``conf/model/tv.yaml``
 targets ``torchvision_model`` directly because its ``name`` is torchvision's name.
+``model.weights=PATH`` loads a state dict (e.g. torchvision's ``resnet18-f37072fd.pth``, or
+one saved with ``torch.save(model.state_dict(), PATH)``) strictly into the built model.
 """
 
 from __future__ import annotations
@@ -50,11 +52,15 @@ def _replace_stem(model: nn.Module, name: str, in_channels: int) -> None:
 
 
 @register_model("tv")
-def torchvision_model(*, num_classes: int, in_channels: int, input_size: int, name: str = "resnet18") -> nn.Module:
+def torchvision_model(
+    *, num_classes: int, in_channels: int, input_size: int, name: str = "resnet18", weights: str | None = None
+) -> nn.Module:
     """torchvision's ``name`` with ``num_classes`` outputs and an ``in_channels`` stem.
 
-    Untrained (``weights=None``; no network). A non-RGB input gets a fresh first conv
-    with the same geometry. ViTs are built for ``input_size``; the other models pool
+    Built untrained (torchvision's ``weights=None``; no network), then, with ``weights``, the
+    file's tensors are loaded strictly (``experiments.models.checkpoint.load_weights``: the
+    file's classifier must have ``num_classes`` outputs). A non-RGB input gets a fresh first
+    conv with the same geometry. ViTs are built for ``input_size``; the other models pool
     adaptively, so ``input_size`` only has to survive their downsampling.
     """
     names = classification_models()
@@ -69,4 +75,8 @@ def torchvision_model(*, num_classes: int, in_channels: int, input_size: int, na
     model = torchvision.models.get_model(name, **options)
     if in_channels != 3:
         _replace_stem(model, name, in_channels)
+    if weights:
+        from experiments.models.checkpoint import load_weights
+
+        load_weights(model, weights, "model.weights")
     return model

@@ -1,8 +1,11 @@
-"""The baseline phase: train the dense model, or reuse a cached one with the same key.
+"""The baseline phase: train the dense model, reuse a cached one with the same key, or load
+trained weights from ``baseline.checkpoint``.
 
 The key covers what determines the baseline weights: the config (dataset, model, seed,
 baseline recipe, trainer limits), the architecture of the built model (so a code change
-that alters it never reuses a stale entry) and the identity of the data it trains on.
+that alters it never reuses a stale entry), the identity of the data it trains on and the
+sha256 of an initialising ``model.weights`` file (not its path). A checkpoint baseline is
+neither trained nor cached: the file is evaluated as it is, and the row records its sha256.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ from experiments.storage.cache import BaselineCache, config_key
 log = logging.getLogger(__name__)
 
 # dataset keys that do not change the data a baseline sees (the data identity covers the files)
-VOLATILE_DATASET_KEYS = ("root", "eval_batch_size", "device", "download", "fallback")
+VOLATILE_DATASET_KEYS = (
+    "root", "eval_batch_size", "device", "download", "fallback",
+    "num_workers", "persistent_workers", "pin_memory", "cache_dir",
+)  # fmt: skip
 
 
 @dataclass
@@ -39,6 +45,13 @@ class BaselinePhase(Phase):
     cache_path: str | None = None
     data_source: str | None = None
     data_identity: dict[str, Any] | None = None
+    checkpoint: dict[str, Any] | None = None  # path, sha256, bytes, format of baseline.checkpoint
+
+    def source(self) -> dict[str, Any]:
+        """Where the baseline weights came from, for the results row."""
+        if self.checkpoint is not None:
+            return {"from": "checkpoint", **self.checkpoint}
+        return {"from": "cache" if self.metrics.get("reused") else "trained", "key": self.key, "cache": self.cache_path}
 
 
 def architecture_fingerprint(model: nn.Module) -> str:
@@ -70,11 +83,20 @@ def baseline_key_parts(
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     for volatile in VOLATILE_DATASET_KEYS:
         dataset.pop(volatile, None)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if model_cfg.get("weights"):  # the file's content decides the weights, not where it lies
+        from experiments.models.checkpoint import file_sha256
+
+        model_cfg["weights"] = {"sha256": file_sha256(model_cfg["weights"])}
+    elif "weights" in model_cfg:  # unset: the same key as before the option existed
+        del model_cfg["weights"]
+    recipe = OmegaConf.to_container(cfg.baseline, resolve=True)
+    recipe.pop("checkpoint", None)  # a checkpoint baseline is never cached
     parts: dict[str, Any] = {
         "dataset": dataset,
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "model": model_cfg,
         "seed": cfg.seed,
-        "baseline": OmegaConf.to_container(cfg.baseline, resolve=True),
+        "baseline": recipe,
         "trainer": {
             k: v
             for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
@@ -101,10 +123,12 @@ def obtain_baseline(
     With ``baseline.reuse`` a process that finds another one training the same key waits
     for it and reuses its entry instead of training a second copy.
     """
-    cache = cache if cache is not None else BaselineCache(cfg.paths.cache_dir)
     datamodule = ctx.datamodule
     identity = datamodule.data_identity() if callable(getattr(datamodule, "data_identity", None)) else None
     source = getattr(datamodule, "data_source", None)
+    if cfg.baseline.get("checkpoint"):
+        return baseline_from_checkpoint(cfg, model, ctx, example, identity, source)
+    cache = cache if cache is not None else BaselineCache(cfg.paths.cache_dir)
     parts = baseline_key_parts(cfg, model, identity)
     key = config_key(parts)
     log.info("baseline: key %s, data from %s", key, source or "the datamodule")
@@ -141,6 +165,42 @@ def obtain_baseline(
         cache_path=str(cache.path(key)),
         data_source=source,
         data_identity=identity,
+    )
+
+
+def baseline_from_checkpoint(
+    cfg: DictConfig,
+    model: nn.Module,
+    ctx: RunContext,
+    example: torch.Tensor,
+    identity: dict[str, Any] | None,
+    source: str | None,
+) -> BaselinePhase:
+    """Load ``baseline.checkpoint`` into ``model`` (strict, weights_only) and measure it;
+    nothing trains, so the phase's ``wall_s`` is 0 and ``load_s`` the time to load it."""
+    from experiments.models.checkpoint import load_weights
+
+    start = time.perf_counter()
+    info = load_weights(model, cfg.baseline.checkpoint, "baseline.checkpoint")
+    loaded = time.perf_counter() - start
+    log.info(
+        "baseline: weights from %s (sha256 %s, %s), not trained", info["path"], info["sha256"][:16], info["format"]
+    )
+    module = Classifier(model, instantiate(cfg.baseline.optimizer), cfg.baseline.lr_schedule)
+    return BaselinePhase(
+        "baseline",
+        {
+            **ctx.test(module, "baseline"),
+            **measure_model(model, example, cfg),
+            "wall_s": 0.0,
+            "reused": False,
+            "load_s": loaded,
+        },
+        key=f"checkpoint-{info['sha256'][:16]}",
+        cache_path=None,
+        data_source=source,
+        data_identity=identity,
+        checkpoint=info,
     )
 
 

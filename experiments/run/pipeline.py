@@ -25,7 +25,9 @@ from torch import nn
 import pruning
 from experiments.run.baseline import obtain_baseline
 from experiments.run.context import Phase, RunContext
+from experiments.run.deploy import deploy, real_batch
 from experiments.run.distributed import is_global_zero
+from experiments.run.latency import compare_to_baseline
 from experiments.run.summary import format_summary
 from experiments.run.validation import validate_config
 from experiments.storage.files import atomic_write_bytes, claim_directory
@@ -58,19 +60,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def machine() -> str:
-    """Where the run's numbers were measured: host, CPU threads and the accelerator if used."""
+    """Where the run's numbers were measured: host, CPU model, CPU threads and the accelerator if used."""
     import platform
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads, {device})"
+    cpu = pruning.cpu_model()
+    return f"{platform.node()} ({platform.machine()}, {cpu}, {torch.get_num_threads()} threads, {device})"
 
 
-def experiment_name() -> str | None:
-    """The paper preset this run was composed with (``experiment=...``), if any."""
+def experiment_name(group: str = "experiment") -> str | None:
+    """The paper preset this run was composed with (``experiment=...``), if any; with
+    ``group="arm"``, the study arm (``arm=...``, conf/arm/)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        return HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
+        return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
     except Exception:  # composed without Hydra's runtime (a notebook)
         return None
 
@@ -130,10 +134,16 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         tables = rt.strategy.tables(model)
         if rt.scan is not None:
             tables["sensitivity"] = [{**r, "base_metric": rt.scan.base} for r in rt.scan.rows]
+        finish: dict[str, Any] = {}
         if is_global_zero():
             atomic_write_bytes(output_dir / "pruning_records.json", json.dumps(rt.records, indent=1).encode())
             save_model(model, rt.strategy, output_dir / "model.pt")
+            rt.current = "latency"  # baseline vs final, interleaved; its medians replace the phases'
+            finish.update(compare_to_baseline(rt.teacher(), model, example, cfg, rt.phases, headline_phase(rt.phases)))
+            rt.current = "deploy"  # never raises for a model that cannot ship: the row says why
+            finish.update(deploy(model, real_batch(datamodule), cfg, output_dir))
         row.update(_row(cfg, run_id, rt, tables, output_dir))
+        row["metrics"].update(finish)
         row["wall_s"] = time.perf_counter() - started
         row["status"] = "ok"
         _log_summary(ctx, row, tables)
@@ -155,6 +165,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                     "model": cfg.model.get("name"),
                     "strategy": cfg.strategy.get("name"),
                     "experiment": experiment_name(),
+                    "arm": experiment_name("arm"),
                     "wall_s": time.perf_counter() - started,
                 }
             )
@@ -165,11 +176,15 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         ctx.finish()
 
 
+def headline_phase(phases: dict[str, Phase]) -> str:
+    """The phase whose model the run ships: ``quantized`` if there is one, else ``retrained``."""
+    return [p for p in ("retrained", "quantized") if p in phases][-1]
+
+
 def _row(cfg: DictConfig, run_id: str, rt: Runtime, tables: dict[str, Any], output_dir: Path) -> dict[str, Any]:
     phases = rt.phases
     flat = {f"{p}/{k}": v for p, phase in phases.items() for k, v in phase.metrics.items()}
-    headline = [p for p in ("retrained", "quantized") if p in phases]
-    base, final = phases["baseline"].metrics, phases[headline[-1]].metrics
+    base, final = phases["baseline"].metrics, phases[headline_phase(phases)].metrics
 
     def ratio(key: str) -> float | None:
         return final[key] / base[key] if key in final and key in base and base[key] else None
@@ -179,8 +194,7 @@ def _row(cfg: DictConfig, run_id: str, rt: Runtime, tables: dict[str, Any], outp
         "ratio/nonzero_params": ratio("nonzero_params"),
         "ratio/compressed_bytes": final["compressed_bytes"] / base["dense_bytes"],
         "ratio/macs": ratio("macs"),
-        "ratio/latency_b1": ratio("latency_b1_ms"),
-        "ratio/latency_b64": ratio("latency_b64_ms"),
+        **{f"ratio/latency_b{b}": ratio(f"latency_b{b}_ms") for b in cfg.measure.latency_batch_sizes},
         "delta/acc": final["acc"] - base["acc"],
         "final/acc": final["acc"],
         "retrain/epochs": rt.totals["retrain_epochs"],
@@ -190,6 +204,9 @@ def _row(cfg: DictConfig, run_id: str, rt: Runtime, tables: dict[str, Any], outp
     }
     if "scan_wall_s" in rt.totals:
         derived["scan/wall_s"] = rt.totals["scan_wall_s"]
+    strategy_metrics = getattr(rt.strategy, "metrics", None)  # optional: numbers only the strategy knows
+    if callable(strategy_metrics):  # e.g. latency/target, latency/b<N>/predicted_ratio of latency-aware pruning
+        derived.update(strategy_metrics())
     parts = {**rt.strategy.parts(), "baseline_epochs": int(cfg.baseline.epochs)}
     if parts.get("epochs_budget") is None:
         parts["epochs_budget"] = rt.totals["retrain_epochs"]
@@ -202,9 +219,12 @@ def _row(cfg: DictConfig, run_id: str, rt: Runtime, tables: dict[str, Any], outp
         "model": cfg.model.get("name"),
         "strategy": cfg.strategy.get("name"),
         "experiment": experiment_name(),
+        "arm": experiment_name("arm"),
         "output_dir": str(output_dir),
         "machine": machine(),
         "data_source": str(source) if (source := getattr(rt.ctx.datamodule, "data_source", None)) else None,
+        "data": report() if callable(report := getattr(rt.ctx.datamodule, "data_report", None)) else None,
+        "baseline_source": source_of() if callable(source_of := getattr(phases["baseline"], "source", None)) else None,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "parts": parts,
         "metrics": {**flat, **derived},

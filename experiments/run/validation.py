@@ -33,6 +33,21 @@ def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> Any:
     return value
 
 
+def check_dataset_config(dataset: DictConfig) -> None:
+    """The dataset's own checks: its ``_target_`` class's ``check_config(dataset)``, if it has one."""
+    target = dataset.get("_target_")
+    if not target:
+        return
+    from hydra.utils import get_class
+
+    try:
+        check = getattr(get_class(str(target)), "check_config", None)
+    except Exception as err:  # an unimportable target fails with Hydra's own message when instantiated
+        raise ConfigError(f"dataset._target_={target!r} cannot be imported: {err}") from err
+    if callable(check):
+        check(dataset)
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Checks that need no model: numbers in range, paths that exist, known choices."""
     check_nonnegative_int("seed", cfg.seed)
@@ -51,6 +66,16 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("batch_size", "eval_batch_size"):
         if key in cfg.dataset and (not isinstance(cfg.dataset[key], int) or cfg.dataset[key] < 1):
             raise ConfigError(f"dataset.{key}={cfg.dataset[key]!r}: must be an integer >= 1")
+    check_dataset_config(cfg.dataset)
+    from experiments.models.checkpoint import check_weights_path
+
+    check_weights_path("baseline.checkpoint", cfg.baseline.get("checkpoint"))
+    check_weights_path("model.weights", cfg.model.get("weights"))
     for batch in cfg.measure.latency_batch_sizes:
         if not isinstance(batch, int) or batch < 1:
             raise ConfigError(f"measure.latency_batch_sizes contains {batch!r}: batch sizes must be integers >= 1")
+    from experiments.run.deploy import check_deploy_config
+    from experiments.run.latency import check_latency_config
+
+    check_latency_config(cfg)
+    check_deploy_config(cfg)

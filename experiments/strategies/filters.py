@@ -4,7 +4,9 @@ Filter pruning (the protocol is ``experiments.strategies.parts.Strategy``) compo
 ratio (float, per layer, a paper policy or a scan-driven policy), a schedule (one-shot,
 iterative, layer-wise: all planned from the same kept counts, so they reach the identical
 architecture), cross-layer scoring (independent or greedy), a retrain mode (fine-tune,
-Scratch-E, Scratch-B, none) and a freeze policy. A new part is a config value, not a class.
+Scratch-E, Scratch-B, none) and budget (split or per step), a freeze policy, BatchNorm
+recalibration after pruning and sparing the most sensitive groups (``skip``). A new part is
+a config value, not a class.
 """
 
 from __future__ import annotations
@@ -18,12 +20,23 @@ from torch import nn
 
 import pruning
 from experiments.run.validation import ConfigError, check_choice, check_nonnegative_int, check_ratio
-from experiments.strategies.parts import Retrain, Scan, Strategy, freeze_spec, output_layer_name
-from experiments.strategies.plan import Measure, Prune, Runtime, Step, Train, scratch_optimizer, split_budget
+from experiments.strategies.parts import Retrain, Scan, Strategy, freeze_spec, optimizer_parts, output_layer_name
+from experiments.strategies.plan import (
+    Measure,
+    Prune,
+    RecalibrateBN,
+    Runtime,
+    Step,
+    Train,
+    scratch_optimizer,
+    split_budget,
+)
 from experiments.strategies.ratio_policy import ScanTable, as_scan, placeholder_scan
+from experiments.strategies.skip import most_sensitive, spare_most_sensitive
 
 SCHEDULES = ("oneshot", "iterative", "layerwise")
 ORDERS = ("forward", "backward", "least_sensitive_first")
+FREEZE_BN = ("fixed", "update")
 log = logging.getLogger(__name__)
 
 
@@ -35,19 +48,27 @@ class FilterPruning(Strategy):
     (``model -> {layer: ratio}``, see ``experiments.strategies.ratio_policy``) or a scan policy
     (``SensitivityMaxDrop``, ``SensitivityTarget``). ``schedule`` reaches the planned kept
     counts at once, in ``rounds`` geometric steps over all groups, or one group at a time in
-    ``order``; ``retrain.epochs`` is the total budget the schedule splits.
+    ``order``; ``retrain.budget`` says whether ``retrain.epochs`` is split across the steps
+    (``total``) or given to each (``per_step``). ``recalibrate_bn`` > 0 re-estimates
+    BatchNorm statistics on that many training batches after each prune step.
+    ``skip_sensitive`` = k leaves the k groups the scan ranks most sensitive unpruned and
+    prunes the others at the one ratio that removes at least the MACs of ``ratio`` everywhere.
+    ``freeze_bn``: the BatchNorm statistics of frozen layers stay ``fixed`` or ``update``.
     """
 
     name: str = "filter"
     criterion: Any = "l1"
     ratio: Any = 0.5
     ignore: tuple[str, ...] = ()
-    round_to: int = 1
+    round_to: int | str = 1  # or "auto": per group the channel multiple a latency table times fastest
     schedule: str = "oneshot"
     rounds: int = 1
     order: str = "forward"
     scoring: str = "independent"
     freeze: Any = None
+    freeze_bn: str = "fixed"
+    skip_sensitive: int = 0
+    recalibrate_bn: int = 0
     scan: Scan | None = None
     calibration_batches: int = 4
     retrain: Retrain = field(default_factory=Retrain)
@@ -65,8 +86,10 @@ class FilterPruning(Strategy):
                 f"strategy.rounds={self.rounds} with strategy.schedule={self.schedule}: rounds > 1 "
                 "needs schedule=iterative (layerwise prunes each group once, in strategy.order)"
             )
-        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
-            raise ConfigError(f"strategy.round_to={self.round_to!r}: must be an integer >= 1")
+        if self.round_to != "auto" and (
+            isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1
+        ):
+            raise ConfigError(f"strategy.round_to={self.round_to!r}: must be an integer >= 1 or 'auto'")
         if check_nonnegative_int("strategy.calibration_batches", self.calibration_batches) < 1:
             raise ConfigError("strategy.calibration_batches=0: data-driven criteria need at least 1 batch")
         self.retrain.validate()
@@ -82,9 +105,31 @@ class FilterPruning(Strategy):
             raise ConfigError(
                 f"strategy.freeze with strategy.retrain.mode={self.retrain.mode}: freezing applies to fine-tuning only"
             )
+        check_choice("strategy.freeze_bn", self.freeze_bn, FREEZE_BN)
+        if self.freeze_bn != "fixed" and not (names or k):
+            raise ConfigError(f"strategy.freeze_bn={self.freeze_bn} needs strategy.freeze (nothing is frozen)")
+        if check_nonnegative_int("strategy.recalibrate_bn", self.recalibrate_bn) and not any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+        ):
+            raise ConfigError(
+                f"strategy.recalibrate_bn={self.recalibrate_bn}: the model has no BatchNorm layer to recalibrate; use 0"
+            )
+        if check_nonnegative_int("strategy.skip_sensitive", self.skip_sensitive) and (
+            isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float))
+        ):
+            raise ConfigError(
+                f"strategy.skip_sensitive={self.skip_sensitive} needs one strategy.ratio for every group "
+                f"(a float, the uniform arm it matches), not {self.ratio!r}"
+            )
+        if self.skip_sensitive and not isinstance(self.round_to, int):
+            raise ConfigError(
+                f"strategy.skip_sensitive={self.skip_sensitive} with strategy.round_to={self.round_to!r}: the MAC "
+                "matching needs an integer round_to"
+            )
         wants = [
             w
             for w, need in (
+                ("strategy.skip_sensitive", self.skip_sensitive > 0),
                 ("strategy.freeze.most_sensitive", k > 0),
                 ("strategy.ratio", self._needs_scan()),
                 (
@@ -142,6 +187,17 @@ class FilterPruning(Strategy):
         return getattr(self.ratio, "needs_scan", False)
 
     def _resolved_ratio(self, model: nn.Module, rt: Runtime) -> Any:
+        if self.skip_sensitive:
+            self.spared, ratios = spare_most_sensitive(
+                model,
+                rt.example,
+                self._scan(model, rt),
+                float(self.ratio),
+                self.skip_sensitive,
+                self.ignore,
+                self.round_to,
+            )
+            return ratios
         if self._needs_scan():
             return self.ratio(model, rt.example, self._scan(model, rt))
         if callable(self.ratio):
@@ -153,17 +209,18 @@ class FilterPruning(Strategy):
             rt.scan = placeholder_scan(pruning.group_channels(model, rt.example, self.ignore), list(self.scan.ratios))
         return rt.scan
 
-    def _criterion(self, rt: Runtime) -> Any:
-        if not isinstance(self.criterion, str):
+    def _criterion(self, rt: Runtime, name: str | None = None) -> Any:
+        if name is None and not isinstance(self.criterion, str):
             return self.criterion
-        cls = pruning.criteria.criterion_class(self.criterion)
+        cls = pruning.criteria.criterion_class(name or self.criterion)
         if cls is pruning.Random:
             return pruning.Random(seed=rt.seed)
         return cls.from_data(*rt.calibration(self.calibration_batches)) if cls.needs_data else cls()
 
     def sensitivity_scan(self, model: nn.Module, rt: Runtime) -> ScanTable:
         """Each group pruned alone at ``scan.ratios`` with the strategy's criterion, evaluated
-        without retraining on ``scan.images`` validation images."""
+        without retraining on ``scan.images`` validation images; then the same for each of
+        ``scan.criteria`` (kept for the run's ``sensitivity_criteria`` table)."""
         batches, seen = [], 0
         for x, y in rt.ctx.datamodule.val_dataloader():
             take = min(len(y), self.scan.images - seen)
@@ -175,16 +232,27 @@ class FilterPruning(Strategy):
         def progress(i: int, n: int, group: str) -> None:
             log.info("scan: group %d of %d (%s)", i, n, group)
 
-        table = pruning.sensitivity(
-            model,
-            rt.example,
-            batches,
-            ratios=tuple(self.scan.ratios),
-            criterion=self._criterion(rt),
-            progress=progress,
-            ignore=self.ignore,
-        )
-        return as_scan(table)
+        def scan(name: str, criterion: Any) -> ScanTable:
+            table = pruning.sensitivity(
+                model,
+                rt.example,
+                batches,
+                ratios=tuple(self.scan.ratios),
+                criterion=criterion,
+                progress=progress,
+                ignore=self.ignore,
+            )
+            out = as_scan(table)
+            out.rows = [{**row, "criterion": name} for row in out.rows]
+            return out
+
+        own_name = self.parts()["criterion"]
+        self.criterion_scans = {own_name: scan(own_name, self._criterion(rt))}
+        for name in self.scan.criteria:
+            if name not in self.criterion_scans:
+                log.info("scan: criterion %s", name)
+                self.criterion_scans[name] = scan(name, self._criterion(rt, name))
+        return self.criterion_scans[own_name]
 
     def plan(self, model: nn.Module, rt: Runtime) -> list[Step]:
         self.record = pruning.PruningRecord()
@@ -225,17 +293,31 @@ class FilterPruning(Strategy):
         else:
             stages = [(f"layer{i}", {g: self.targets[g]}) for i, g in enumerate(self._order(model, rt))]
         mode = self.retrain.mode
-        budget = self.retrain.epochs * rt.steps_per_epoch() if mode == "finetune" else 0
-        shares = split_budget(budget, len(stages))
+        per_epoch = self.retrain.epochs * rt.steps_per_epoch() if mode == "finetune" else 0
+        if self.retrain.budget == "per_step":
+            shares = [per_epoch] * len(stages)
+        else:
+            shares = split_budget(per_epoch, len(stages))
+        self.n_steps = len(stages)
+        self.scratch_opt = scratch_optimizer(rt.cfg) if mode.startswith("scratch") else None
         steps: list[Step] = []
         for i, ((label, counts), share) in enumerate(zip(stages, shares)):
             last = i == len(stages) - 1
-            steps.append(Prune(f"{label}/prune" if len(stages) > 1 else "prune", prune(counts)))
+            prefix = f"{label}/" if len(stages) > 1 else ""
+            steps.append(Prune(f"{prefix}prune", prune(counts)))
+            if self.recalibrate_bn:
+                if last:  # the same pruned weights before recalibration: its effect, paired within the run
+                    steps.append(Measure("pruned_stale_bn", full=False))
+                steps.append(RecalibrateBN(f"{prefix}recalibrate_bn", self.recalibrate_bn))
             steps.append(Measure("pruned") if last else Measure(f"{label}/pruned", full=False))
             if mode == "finetune":
                 steps.append(
                     Train(
-                        f"{label}/retrain" if len(stages) > 1 else "retrain", self.retrain, steps=share, freeze=frozen
+                        f"{prefix}retrain",
+                        self.retrain,
+                        steps=share,
+                        freeze=frozen,
+                        freeze_bn_stats=self.freeze_bn == "fixed",
                     )
                 )
                 if not last:
@@ -247,7 +329,7 @@ class FilterPruning(Strategy):
                     self.retrain,
                     epochs=self._scratch_epochs,
                     init="reinit",
-                    optimizer=scratch_optimizer(rt.cfg),
+                    optimizer=self.scratch_opt,
                     lr_schedule=rt.cfg.baseline.lr_schedule,
                 )
             )
@@ -264,7 +346,9 @@ class FilterPruning(Strategy):
                 else pruning.count(rt.build_model(), rt.example).macs
             )
             pruned = pruning.count(model, rt.example).macs
-            epochs = min(int(epochs * self.retrain.scratch_cap), int(epochs * dense / max(1, pruned)))
+            matched = int(epochs * dense / max(1, pruned))
+            cap = self.retrain.scratch_cap
+            epochs = matched if cap is None else min(int(epochs * cap), matched)
         return epochs
 
     def _order(self, model: nn.Module, rt: Runtime) -> list[str]:
@@ -279,8 +363,7 @@ class FilterPruning(Strategy):
     def _frozen_modules(self, model: nn.Module, rt: Runtime) -> list[str]:
         names, k = freeze_spec(self.freeze)
         if k:
-            sensitivity = self._scan(model, rt).sensitivity()
-            ranked = sorted(sensitivity, key=lambda g: -sensitivity[g])[:k]
+            ranked = most_sensitive(self._scan(model, rt), k)
             members = pruning.structured.group_members(model, rt.example, self.ignore)
             names = [n for g in ranked for n in members.get(g, [g])]
         self.frozen = names
@@ -288,7 +371,16 @@ class FilterPruning(Strategy):
 
     # -- what the run stores ------------------------------------------------------------------
     def parts(self) -> dict[str, Any]:
+        """Named columns of the row. ``optimizer`` and ``retrain_lr`` are those of the
+        retraining that ran (the baseline's for Scratch-E/B); ``epochs_budget`` is the
+        planned fine-tuning epochs in all (``per_step``: steps x ``retrain.epochs``)."""
         policy = policy_name(self.ratio)
+        finetune = self.retrain.mode == "finetune"
+        steps = getattr(self, "n_steps", None) or (self.rounds if self.schedule == "iterative" else 1)
+        scratch = getattr(self, "scratch_opt", None)
+        optimizer, lr = optimizer_parts(scratch if scratch is not None else self.retrain.optimizer)
+        if self.retrain.mode == "none":
+            optimizer, lr = None, None
         names, k = freeze_spec(self.freeze)
         crit = (
             self.criterion
@@ -310,7 +402,19 @@ class FilterPruning(Strategy):
             "scoring": self.scoring,
             "retrain": self.retrain.mode,
             "freeze": f"most_sensitive:{k}" if k else ("list:" + ",".join(names) if names else "none"),
-            "epochs_budget": self.retrain.epochs if self.retrain.mode == "finetune" else None,
+            "freeze_bn": self.freeze_bn if (names or k) else None,
+            "skip_sensitive": self.skip_sensitive,
+            "recalibrate_bn": self.recalibrate_bn,
+            "target_resource": getattr(self.ratio, "resource", None) if self._needs_scan() else None,
+            "match_uniform": getattr(self.ratio, "match_uniform", None),
+            "budget": self.retrain.budget if finetune else None,
+            "retrain_epochs": self.retrain.epochs if finetune else None,
+            "epochs_budget": self.retrain.epochs * (steps if self.retrain.budget == "per_step" else 1)
+            if finetune
+            else None,
+            "scratch_cap": self.retrain.scratch_cap if self.retrain.mode == "scratch_b" else None,
+            "optimizer": optimizer,
+            "retrain_lr": lr,
         }
 
     def tables(self, model: nn.Module) -> dict[str, Any]:
@@ -326,10 +430,24 @@ class FilterPruning(Strategy):
             out["filter_norms"] = self.filter_norms
         if getattr(self, "frozen", None):
             out["frozen"] = list(self.frozen)
+        if getattr(self, "spared", None):
+            out["spared"] = list(self.spared)
+        scans = getattr(self, "criterion_scans", None)
+        if scans and self.scan is not None and self.scan.criteria:
+            out["sensitivity_criteria"] = [
+                {**row, "criterion": name, "base_metric": table.base}
+                for name, table in scans.items()
+                for row in table.rows
+            ]
         return out
 
     def structure_record(self) -> pruning.PruningRecord:
         return self.record
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers only the ratio policy knows (a latency target's prediction), for the results row."""
+        policy_metrics = getattr(self.ratio, "metrics", None)
+        return policy_metrics() if callable(policy_metrics) else {}
 
 
 def policy_name(ratio: Any) -> str:

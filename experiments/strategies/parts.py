@@ -22,15 +22,20 @@ from experiments.strategies.plan import Runtime, Step
 
 RETRAIN_MODES = ("finetune", "scratch_e", "scratch_b", "none")
 SELECT_CHOICES = ("last", "best_val")
+BUDGETS = ("total", "per_step")
 
 
 @dataclass
 class Retrain:
-    """How to retrain: a fresh optimizer for ``epochs`` epochs (for a schedule with several
-    steps, the total budget it splits). ``mode``: ``finetune`` the surviving weights,
+    """How to retrain: a fresh optimizer for ``epochs`` epochs. ``budget`` says what a filter
+    schedule with several steps does with them: ``total`` splits the ``epochs`` across its
+    steps (equal total optimizer steps), ``per_step`` gives every step ``epochs`` (Li et al.
+    and Han et al. retrain fully after each step; weight-pruning rounds always do).
+    ``mode``: ``finetune`` the surviving weights,
     ``scratch_e`` / ``scratch_b`` re-initialise the pruned architecture and train it with the
     baseline's optimizer and lr schedule for the baseline's epochs (E) or those epochs times
-    baseline MACs / pruned MACs, at most ``scratch_cap`` times (B, Liu et al. 2019), or
+    baseline MACs / pruned MACs, at most ``scratch_cap`` times (B, Liu et al. 2019; ``None``:
+    uncapped, the baseline's MACs exactly), or
     ``none``. ``distill`` > 0 adds distillation from the dense baseline (Hinton et al. 2015);
     ``label_smoothing`` smooths the cross-entropy targets (Szegedy et al. 2016); ``select``
     keeps the ``last`` weights of the phase or those of its epoch with the best validation
@@ -43,7 +48,8 @@ class Retrain:
     distill: float = 0.0
     temperature: float = 4.0
     mode: str = "finetune"
-    scratch_cap: float = 2.0
+    scratch_cap: float | None = 2.0
+    budget: str = "total"
     label_smoothing: float = 0.0
     select: str = "last"
 
@@ -66,8 +72,11 @@ class Retrain:
             or not 0 <= self.label_smoothing < 1
         ):
             raise ConfigError(f"{key}.label_smoothing={self.label_smoothing!r}: must be a number in [0, 1) (0: off)")
-        if isinstance(self.scratch_cap, bool) or not isinstance(self.scratch_cap, (int, float)) or self.scratch_cap < 1:
-            raise ConfigError(f"{key}.scratch_cap={self.scratch_cap!r}: must be a number >= 1")
+        check_choice(f"{key}.budget", self.budget, BUDGETS)
+        if self.scratch_cap is not None and (
+            isinstance(self.scratch_cap, bool) or not isinstance(self.scratch_cap, (int, float)) or self.scratch_cap < 1
+        ):
+            raise ConfigError(f"{key}.scratch_cap={self.scratch_cap!r}: must be a number >= 1, or null (uncapped)")
         if self.epochs > 0 and self.mode == "finetune" and self.optimizer is None:
             raise ConfigError(f"{key}.optimizer is missing: give a _partial_ optimizer, e.g. torch.optim.SGD")
 
@@ -75,11 +84,15 @@ class Retrain:
 @dataclass
 class Scan:
     """A sensitivity scan on the trained baseline (each group alone, no retraining), run
-    when a ratio policy, a freeze policy or a layer order asks for one."""
+    when a ratio policy, a freeze policy or a layer order asks for one. ``criteria``: more
+    criteria to scan the same way (Li et al. Fig. 2c: smallest L1 vs random vs largest), each
+    stored in the run's ``sensitivity_criteria`` table with a ``criterion`` column; the
+    strategy's own criterion drives the policies."""
 
     ratios: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     images: int = 1000
     batch_size: int = 250
+    criteria: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if not self.ratios:
@@ -90,6 +103,12 @@ class Scan:
         for key in ("images", "batch_size"):
             if check_nonnegative_int(f"strategy.scan.{key}", getattr(self, key)) < 1:
                 raise ConfigError(f"strategy.scan.{key}={getattr(self, key)}: must be an integer >= 1")
+        if not isinstance(self.criteria, (list, tuple)):
+            raise ConfigError(f"strategy.scan.criteria={self.criteria!r}: must be a list of criterion names")
+        for name in self.criteria:
+            check_choice("strategy.scan.criteria", name, pruning.criterion_names())
+        if len(set(self.criteria)) != len(self.criteria):
+            raise ConfigError(f"strategy.scan.criteria={list(self.criteria)}: names a criterion twice")
 
 
 class Strategy:
@@ -153,3 +172,14 @@ def freeze_spec(freeze: Any) -> tuple[list[str], int]:
     if isinstance(freeze, (list, tuple)) and all(isinstance(n, str) for n in freeze):
         return list(freeze), 0
     raise ConfigError(f"strategy.freeze={freeze!r}: use null, a list of module names, or {{most_sensitive: k}}")
+
+
+def optimizer_parts(optimizer: Any) -> tuple[str | None, float | None]:
+    """``(class name, lr)`` of a (partial) optimizer factory, for the results row: arms that
+    train at another lr or with another optimizer must say so next to their verdicts."""
+    if optimizer is None:
+        return None, None
+    func = getattr(optimizer, "func", optimizer)
+    keywords = getattr(optimizer, "keywords", None) or {}
+    lr = keywords.get("lr")
+    return getattr(func, "__name__", type(func).__name__), float(lr) if isinstance(lr, (int, float)) else None

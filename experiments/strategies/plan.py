@@ -8,6 +8,7 @@ trains, through the code that prunes rather than a second copy of the rules.
 
     Prune(label, apply)            cut channels or set masks; ``apply(model, rt) -> record``
     Train(label, retrain, ...)     (re)train: fine-tune, re-initialise (Scratch-E/B), freeze, distil, average
+    RecalibrateBN(label, batches)  re-estimate BatchNorm statistics after pruning (weights unchanged)
     Measure(name, full)            test the model and count it; stored as the phase ``name``
 """
 
@@ -129,7 +130,9 @@ class Train(Step):
     ``epochs`` may be a callable ``(model, rt) -> int`` (Scratch-B scales it by the MACs
     ratio, known only once the model is cut). ``init="reinit"`` re-initialises the pruned
     architecture with the model's own initialisation first (training from scratch).
-    ``freeze`` names modules or parameters kept fixed (their BatchNorm statistics too).
+    ``freeze`` names modules or parameters kept fixed (their BatchNorm statistics too, unless
+    ``freeze_bn_stats`` is false: then frozen BatchNorm layers keep re-estimating their running
+    statistics while their weights stay fixed).
     """
 
     label: str
@@ -142,6 +145,7 @@ class Train(Step):
     average: bool = False
     optimizer: Any = None  # default: the Retrain's
     lr_schedule: str | None = None
+    freeze_bn_stats: bool = True
 
     def run(self, model: nn.Module, rt: Runtime) -> None:
         epochs = self.epochs(model, rt) if callable(self.epochs) else self.epochs
@@ -167,7 +171,7 @@ class Train(Step):
             penalty=penalty,
             after_step=after_step,
             average=self.average,
-            frozen_modules=frozen,
+            frozen_modules=frozen if self.freeze_bn_stats else (),
             label_smoothing=getattr(self.retrain, "label_smoothing", 0.0),
             select_best=getattr(self.retrain, "select", "last") == "best_val",
         )
@@ -183,6 +187,25 @@ class Train(Step):
         rt.totals["retrain_wall_s"] += wall
         rt.totals["retrain_steps"] += steps
         rt.totals["retrain_epochs"] += steps / per_epoch
+
+
+@dataclass
+class RecalibrateBN(Step):
+    """Re-estimate every BatchNorm layer's running statistics on ``batches`` training batches
+    (the run's seeded calibration draw) after pruning; weights are untouched. Pruning changes
+    the statistics a BatchNorm layer sees, so without this the accuracy measured before
+    retraining mostly reflects stale statistics. Its time counts as pruning time."""
+
+    label: str
+    batches: int
+
+    def run(self, model: nn.Module, rt: Runtime) -> None:
+        if rt.dry:
+            return
+        start = time.perf_counter()
+        x, _ = rt.calibration(self.batches)
+        recalibrate_batchnorm(model, x, max(1, len(x) // self.batches))
+        rt.totals["prune_wall_s"] += time.perf_counter() - start
 
 
 @dataclass
@@ -297,6 +320,27 @@ def refresh_batchnorm(model: nn.Module, datamodule: Any) -> None:
     """Recompute BatchNorm running statistics after weight averaging (none to do without BN)."""
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         torch.optim.swa_utils.update_bn(datamodule.train_dataloader(), model)
+        model.eval()
+
+
+def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
+    """Reset BatchNorm running statistics and re-estimate them as the plain average over the
+    batches of ``x`` (momentum ``None``); other layers stay in eval mode, weights unchanged."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for chunk in x.split(batch_size):
+                model(chunk.to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
         model.eval()
 
 

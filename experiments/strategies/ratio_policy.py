@@ -172,6 +172,8 @@ class SensitivityTarget(ScanPolicy):
                 "strategy.ratio: set exactly one of reduction (a fraction of the MACs/params) and "
                 "match_uniform (a uniform ratio whose reduction to match)"
             )
+        if self.resource not in ("macs", "params"):
+            raise ConfigError(f"strategy.ratio.resource={self.resource!r}: allowed values are 'macs', 'params'")
         if self.match_uniform is not None:
             check_ratio("strategy.ratio.match_uniform", self.match_uniform)
             return
@@ -181,8 +183,6 @@ class SensitivityTarget(ScanPolicy):
             or not 0 < self.reduction < 1
         ):
             raise ConfigError(f"strategy.ratio.reduction={self.reduction!r}: must be a fraction in (0, 1)")
-        if self.resource not in ("macs", "params"):
-            raise ConfigError(f"strategy.ratio.resource={self.resource!r}: allowed values are 'macs', 'params'")
 
     def _removed(self, model: nn.Module, example: Any, ratios: dict[str, float], full: float) -> float:
         """Fraction of ``full`` that pruning the groups at ``ratios`` removes (counted exactly)."""
@@ -248,3 +248,85 @@ class SensitivityTarget(ScanPolicy):
                 return ratios
             target += wanted - exact  # coupled groups overlap: ask the estimate for more
         return ratios
+
+
+# -- ratios that reach a measured latency --------------------------------------------------
+@dataclass
+class LatencyTarget(ScanPolicy):
+    """Per-group channel counts whose *measured* latency is ``target`` x the dense model's at
+    ``batch_size`` (``pruning.prune_for_latency``): a greedy over a latency table on a grid of
+    ``grid`` channels, costed by the scan's predicted accuracy drop, then timed against the dense
+    model and corrected. The run's threads time it; ``cache_dir`` keeps the table's times."""
+
+    target: float = 0.5
+    batch_size: int = 1
+    grid: int = 8
+    max_ratio: float = 0.9
+    tolerance: float = 0.05
+    passes: int = 4
+    max_time_s: float = 20.0
+    cache_dir: str | None = None
+    policy_name = "latency_target"
+
+    def validate(self) -> None:
+        t = self.target
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
+            raise ConfigError(f"strategy.ratio.target={t!r}: must be in (0, 1) (a latency ratio, pruned / dense)")
+        for key in ("batch_size", "grid", "passes"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"strategy.ratio.{key}={v!r}: must be an integer >= 1")
+        if (
+            isinstance(self.max_ratio, bool)
+            or not isinstance(self.max_ratio, (int, float))
+            or not 0 < self.max_ratio < 1
+        ):
+            raise ConfigError(f"strategy.ratio.max_ratio={self.max_ratio!r}: must be in (0, 1)")
+        if not isinstance(self.tolerance, (int, float)) or not 0 < self.tolerance < 1:
+            raise ConfigError(f"strategy.ratio.tolerance={self.tolerance!r}: must be in (0, 1) (relative to target)")
+
+    def __call__(self, model: nn.Module, example: Any, scan: ScanTable) -> dict[str, float]:
+        import copy
+
+        import pruning
+
+        dry = scan.placeholder  # the dry run checks reachability with one quick pass
+        trial = copy.deepcopy(model)
+        try:
+            self.result = pruning.prune_for_latency(
+                trial,
+                example,
+                self.target,
+                self.batch_size,
+                scan.curves(),
+                grid=self.grid,
+                tolerance=self.tolerance,
+                passes=1 if dry else self.passes,
+                max_ratio=self.max_ratio,
+                cache_dir=self.cache_dir,
+                max_time_s=2.0 if dry else self.max_time_s,
+            )
+        except ValueError as e:
+            why = str(e).split(": ", 1)[1] if str(e).startswith("target=") else str(e)
+            raise ConfigError(f"strategy.ratio.target={self.target}: {why}") from e
+        groups = pruning.group_channels(model, example)
+        out = {}
+        for g, (n, prunable) in groups.items():  # ratios of the prunable channels: planned_channels keeps these counts
+            kept = self.result.channels.get(g, n)
+            out[g] = 1.0 - (kept - (n - prunable)) / prunable if prunable else 0.0
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        """What the search predicted and measured, for the results row (after the policy ran)."""
+        r = getattr(self, "result", None)
+        if r is None:
+            return {}
+        b = self.batch_size
+        return {
+            "latency/target": r.target,
+            f"latency/b{b}/predicted_ratio": r.predicted_ratio,
+            f"latency/b{b}/search_measured_ratio": r.comparison.ratio,
+            "latency/search_passes": len(r.passes),
+            "latency/table_s": r.table_seconds,
+            "latency/search_s": r.search_seconds,
+        }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,77 @@ def run_row(
     return row
 
 
+CONFIG: dict[str, Any] = {
+    "dataset": {
+        "_target_": "experiments.data.FashionMNISTDataModule",
+        "name": "fashion_mnist",
+        "root": None,
+        "batch_size": 128,
+        "eval_batch_size": 1000,
+        "val_size": 5000,
+        "download": True,
+    },
+    "model": {"_target_": "experiments.models.build_model", "name": "vgg_small", "width": 1.0},
+    "strategy": {
+        "_target_": "experiments.strategies.filters.FilterPruning",
+        "name": "l1_oneshot",
+        "criterion": "l1",
+        "ratio": 0.5,
+        "schedule": "oneshot",
+        "rounds": 1,
+        "order": "forward",
+        "scoring": "independent",
+        "freeze": None,
+        "freeze_bn": "fixed",
+        "skip_sensitive": 0,
+        "recalibrate_bn": 0,
+        "scan": None,
+        "retrain": {
+            "_target_": "experiments.strategies.parts.Retrain",
+            "mode": "finetune",
+            "scratch_cap": 2.0,
+            "epochs": 2,
+            "lr_schedule": "cosine",
+            "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01, "momentum": 0.9},
+        },
+    },
+    "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": True, "log_every_n_steps": 50},
+    "logger": {"wandb": {"group": "l1_oneshot", "offline": True}},
+    "paths": {"root_dir": "/work", "output_dir": "/work/outputs/x", "results_dir": "/work/results"},
+    "seed": 0,
+    "threads": 1,
+    "sweep": {
+        "skip_done": True,
+        "ignore": ["paths", "threads", "sweep", "results", "logger", "trainer.enable_progress_bar"],
+    },
+    "baseline": {
+        "epochs": 4,
+        "reuse": True,
+        "lr_schedule": "cosine",
+        "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05, "momentum": 0.9},
+    },
+    "measure": {"latency_batch_sizes": [1, 64], "latency_repeats": 20},
+    "results": {"write": True},
+}
+"""A resolved config as rows carry it (trimmed): the study's one-shot L1 arm."""
+
+
+def resolved_config(seed: int = 0, **dotted: Any) -> dict[str, Any]:
+    """:data:`CONFIG` for ``seed`` with ``dotted`` overrides, keys spelled with ``__`` for dots.
+
+    ``resolved_config(1, strategy__retrain__optimizer__lr=0.05)`` sets ``strategy.retrain.optimizer.lr``.
+    """
+    config = copy.deepcopy(CONFIG)
+    config["seed"] = seed
+    for key, value in dotted.items():
+        *path, last = key.split("__")
+        node = config
+        for k in path:
+            node = node.setdefault(k, {})
+        node[last] = value
+    return config
+
+
 def write_store(path: Path, rows: list[dict[str, Any]], raw_lines: list[str] = ()) -> Path:
     """``path/runs.jsonl`` holding ``rows`` (as JSON lines) followed by ``raw_lines`` verbatim."""
     path.mkdir(parents=True, exist_ok=True)
@@ -104,21 +176,32 @@ def write_store(path: Path, rows: list[dict[str, Any]], raw_lines: list[str] = (
     return path
 
 
-def sensitivity_tables(seed: int, groups: tuple[str, ...] = ("features.0", "features.3")) -> dict[str, Any]:
-    """A scan of two groups at ratios 0.25/0.5/0.75 (metric falls with the ratio, group 0 faster) and filter norms."""
+CRITERION_DROP = {"l1": 0.0, "random": 0.05, "largest_l1": 0.3}
+"""Extra accuracy lost per unit ratio by each criterion's scan (smallest L1 loses least)."""
+
+
+def sensitivity_tables(
+    seed: int, groups: tuple[str, ...] = ("features.0", "features.3"), criteria: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A scan of ``groups`` (in depth order) at ratios 0.25/0.5/0.75 and filter norms.
+
+    The metric falls with the ratio, the first group faster: ``0.92 - ratio * (0.2 or 0.05) -
+    0.01 * seed``; with ``criteria`` the scan is stored per criterion (entries name it), each
+    losing :data:`CRITERION_DROP` more per unit ratio.
+    """
     sens, norms = [], []
     for g, group in enumerate(groups):
-        for ratio in (0.25, 0.5, 0.75):
-            sens.append(
-                {
+        for crit in criteria or (None,):
+            for ratio in (0.25, 0.5, 0.75):
+                entry = {
                     "group": group,
                     "ratio": ratio,
                     "kept": int(16 * (1 - ratio)),
                     "channels": 16,
-                    "metric": 0.92 - ratio * (0.2 if g == 0 else 0.05) - 0.01 * seed,
+                    "metric": 0.92 - ratio * ((0.2 if g == 0 else 0.05) + CRITERION_DROP.get(crit, 0.0)) - 0.01 * seed,
                     "base_metric": 0.92,
                 }
-            )
+                sens.append(entry if crit is None else {**entry, "criterion": crit})
         norms += [{"layer": group, "rank": r, "l1": 1.0 - r / 8} for r in range(8)]
     return {"sensitivity": sens, "filter_norms": norms, "ratios": {group: 0.5 for group in groups}}
 
@@ -163,7 +246,7 @@ def full_store(path: Path, extra_lines: list[str] = ()) -> Path:
                         strategy=f"{crit}_oneshot",
                         macs=1 - float(ratio),
                         params=(1 - float(ratio)) ** 2,
-                        tables=sensitivity_tables(s) if crit == "l1" else None,
+                        tables=sensitivity_tables(s, criteria=tuple(CRITERION_DROP)) if crit == "l1" else None,
                     )
                 )
     for s in range(3):

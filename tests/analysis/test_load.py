@@ -131,9 +131,10 @@ def test_settings_that_differ_beyond_the_parts_are_named_not_pooled(tmp_path):
 def test_long_tables_carry_the_run_keys(tmp_path):
     full_store(tmp_path)
     sens = load_sensitivity(tmp_path)
-    assert len(sens) == 6 * 2 * 3  # 6 l1 runs (2 ratios x 3 seeds) x 2 groups x 3 scan ratios
-    assert {"group", "ratio", "metric", "run_ratio", "criterion", "seed"} <= set(sens.columns)
+    assert len(sens) == 6 * 2 * 3 * 3  # 6 l1 runs (2 ratios x 3 seeds) x 2 groups x 3 criteria x 3 scan ratios
+    assert {"group", "ratio", "metric", "run_ratio", "criterion", "run_criterion", "seed"} <= set(sens.columns)
     assert set(sens["run_ratio"]) == {"0.3", "0.5"}  # the run's own ratio, kept apart from the scan's
+    assert set(sens["run_criterion"]) == {"l1"} and set(sens["criterion"]) == {"l1", "random", "largest_l1"}
     assert set(load_filter_norms(tmp_path)["rank"]) == set(range(8))
     storage = load_storage(tmp_path)
     assert set(storage["layer"]) == {"fc1.weight", "fc2.weight"} and set(storage["experiment"]) == {

@@ -34,7 +34,7 @@ def test_report_builds_every_figure_and_names_bad_rows(report):
     base, _, message = report
     out = base / "reports"
     assert "report of 24 runs" in message
-    for name in ("sensitivity", "filter_norms", "criteria", "tradeoff", "compression", "speed"):
+    for name in ("sensitivity", "filter_norms", "criteria", "layer_criteria", "tradeoff", "compression", "speed"):
         assert (out / f"{name}.png").exists() and (out / f"{name}.svg").exists() and (out / f"{name}.csv").exists()
     for name in ("strategy_table", "paper_comparison", "verdicts", "compression_table"):
         assert (out / f"{name}.md").exists() and (out / f"{name}.tex").exists()
@@ -42,10 +42,18 @@ def test_report_builds_every_figure_and_names_bad_rows(report):
     store = base / "results" / "runs.jsonl"
     assert f"{store}:26: not valid JSON" in index and f"{store}:27: status ok but no metrics" in index
     assert "failed run" in index and "RuntimeError in retrain: loss is nan" in index
-    assert "**L1: iterative > oneshot**: holds" in index and "**L3: l1 > random**: holds" in index
-    assert "Holm" in index and "![criteria](criteria.png)" in index
+    assert "**L1: iterative > oneshot** (test accuracy after retraining, margin ±0.25 pp, Holm over the " in index
+    assert "comparisons): 1 better; largest effect +2.60 pp (better)" in index
+    # the synthetic criteria runs differ by the same amount on every seed: exact sign test, 2 / 2^3 = 0.25
+    assert "**L3: l1 > other criteria, no retraining** (test accuracy right after pruning" in index
+    assert "4 inconclusive; largest effect +8.00 pp (inconclusive), no t-interval (zero variance" in index
+    assert "Holm" in index and "![criteria](criteria.png)" in index and "![verdict forest plot](forest.png)" in index
+    assert "| lesson   | claim (A > B)" in index and "strategy.retrain.mode, strategy.retrain.scratch*" in index
+    assert "## Seeds a powered sweep needs" in index and "## Secondary endpoints of the verdict pairs" in index
+    assert index.index("## Lessons as declared") < index.index("## Lesson verdicts")
     html = (out / "index.html").read_text()
     assert "<img src='criteria.png'" in html and "<b>L1: iterative &gt; oneshot</b>" in html
+    assert "<img src='forest.png'" in html and "<img src='layer_criteria.png'" in html
     assert f"{store}:26" in html
 
 
@@ -103,3 +111,17 @@ def test_report_help_runs_as_a_module():
         check=False,
     )
     assert done.returncode == 0 and "--store" in done.stdout and "--out" in done.stdout
+
+
+def test_duplicate_runs_of_an_arm_and_seed_are_listed(tmp_path):
+    from tests.analysis.helpers import resolved_config, run_row
+
+    first = run_row(0, config=resolved_config(0, threads=1))
+    again = run_row(0, config=resolved_config(0, threads=2), time="2026-12-02T09:00:00")
+    write_store(tmp_path / "results", [first, again])
+    sections, _ = build_report(tmp_path / "results", tmp_path / "reports")
+    problems = next(s for s in sections if s.title == "Problems in the store")
+    assert (
+        f"duplicate runs of l1_oneshot seed 0: {first['run_id']} and {again['run_id']}; only the latest "
+        f"({again['run_id']}) enters the verdicts" in problems.items
+    )

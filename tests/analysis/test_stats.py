@@ -5,11 +5,14 @@ import pytest
 from analysis.stats import (
     betainc,
     holm,
+    holm_levels,
     mean_std,
     paired_t,
-    seeds_needed,
+    sign_test,
     t_cdf,
+    t_interval,
     t_quantile,
+    tost,
 )
 
 
@@ -66,9 +69,38 @@ def test_holm_by_hand():
     assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1])
 
 
-def test_seeds_needed_and_mean_std():
-    # mean 0.01, std 0.02: n=18 is the first with t_{0.975,n-1} * 0.02 / sqrt(n) < 0.01
-    n = seeds_needed(0.01, 0.02)
-    assert t_quantile(0.975, n - 1) * 0.02 / math.sqrt(n) < 0.01 <= t_quantile(0.975, n - 2) * 0.02 / math.sqrt(n - 1)
-    assert seeds_needed(0.0, 0.01) is None
+def test_mean_std():
     assert mean_std([1.0, 2.0, 3.0, float("nan")]) == (2.0, 1.0, 3)
+
+
+def test_zero_variance_is_a_sign_test_not_p_zero():
+    stats = paired_t([0.01, 0.01 + 1e-17, 0.01])  # float noise of identical differences
+    assert stats.zero_variance and stats.method == "sign" and stats.p == pytest.approx(0.25)
+    assert sign_test([0.01] * 6) == pytest.approx(2 / 64) and sign_test([0.0, 0.0]) == 1.0
+    assert sign_test([1, 1, 1, -1]) == pytest.approx(2 * 5 / 16)  # P(X >= 3 | n=4) = 5/16, two-sided
+
+
+def test_tost_by_hand():
+    d = [0.001, -0.001, 0.002, 0.0]
+    mean, sd = 0.0005, math.sqrt((0.0005**2 + 0.0015**2 + 0.0015**2 + 0.0005**2) / 3)
+    se = sd / 2
+    eq = tost(d, 0.0025)
+    assert eq.p_lower == pytest.approx(1 - t_cdf((mean + 0.0025) / se, 3))
+    assert eq.p_upper == pytest.approx(t_cdf((mean - 0.0025) / se, 3))
+    assert eq.p == max(eq.p_lower, eq.p_upper) and eq.p < 0.05
+    # TOST at alpha <=> the 1 - 2 alpha interval inside the margin
+    lo, hi = t_interval(mean, sd, 4, 2 * eq.p)
+    assert hi == pytest.approx(0.0025)
+    assert tost([0.01, -0.01, 0.02], 0.0025).p > 0.5  # wide: no equivalence
+    assert tost([0.001] * 3, 0.0025).p == pytest.approx(1 / 8) and tost([0.003] * 3, 0.0025).p == 1.0
+    with pytest.raises(ValueError, match="margin"):
+        tost(d, 0.0)
+
+
+def test_holm_levels_make_intervals_match_the_decision():
+    p = [0.01, 0.04, 0.03, 0.005]
+    levels = holm_levels(p)
+    # sorted 0.005 < 0.05/4 rejects, 0.01 < 0.05/3 rejects, 0.03 >= 0.05/2 stops: 0.03 and 0.04 get 0.025
+    assert levels == pytest.approx([0.05 / 3, 0.025, 0.025, 0.0125])
+    adjusted = holm(p)
+    assert [pi < lv for pi, lv in zip(p, levels)] == [a < 0.05 for a in adjusted]

@@ -21,6 +21,7 @@ FAST = [
     "+trainer.limit_val_batches=1",
     "trainer.enable_progress_bar=false",
     "measure.latency_repeats=2",
+    "measure.latency_max_time_s=2",
 ]
 
 

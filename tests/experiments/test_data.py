@@ -68,7 +68,7 @@ def test_fashion_from_root_splits_and_normalises(tmp_path):
 
 
 def test_fashion_missing_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr("experiments.data.DEBIAN_FASHION_MNIST", tmp_path / "nothing")
+    monkeypatch.setattr("experiments.data.idx.DEBIAN_FASHION_MNIST", tmp_path / "nothing")
     dm = FashionMNISTDataModule(root=str(tmp_path), download=False)
     dm.candidate_dirs = lambda: [tmp_path]
     with pytest.raises(DataUnavailableError, match="apt-get install -y dataset-fashion-mnist"):
@@ -153,7 +153,7 @@ def test_root_lacking_files_is_an_error_naming_them(tmp_path, monkeypatch):
     system = tmp_path / "system"
     system.mkdir()
     fake_fashion(system, n_train=120, n_test=20)
-    monkeypatch.setattr("experiments.data.DEBIAN_FASHION_MNIST", system)
+    monkeypatch.setattr("experiments.data.idx.DEBIAN_FASHION_MNIST", system)
     root = tmp_path / "mine"
     root.mkdir()
     fake_fashion(root)
@@ -174,7 +174,7 @@ def test_root_lacking_files_is_an_error_naming_them(tmp_path, monkeypatch):
 def test_data_source_and_identity_name_the_files_used(tmp_path, monkeypatch, caplog):
     import logging
 
-    monkeypatch.setattr("experiments.data.DEBIAN_FASHION_MNIST", tmp_path / "nothing")
+    monkeypatch.setattr("experiments.data.idx.DEBIAN_FASHION_MNIST", tmp_path / "nothing")
     fake_fashion(tmp_path)
     dm = FashionMNISTDataModule(root=str(tmp_path), name="fashion_mnist", val_size=50)
     with caplog.at_level(logging.INFO, logger="experiments.data"):
@@ -223,3 +223,75 @@ def test_a_missing_root_folder_is_allowed_only_with_the_fallback(compose_cfg, tm
     with pytest.raises(ConfigError, match=r"dataset.root=.*no such directory.*dataset.fallback=true"):
         validate_config(compose_cfg("dataset=fashion_mnist", f"dataset.root={tmp_path}/missing"))
     validate_config(compose_cfg("dataset=fashion_mnist", f"dataset.root={tmp_path}/missing", "dataset.fallback=true"))
+
+
+def write_cifar(root, name: str = "CIFAR10", n_per_batch: int = 12, n_test: int = 10, seed: int = 0):
+    """A tiny CIFAR in torchvision's layout: pickled dicts of random uint8 rows and labels."""
+    import pickle
+
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, name)
+    folder = root / cls.base_folder
+    folder.mkdir(parents=True)
+    label_key, classes = ("labels", 10) if name == "CIFAR10" else ("fine_labels", 100)
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    test_files = [file for file, _ in cls.test_list]
+    for file, _ in (*cls.train_list, *cls.test_list):
+        n = n_test if file in test_files else n_per_batch
+        data, labels = rng.integers(0, 256, (n, 3072), dtype=np.uint8), rng.integers(0, classes, n).tolist()
+        with open(folder / file, "wb") as f:
+            pickle.dump({"data": data, label_key: labels, "batch_label": file}, f)
+        arrays[file] = (data, labels)
+    with open(folder / cls.meta["filename"], "wb") as f:
+        pickle.dump({cls.meta["key"]: [f"class{i}" for i in range(classes)]}, f)
+    return folder, arrays
+
+
+@pytest.mark.parametrize("name,batches", [("cifar10", 5), ("cifar100", 1)])
+def test_cifar_from_files_in_torchvisions_layout(compose_cfg, tmp_path, name, batches):
+    from hydra.utils import instantiate
+
+    from experiments.run.validation import validate_config
+
+    tv_name = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}[name]
+    folder, arrays = write_cifar(tmp_path, tv_name)
+    cfg = compose_cfg(f"dataset={name}", f"dataset.root={tmp_path}", "dataset.val_size=6", "dataset.download=false")
+    validate_config(cfg)
+    dm = instantiate(cfg.dataset)
+    dm.setup()
+    assert dm.data_source == str(folder.resolve()) and dm.num_classes == (10 if name == "cifar10" else 100)
+    x_tr, _ = dm.split("train")
+    x_te, y_te = dm.split("test")
+    assert x_tr.shape == (12 * batches - 6, 3, 32, 32) and x_te.shape == (10, 3, 32, 32)
+    data, labels = arrays["test_batch" if name == "cifar10" else "test"]
+    assert y_te.tolist() == labels
+    # pixel (channel c, row r, col k) of image i is byte c*1024 + r*32 + k of its row, normalised
+    i, c, r, k = 3, 2, 5, 7
+    expected = (data[i, c * 1024 + r * 32 + k] / 255.0 - dm.mean[c]) / dm.std[c]
+    assert float(x_te[i, c, r, k]) == pytest.approx(expected, abs=1e-6)
+    assert dm.data_report()["images"] == {"train": 12 * batches - 6, "val": 6, "test": 10}
+
+
+def test_cifar_files_that_are_not_arrays_are_refused_naming_the_file(tmp_path):
+    import pickle
+
+    from experiments.data import CIFAR10DataModule
+
+    folder, _ = write_cifar(tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    with open(folder / "data_batch_3", "wb") as f:
+        pickle.dump({"data": Evil(), "labels": [0]}, f)
+    with pytest.raises(
+        DataUnavailableError, match=r"cannot read the CIFAR batch .*data_batch_3.*refusing builtins.print"
+    ):
+        CIFAR10DataModule(root=str(tmp_path), val_size=6, download=False).setup()
+    with open(folder / "data_batch_3", "wb") as f:
+        pickle.dump({"data": np.zeros((4, 100), np.uint8), "labels": [0] * 4}, f)
+    with pytest.raises(DataUnavailableError, match=r"data_batch_3 has data of shape \[4, 100\] and 4 labels"):
+        CIFAR10DataModule(root=str(tmp_path), val_size=6, download=False).setup()

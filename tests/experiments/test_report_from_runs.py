@@ -38,5 +38,14 @@ def test_report_from_pipeline_runs(compose_cfg, tmp_path):
     sections, status = build_report(store, tmp_path / "reports")
     index = (tmp_path / "reports" / "index.md").read_text()
     assert "Sensitivity" in index or "sensitivity" in index
-    assert any(word in index for word in ("holds", "does not hold", "inconclusive"))
+    assert any(word in index for word in ("better", "worse", "equivalent", "inconclusive"))
+    # real resolved configs: the arms differ only in the lesson's part (and what it implies), so nothing is refused
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "reports" / "verdicts.csv", keep_default_na=False)
+    l3 = table[table["lesson"] == "L3"].iloc[0]
+    assert (l3["differs in (part)"], l3["refused because"], l3["n"]) == ("strategy.criterion: l1 vs random", "", 2)
+    l5 = table[table["lesson"] == "L5"].iloc[0]
+    assert l5["refused because"] == "" and l5["differs in (part)"].startswith("strategy.freeze")
+    assert l5["implied"].startswith("strategy.scan")
     assert list(Path(tmp_path / "reports").rglob("*.png"))

@@ -2,6 +2,8 @@
 
 import io
 
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
@@ -194,8 +196,6 @@ def test_folding_after_filter_pruning_by_hand():
 
 
 def test_folded_model_exports_to_onnx_and_onnxruntime_agrees():
-    pytest.importorskip("onnx", reason="install the 'export' extra: pip install .[export]")
-    ort = pytest.importorskip("onnxruntime", reason="install the 'export' extra: pip install .[export]")
     model = randomise_bn(random_cnn(3))
     x = torch.randn(2, 3, 10, 10)
     folded = fold_batchnorm(model, x)
@@ -203,8 +203,6 @@ def test_folded_model_exports_to_onnx_and_onnxruntime_agrees():
     torch.onnx.export(folded, (x,), buffer, input_names=["x"], output_names=["y"], dynamo=False)
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     (y,) = session.run(None, {"x": x.numpy()})
-    assert not any(
-        n.op_type == "BatchNormalization" for n in __import__("onnx").load_from_string(buffer.getvalue()).graph.node
-    )
+    assert not any(n.op_type == "BatchNormalization" for n in onnx.load_from_string(buffer.getvalue()).graph.node)
     with torch.no_grad():
         assert rel_error(torch.from_numpy(y), model(x)) < 1e-5

@@ -1,0 +1,265 @@
+"""The lessons, declared before any sweep: arms, the part each compares, its primary endpoint and margin.
+
+A comparison pairs an A arm with a B arm of the same dataset and model whose full resolved
+configs differ only in
+
+- ``keys``: the lesson's part (config keys, with or below them; ``parts`` name the same for
+  rows that carry no config);
+- ``implied``: what that part implies and is declared here (a Scratch arm trains with the
+  baseline's optimizer, so the fine-tuning optimizer it ignores may differ; an iterative
+  schedule may spend its epochs per step);
+- :data:`analysis.arms.NEUTRAL` keys (measurement and export settings), shown in the
+  ``annotation`` column.
+
+Any other difference refuses the comparison, and the verdict table names the keys. One
+primary endpoint per lesson (test accuracy after retraining; for criteria without retraining,
+the accuracy right after pruning) is tested, with Holm's correction over that lesson's
+comparisons only; params, MACs and wall time are secondary endpoints, reported apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from analysis.arms import Arm
+from analysis.parts import ratio_value
+
+MARGIN = 0.0025
+"""The default equivalence margin and smallest effect worth detecting: 0.25 percentage points of accuracy."""
+SECONDARY = ("ratio/params", "ratio/macs", "retrain/wall_s", "wall_s")
+ENDPOINT_NAMES = {
+    "final/acc": "test accuracy after retraining",
+    "pruned/acc": "test accuracy right after pruning (no retraining)",
+}
+
+
+@dataclass(frozen=True)
+class Lesson:
+    """A claim "A beats B", with what may differ between the arms and how the claim is tested."""
+
+    code: str
+    claim: str
+    is_a: Callable[[Arm], bool]
+    is_b: Callable[[Arm], bool]
+    keys: tuple[str, ...]
+    parts: tuple[str, ...]
+    implied: tuple[str, ...] = ()
+    implied_parts: tuple[str, ...] = ()
+    why_implied: str = ""
+    endpoint: str = "final/acc"
+    margin: float = MARGIN
+    effect: float = MARGIN
+    match: str | None = None  # "resource": the B arm of the nearest measured MACs (or params) within a tolerance;
+    # "resource_at_least": the nearest B arm that A removes at least as much of as (within the tolerance)
+    budget: bool = False  # pair only at equal total retraining epochs or equal epochs per pruning step
+    requires: Callable[[Arm], bool] | None = None
+    b_group: Callable[[Arm], Any] | None = None  # one comparison per value (e.g. each other criterion)
+    hint: str = ""
+
+    def admits(self, arm: Arm) -> bool:
+        return self.requires is None or bool(self.requires(arm))
+
+
+def _truthy(value: Any) -> bool:
+    return value not in (None, False, 0, "", "none", "null", [], {})
+
+
+def _uniform(arm: Arm) -> bool:
+    return ratio_value(arm.part("ratio")) == ratio_value(arm.part("ratio")) and arm.part("ratio_policy") in (
+        None,
+        "uniform",
+    )
+
+
+def _skips(arm: Arm) -> bool:
+    return _truthy(arm.part("skip_sensitive")) or _truthy(arm.value("strategy.skip_sensitive"))
+
+
+def _frozen(arm: Arm) -> bool:
+    return str(arm.part("freeze") or "none") != "none"
+
+
+SCHEDULE_KEYS = ("strategy.schedule", "strategy.rounds", "strategy.order")
+BUDGET_KEYS = ("strategy.retrain.budget", "strategy.retrain.epochs")
+SCRATCH_IMPLIED = (
+    "strategy.retrain.epochs",
+    "strategy.retrain.optimizer",
+    "strategy.retrain.lr_schedule",
+    "strategy.retrain.budget",
+)
+
+LESSONS: tuple[Lesson, ...] = (
+    Lesson(
+        "L1",
+        "layerwise > oneshot",
+        lambda a: a.part("schedule") == "layerwise",
+        lambda a: a.part("schedule") == "oneshot",
+        SCHEDULE_KEYS,
+        ("schedule", "rounds", "order"),
+        BUDGET_KEYS,
+        ("epochs_budget",),
+        "the budget regime: paired at equal total epochs or at equal epochs per pruning step (both labelled)",
+        budget=True,
+        hint="runs with schedule=layerwise and schedule=oneshot at equal retraining epochs (`study=schedules`)",
+    ),
+    Lesson(
+        "L1",
+        "iterative > oneshot",
+        lambda a: a.part("schedule") == "iterative",
+        lambda a: a.part("schedule") == "oneshot",
+        SCHEDULE_KEYS,
+        ("schedule", "rounds", "order"),
+        BUDGET_KEYS,
+        ("epochs_budget",),
+        "the budget regime: paired at equal total epochs or at equal epochs per pruning step (both labelled)",
+        budget=True,
+        hint="e.g. `python run.py -m strategy=l1_oneshot,l1_iterative seed=0,1,2` (`study=schedules`)",
+    ),
+    Lesson(
+        "L2",
+        "sensitivity ratios > uniform",
+        lambda a: a.part("ratio") == "sensitivity",
+        _uniform,
+        ("strategy.ratio", "strategy.scan"),
+        ("ratio", "ratio_policy", "max_drop", "target_reduction", "target_resource", "match_uniform"),
+        match="resource",
+        hint="runs with ratio=sensitivity and uniform runs removing the same MACs (`study=sensitivity`)",
+    ),
+    Lesson(
+        "L3",
+        "l1 > other criteria, no retraining",
+        lambda a: a.part("criterion") == "l1",
+        lambda a: a.part("criterion") not in (None, "l1"),
+        ("strategy.criterion",),
+        ("criterion",),
+        endpoint="pruned/acc",
+        b_group=lambda a: a.part("criterion"),
+        hint="e.g. `python run.py -m strategy=l1_oneshot,random_oneshot,largest_oneshot seed=0,1,2` (`study=criteria`)",
+    ),
+    Lesson(
+        "L3-ft",
+        "l1 > other criteria, after fine-tuning",
+        lambda a: a.part("criterion") == "l1",
+        lambda a: a.part("criterion") not in (None, "l1"),
+        ("strategy.criterion",),
+        ("criterion",),
+        requires=lambda a: a.part("retrain") not in (None, "none"),
+        b_group=lambda a: a.part("criterion"),
+        hint="criteria runs with retraining (`study=criteria`)",
+    ),
+    Lesson(
+        "L4",
+        "finetune > scratch_e",
+        lambda a: a.part("retrain") == "finetune",
+        lambda a: a.part("retrain") == "scratch_e",
+        ("strategy.retrain.mode", "strategy.retrain.scratch*"),
+        ("retrain",),
+        SCRATCH_IMPLIED,
+        ("epochs_budget",),
+        "Scratch arms train with the baseline's optimizer and epochs, ignoring the fine-tuning optimizer and epochs",
+        hint="runs with retrain=finetune and retrain=scratch_e, same seeds (`study=scratch`)",
+    ),
+    Lesson(
+        "L4",
+        "finetune > scratch_b",
+        lambda a: a.part("retrain") == "finetune",
+        lambda a: a.part("retrain") == "scratch_b",
+        ("strategy.retrain.mode", "strategy.retrain.scratch*"),
+        ("retrain",),
+        SCRATCH_IMPLIED,
+        ("epochs_budget",),
+        "Scratch arms train with the baseline's optimizer and epochs, ignoring the fine-tuning optimizer and epochs",
+        hint="runs with retrain=finetune and retrain=scratch_b, same seeds (`study=scratch`)",
+    ),
+    Lesson(
+        "L5",
+        "freeze most sensitive > retrain all",
+        lambda a: _frozen(a) and not _skips(a),
+        lambda a: not _frozen(a) and not _skips(a),
+        ("strategy.freeze", "strategy.freeze_bn"),
+        ("freeze", "freeze_bn"),
+        ("strategy.scan",),
+        why_implied="the scan that ranks the groups by sensitivity (measures the baseline only)",
+        hint="runs with freeze=most_sensitive:<k> and freeze=none (`study=freeze`)",
+    ),
+    Lesson(
+        "L5-skip",
+        "skip most sensitive > uniform",
+        _skips,
+        lambda a: _uniform(a) and not _skips(a) and not _frozen(a),
+        ("strategy.skip_sensitive",),
+        ("skip_sensitive",),
+        ("strategy.ratio", "strategy.scan"),
+        ("ratio", "ratio_policy", "target_reduction"),
+        "the other groups are pruned harder to remove at least the uniform arm's MACs; the scan ranks the groups",
+        match="resource_at_least",
+        hint="runs with strategy.skip_sensitive=<k> and uniform runs of the same MACs (`study=freeze`)",
+    ),
+    Lesson(
+        "L6",
+        "sparsity training > l1 one-shot",
+        lambda a: _truthy(a.part("sparsity")),
+        lambda a: not _truthy(a.part("sparsity")) and a.part("criterion") == "l1" and a.part("schedule") == "oneshot",
+        ("strategy._target_", "strategy.sparsity", "strategy.scope", "strategy.criterion"),
+        ("sparsity", "sparsity_strength", "sparsity_epochs", "sparsity_ramp", "scope", "criterion"),
+        ("strategy.retrain.epochs",),
+        ("retrain_epochs",),
+        "the epochs after the baseline are split between sparsity training and fine-tuning, at equal total epochs",
+        budget=True,
+        requires=lambda a: _uniform(a) and str(a.part("freeze") or "none") == "none",
+        hint="runs of slimming, group_norm or sfp and l1_oneshot at equal total epochs (`study=methods`)",
+    ),
+)
+
+
+OPERATING_KEYS = ("strategy.ratio", "parts.ratio", "parts.ratio_policy", "parts.target_reduction", "parts.max_drop")
+OTHER_DESIGN = (
+    "strategy.scoring",
+    "parts.scoring",
+    "strategy.recalibrate_bn",
+    "parts.recalibrate_bn",
+    "strategy.retrain.budget",
+    "parts.kind",
+    "strategy._target_",
+)
+DESIGN_KEYS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        [k for lsn in LESSONS for k in lsn.keys]
+        + [f"parts.{p}" for lsn in LESSONS for p in lsn.parts]
+        + list(OPERATING_KEYS)
+        + list(OTHER_DESIGN)
+    )
+)
+"""Keys a study varies on purpose (some lesson's part, the operating point): an arm whose nearest counterpart
+differs in one of these belongs to another comparison, so no refusal is reported for it."""
+
+
+def declaration_table(lessons: tuple[Lesson, ...] = LESSONS) -> pd.DataFrame:
+    """The lessons as declared: arms, part keys, implied keys, primary endpoint, margin, pairing rule."""
+    rows = []
+    for lesson in lessons:
+        rule = "same seed"
+        if lesson.match == "resource":
+            rule += ", nearest measured MACs (params if the A arm targets params) within 0.02"
+        elif lesson.match == "resource_at_least":
+            rule += ", A removes at least B's measured MACs (B's ratio - A's >= -0.02), nearest"
+        if lesson.budget:
+            rule += ", equal total retraining epochs or equal epochs per step"
+        rows.append(
+            {
+                "lesson": lesson.code,
+                "claim (A > B)": lesson.claim,
+                "part keys": ", ".join(lesson.keys),
+                "implied keys": ", ".join(lesson.implied) or "—",
+                "why implied": lesson.why_implied or "—",
+                "primary endpoint": ENDPOINT_NAMES.get(lesson.endpoint, lesson.endpoint),
+                "margin (pp)": f"±{lesson.margin * 100:g}",
+                "pairing": rule,
+                "other differences": "refused (measurement keys: annotated)",
+            }
+        )
+    return pd.DataFrame(rows)

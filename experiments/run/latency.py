@@ -1,0 +1,106 @@
+"""Baseline-vs-final latency of a run, measured interleaved so the ratio can be trusted.
+
+Two medians taken minutes apart on a loaded machine can differ by 2x for the same model, so
+the run's latency ratios come from ``pruning.compare_latency``: the dense baseline and the
+final model timed A B A B ... in one loop, until the 95% interval of the ratio is within
+``measure.latency_ci`` (or ``measure.latency_max_time_s`` passed: ``converged`` is false).
+
+Row fields per batch size N of ``measure.latency_batch_sizes``: ``ratio/latency_b<N>`` (final /
+baseline), ``latency/b<N>/ci_low``, ``ci_high``, ``baseline_ms``, ``final_ms``, ``rounds``,
+``converged``; once per run ``latency/threads``, ``latency/device`` (the CPU model or GPU
+name) and ``latency/wall_s``. The baseline and final phases' ``latency_b<N>_ms`` are replaced
+by the two medians of the same comparison, so the row's numbers agree with each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from omegaconf import DictConfig
+from torch import nn
+
+import pruning
+from experiments.run.context import Phase
+from experiments.run.validation import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {"compare_latency": True, "latency_ci": 0.03, "latency_max_time_s": 10.0}
+
+
+def settings(cfg: DictConfig) -> dict[str, Any]:
+    """The comparison's ``measure.*`` keys, with defaults for those a config lacks."""
+    return {k: cfg.measure.get(k, v) for k, v in DEFAULTS.items()}
+
+
+def check_latency_config(cfg: DictConfig) -> None:
+    """Reject bad ``measure.compare_latency`` / ``latency_ci`` / ``latency_max_time_s`` before training."""
+    s = settings(cfg)
+    if not isinstance(s["compare_latency"], bool):
+        raise ConfigError(f"measure.compare_latency={s['compare_latency']!r}: must be true or false")
+    ci = s["latency_ci"]
+    if isinstance(ci, bool) or not isinstance(ci, (int, float)) or not 0 < ci < 1:
+        raise ConfigError(f"measure.latency_ci={ci!r}: the relative half-width of the 95% interval must be in (0, 1)")
+    cap = s["latency_max_time_s"]
+    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0:
+        raise ConfigError(f"measure.latency_max_time_s={cap!r}: must be a number of seconds > 0")
+
+
+def compare_to_baseline(
+    baseline: nn.Module, final: nn.Module, example: Any, cfg: DictConfig, phases: dict[str, Phase], final_phase: str
+) -> dict[str, Any]:
+    """Time ``baseline`` against ``final`` at every configured batch size; return the row's fields and
+    write the two medians into ``phases['baseline']`` and ``phases[final_phase]``."""
+    s = settings(cfg)
+    if not s["compare_latency"]:
+        return {}
+    start = time.perf_counter()
+    try:
+        return _compare(baseline, final, example, cfg, s, phases, final_phase) | {
+            "latency/wall_s": time.perf_counter() - start
+        }
+    except Exception as err:  # noqa: BLE001 - a failed measurement must not lose the run's results
+        log.error("latency comparison failed: %s: %s", type(err).__name__, err, exc_info=True)
+        return {"latency/error": f"{type(err).__name__}: {err}", "latency/wall_s": time.perf_counter() - start}
+
+
+def _compare(
+    baseline: nn.Module,
+    final: nn.Module,
+    example: Any,
+    cfg: DictConfig,
+    s: dict[str, Any],
+    phases: dict[str, Phase],
+    final_phase: str,
+) -> dict[str, Any]:
+    baseline = baseline.to(next(final.parameters()).device)
+    out: dict[str, Any] = {}
+    medians: list[tuple[str, int, float]] = []
+    for b in cfg.measure.latency_batch_sizes:
+        c = pruning.compare_latency(
+            baseline,
+            final,
+            example,
+            int(b),
+            ci=float(s["latency_ci"]),
+            max_time_s=float(s["latency_max_time_s"]),
+        )
+        out.update(
+            {
+                f"ratio/latency_b{b}": c.ratio,
+                f"latency/b{b}/ci_low": c.ci_low,
+                f"latency/b{b}/ci_high": c.ci_high,
+                f"latency/b{b}/baseline_ms": c.median_a_ms,
+                f"latency/b{b}/final_ms": c.median_b_ms,
+                f"latency/b{b}/rounds": c.rounds,
+                f"latency/b{b}/converged": c.converged,
+            }
+        )
+        out["latency/threads"], out["latency/device"] = c.threads, c.device
+        medians += [("baseline", b, c.median_a_ms), (final_phase, b, c.median_b_ms)]
+    for phase, b, ms in medians:  # only once every batch size was measured
+        if phase in phases:
+            phases[phase].metrics[f"latency_b{b}_ms"] = ms
+    return out
