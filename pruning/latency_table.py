@@ -3,7 +3,8 @@
 Filter pruning changes a layer's shape through the channel groups it reads and writes, so
 the latency of a pruned model is predicted as the sum of its layers' times at their cut
 shapes (convs, linears, norms: every module a group cuts) plus the rest (activations,
-pooling, adds), which is scaled with the activation volume. Layers are timed on demand and
+pooling, adds, per-op overhead), a fixed part and a part proportional to the activation
+volume, fitted so that two measured latency ratios come out right (:meth:`LatencyTable.calibrate`). Layers are timed on demand and
 remembered by their cut shape and input shape, so a search over assignments only times the
 shapes it visits; :meth:`LatencyTable.build` times every group on its channel grid up front
 (HALP and NetAdapt use such per-layer tables). Times are cached in a JSON file per device,
