@@ -92,32 +92,30 @@ SCRATCH_IMPLIED = (
     "strategy.retrain.budget",
 )
 
+
+def _schedule_lesson(schedule: str, hint: str) -> Lesson:
+    """L1 for one schedule against one-shot, at equal total epochs or equal epochs per step."""
+    return Lesson(
+        "L1",
+        f"{schedule} > oneshot",
+        lambda a: a.part("schedule") == schedule,
+        lambda a: a.part("schedule") == "oneshot",
+        SCHEDULE_KEYS,
+        ("schedule", "rounds", "order"),
+        BUDGET_KEYS,
+        ("epochs_budget",),
+        "the budget regime: paired at equal total epochs or at equal epochs per pruning step (both labelled)",
+        budget=True,
+        hint=hint,
+    )
+
+
 LESSONS: tuple[Lesson, ...] = (
-    Lesson(
-        "L1",
-        "layerwise > oneshot",
-        lambda a: a.part("schedule") == "layerwise",
-        lambda a: a.part("schedule") == "oneshot",
-        SCHEDULE_KEYS,
-        ("schedule", "rounds", "order"),
-        BUDGET_KEYS,
-        ("epochs_budget",),
-        "the budget regime: paired at equal total epochs or at equal epochs per pruning step (both labelled)",
-        budget=True,
-        hint="runs with schedule=layerwise and schedule=oneshot at equal retraining epochs (`study=schedules`)",
+    _schedule_lesson(
+        "layerwise", "runs with schedule=layerwise and schedule=oneshot at equal retraining epochs (`study=schedules`)"
     ),
-    Lesson(
-        "L1",
-        "iterative > oneshot",
-        lambda a: a.part("schedule") == "iterative",
-        lambda a: a.part("schedule") == "oneshot",
-        SCHEDULE_KEYS,
-        ("schedule", "rounds", "order"),
-        BUDGET_KEYS,
-        ("epochs_budget",),
-        "the budget regime: paired at equal total epochs or at equal epochs per pruning step (both labelled)",
-        budget=True,
-        hint="e.g. `python run.py -m strategy=l1_oneshot,l1_iterative seed=0,1,2` (`study=schedules`)",
+    _schedule_lesson(
+        "iterative", "e.g. `python run.py -m strategy=l1_oneshot,l1_iterative seed=0,1,2` (`study=schedules`)"
     ),
     Lesson(
         "L2",
