@@ -39,7 +39,7 @@ from pruning.fold import fold_batchnorm, foldable_pairs
 from pruning.graph import ChannelGroup, GroupMember, dependency_groups
 from pruning.handlers import ChannelwiseHandler, FilterHandler, register_handler
 from pruning.latency import LatencyComparison, compare_latency, cpu_model, device_name
-from pruning.latency_prune import LatencyPruning, prune_for_latency
+from pruning.latency_prune import LatencyPruning, UnreachableTarget, prune_for_latency
 from pruning.latency_table import LatencyTable, latency_table
 from pruning.masks import MaskCount, Masks, Sparsity, adjusted_dropout, prune_weights, regrow
 from pruning.measure import Counts, count, dense_bytes, measure_latency, nonzero_params
@@ -111,6 +111,7 @@ __all__ = [
     "planned_channels",
     "prune_filters",
     "prune_for_latency",
+    "UnreachableTarget",
     "prune_to",
     "prune_weights",
     "regrow",

@@ -67,6 +67,14 @@ class LatencyPruning:
         }
 
 
+class UnreachableTarget(ValueError):
+    """A latency target below what the groups can reach; ``best`` is the lowest predicted ratio."""
+
+    def __init__(self, best: float, message: str):
+        super().__init__(message)
+        self.best = best
+
+
 def check_target(target: Any) -> float:
     """``target`` as a float in (0, 1), or a ValueError naming it and the allowed range."""
     if isinstance(target, bool) or not isinstance(target, numbers.Real) or math.isnan(target):
@@ -178,10 +186,11 @@ def allocate(
 
     low = table.predict({g: pts[0] for g, pts in allowed.items()}) / table.dense_ms
     if low > target:
-        raise ValueError(
+        raise UnreachableTarget(
+            low,
             f"target={target:.4g}: unreachable; the prunable groups reach at best a predicted latency ratio "
             f"of {low:.3f} (every group at its smallest allowed count); choose a target in ({low:.3f}, 1) "
-            "or allow more pruning (max_ratio, a finer grid, larger scanned ratios)"
+            "or allow more pruning (max_ratio, a finer grid, larger scanned ratios)",
         )
     pred = table.predict(current)
     while pred > target * table.dense_ms:

@@ -88,3 +88,20 @@ def test_round_to_auto_flows_from_the_config_to_the_plan(compose_cfg):
     for g, k in strategy.targets.items():  # never fewer channels than the ratio asks; a multiple of 8/16 or k
         want = plain[g][1]
         assert k in {want, -(-want // 8) * 8, -(-want // 16) * 16}
+
+
+def test_dry_run_leaves_a_target_near_its_predicted_floor_to_the_real_search():
+    """The dry run's one quick pass on the untrained copy refuses a target far below its predicted
+    floor, but one just below it (timing noise on a busy machine) is decided after the baseline."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(16 * 14 * 14, 10)
+    )
+    x = torch.randn(1, 1, 16, 16)
+    scan = placeholder_scan(pruning.group_channels(model, x), [0.5])
+    with pytest.raises(ConfigError) as far:
+        LatencyTarget(target=0.05, max_time_s=1.0)(model, x, scan)
+    best = far.value.__cause__.best
+    near = min(0.99, best * 0.9)
+    ratios = LatencyTarget(target=near, max_time_s=1.0, max_ratio=0.8)(model, x, scan)  # no ConfigError
+    assert set(ratios) == set(pruning.group_channels(model, x)) and all(0 <= r <= 0.8 for r in ratios.values())
