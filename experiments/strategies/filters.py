@@ -12,14 +12,14 @@ a config value, not a class.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from torch import nn
 
 import pruning
-from experiments.run.validation import ConfigError, check_choice, check_nonnegative_int, check_ratio
+from experiments.run.validation import ConfigError, check_ratio
+from experiments.strategies.filter_checks import check_filter_pruning
 from experiments.strategies.parts import Retrain, Scan, Strategy, freeze_spec, optimizer_parts, output_layer_name
 from experiments.strategies.plan import (
     Measure,
@@ -34,9 +34,6 @@ from experiments.strategies.plan import (
 from experiments.strategies.ratio_policy import ScanTable, as_scan, placeholder_scan
 from experiments.strategies.skip import most_sensitive, spare_most_sensitive
 
-SCHEDULES = ("oneshot", "iterative", "layerwise")
-ORDERS = ("forward", "backward", "least_sensitive_first")
-FREEZE_BN = ("fixed", "update")
 log = logging.getLogger(__name__)
 
 
@@ -76,91 +73,7 @@ class FilterPruning(Strategy):
 
     # -- validation (static); the dry run of the plan checks the rest ----------------------
     def validate(self, model: nn.Module) -> None:
-        check_choice("strategy.schedule", self.schedule, SCHEDULES)
-        check_choice("strategy.order", self.order, ORDERS)
-        check_choice("strategy.scoring", self.scoring, pruning.structured.SCORINGS)
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
-            raise ConfigError(f"strategy.rounds={self.rounds!r}: must be an integer >= 1")
-        if self.schedule != "iterative" and self.rounds > 1:
-            raise ConfigError(
-                f"strategy.rounds={self.rounds} with strategy.schedule={self.schedule}: rounds > 1 "
-                "needs schedule=iterative (layerwise prunes each group once, in strategy.order)"
-            )
-        if self.round_to != "auto" and (
-            isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1
-        ):
-            raise ConfigError(f"strategy.round_to={self.round_to!r}: must be an integer >= 1 or 'auto'")
-        if check_nonnegative_int("strategy.calibration_batches", self.calibration_batches) < 1:
-            raise ConfigError("strategy.calibration_batches=0: data-driven criteria need at least 1 batch")
-        self.retrain.validate()
-        if isinstance(self.criterion, str):
-            check_choice("strategy.criterion", self.criterion, pruning.criterion_names())
-        if self.retrain.mode.startswith("scratch") and self.schedule != "oneshot":
-            raise ConfigError(
-                f"strategy.retrain.mode={self.retrain.mode} trains the pruned architecture from scratch "
-                f"once: use strategy.schedule=oneshot (not {self.schedule})"
-            )
-        names, k = freeze_spec(self.freeze)
-        if (names or k) and self.retrain.mode != "finetune":
-            raise ConfigError(
-                f"strategy.freeze with strategy.retrain.mode={self.retrain.mode}: freezing applies to fine-tuning only"
-            )
-        check_choice("strategy.freeze_bn", self.freeze_bn, FREEZE_BN)
-        if self.freeze_bn != "fixed" and not (names or k):
-            raise ConfigError(f"strategy.freeze_bn={self.freeze_bn} needs strategy.freeze (nothing is frozen)")
-        if check_nonnegative_int("strategy.recalibrate_bn", self.recalibrate_bn) and not any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
-        ):
-            raise ConfigError(
-                f"strategy.recalibrate_bn={self.recalibrate_bn}: the model has no BatchNorm layer to recalibrate; use 0"
-            )
-        if check_nonnegative_int("strategy.skip_sensitive", self.skip_sensitive) and (
-            isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float))
-        ):
-            raise ConfigError(
-                f"strategy.skip_sensitive={self.skip_sensitive} needs one strategy.ratio for every group "
-                f"(a float, the uniform arm it matches), not {self.ratio!r}"
-            )
-        if self.skip_sensitive and not isinstance(self.round_to, int):
-            raise ConfigError(
-                f"strategy.skip_sensitive={self.skip_sensitive} with strategy.round_to={self.round_to!r}: the MAC "
-                "matching needs an integer round_to"
-            )
-        wants = [
-            w
-            for w, need in (
-                ("strategy.skip_sensitive", self.skip_sensitive > 0),
-                ("strategy.freeze.most_sensitive", k > 0),
-                ("strategy.ratio", self._needs_scan()),
-                (
-                    "strategy.order=least_sensitive_first",
-                    self.order == "least_sensitive_first" and self.schedule == "layerwise",
-                ),
-            )
-            if need
-        ]
-        if wants and self.scan is None:
-            raise ConfigError(
-                f"{wants[0]} needs a sensitivity scan: set strategy.scan (e.g. strategy=l1_sensitivity "
-                "has one) or drop it"
-            )
-        if self.scan is not None:
-            self.scan.validate()
-        if hasattr(self.ratio, "validate"):
-            self.ratio.validate()
-        modules = dict(model.named_modules())
-        for name in self.ignore:
-            if name not in modules:
-                raise ConfigError(f"strategy.ignore names {name!r}, which is not a module of the model")
-        if not callable(self.ratio):
-            for layer, ratio in self._ratios_by_layer(model).items():
-                module = modules[layer]
-                channels = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-                if math.floor(channels * (1 - ratio)) < 1:
-                    raise ConfigError(
-                        f"strategy.ratio={ratio} would leave layer {layer!r} with 0 of its {channels} channels "
-                        f"(kept = floor({channels} * (1 - {ratio}))); use a ratio below {1 - 1 / channels:.4f}"
-                    )
+        check_filter_pruning(self, model)
 
     def _ratios_by_layer(self, model: nn.Module) -> dict[str, float]:
         last = output_layer_name(model)

@@ -1,0 +1,110 @@
+"""Static checks of a filter-pruning strategy against the built model, before any training.
+
+What needs no data is checked here, each error naming the key and what to do; the dry run of
+the plan (``experiments.strategies.plan.dry_run``) checks the rest by cutting for real.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+import pruning
+from experiments.run.validation import ConfigError, check_choice, check_nonnegative_int
+from experiments.strategies.parts import freeze_spec
+
+if TYPE_CHECKING:
+    from experiments.strategies.filters import FilterPruning
+
+SCHEDULES = ("oneshot", "iterative", "layerwise")
+ORDERS = ("forward", "backward", "least_sensitive_first")
+FREEZE_BN = ("fixed", "update")
+
+
+def check_filter_pruning(s: FilterPruning, model: nn.Module) -> None:
+    """Reject bad or contradictory parts of ``s`` (schedule, rounds, round_to, criterion, retrain,
+    freeze, recalibration, skip, scan, ignore, ratios) for ``model``."""
+    check_choice("strategy.schedule", s.schedule, SCHEDULES)
+    check_choice("strategy.order", s.order, ORDERS)
+    check_choice("strategy.scoring", s.scoring, pruning.structured.SCORINGS)
+    if isinstance(s.rounds, bool) or not isinstance(s.rounds, int) or s.rounds < 1:
+        raise ConfigError(f"strategy.rounds={s.rounds!r}: must be an integer >= 1")
+    if s.schedule != "iterative" and s.rounds > 1:
+        raise ConfigError(
+            f"strategy.rounds={s.rounds} with strategy.schedule={s.schedule}: rounds > 1 "
+            "needs schedule=iterative (layerwise prunes each group once, in strategy.order)"
+        )
+    if s.round_to != "auto" and (isinstance(s.round_to, bool) or not isinstance(s.round_to, int) or s.round_to < 1):
+        raise ConfigError(f"strategy.round_to={s.round_to!r}: must be an integer >= 1 or 'auto'")
+    if check_nonnegative_int("strategy.calibration_batches", s.calibration_batches) < 1:
+        raise ConfigError("strategy.calibration_batches=0: data-driven criteria need at least 1 batch")
+    s.retrain.validate()
+    if isinstance(s.criterion, str):
+        check_choice("strategy.criterion", s.criterion, pruning.criterion_names())
+    if s.retrain.mode.startswith("scratch") and s.schedule != "oneshot":
+        raise ConfigError(
+            f"strategy.retrain.mode={s.retrain.mode} trains the pruned architecture from scratch "
+            f"once: use strategy.schedule=oneshot (not {s.schedule})"
+        )
+    names, k = freeze_spec(s.freeze)
+    if (names or k) and s.retrain.mode != "finetune":
+        raise ConfigError(
+            f"strategy.freeze with strategy.retrain.mode={s.retrain.mode}: freezing applies to fine-tuning only"
+        )
+    check_choice("strategy.freeze_bn", s.freeze_bn, FREEZE_BN)
+    if s.freeze_bn != "fixed" and not (names or k):
+        raise ConfigError(f"strategy.freeze_bn={s.freeze_bn} needs strategy.freeze (nothing is frozen)")
+    if check_nonnegative_int("strategy.recalibrate_bn", s.recalibrate_bn) and not any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    ):
+        raise ConfigError(
+            f"strategy.recalibrate_bn={s.recalibrate_bn}: the model has no BatchNorm layer to recalibrate; use 0"
+        )
+    if check_nonnegative_int("strategy.skip_sensitive", s.skip_sensitive) and (
+        isinstance(s.ratio, bool) or not isinstance(s.ratio, (int, float))
+    ):
+        raise ConfigError(
+            f"strategy.skip_sensitive={s.skip_sensitive} needs one strategy.ratio for every group "
+            f"(a float, the uniform arm it matches), not {s.ratio!r}"
+        )
+    if s.skip_sensitive and not isinstance(s.round_to, int):
+        raise ConfigError(
+            f"strategy.skip_sensitive={s.skip_sensitive} with strategy.round_to={s.round_to!r}: the MAC "
+            "matching needs an integer round_to"
+        )
+    wants = [
+        w
+        for w, need in (
+            ("strategy.skip_sensitive", s.skip_sensitive > 0),
+            ("strategy.freeze.most_sensitive", k > 0),
+            ("strategy.ratio", s._needs_scan()),
+            (
+                "strategy.order=least_sensitive_first",
+                s.order == "least_sensitive_first" and s.schedule == "layerwise",
+            ),
+        )
+        if need
+    ]
+    if wants and s.scan is None:
+        raise ConfigError(
+            f"{wants[0]} needs a sensitivity scan: set strategy.scan (e.g. strategy=l1_sensitivity has one) or drop it"
+        )
+    if s.scan is not None:
+        s.scan.validate()
+    if hasattr(s.ratio, "validate"):
+        s.ratio.validate()
+    modules = dict(model.named_modules())
+    for name in s.ignore:
+        if name not in modules:
+            raise ConfigError(f"strategy.ignore names {name!r}, which is not a module of the model")
+    if not callable(s.ratio):
+        for layer, ratio in s._ratios_by_layer(model).items():
+            module = modules[layer]
+            channels = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+            if math.floor(channels * (1 - ratio)) < 1:
+                raise ConfigError(
+                    f"strategy.ratio={ratio} would leave layer {layer!r} with 0 of its {channels} channels "
+                    f"(kept = floor({channels} * (1 - {ratio}))); use a ratio below {1 - 1 / channels:.4f}"
+                )
