@@ -57,25 +57,37 @@ def with_arms(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.assign(line=line_names(runs))
 
 
+def per_batch(runs: pd.DataFrame, batches: list[int], columns: dict[str, str]) -> pd.DataFrame:
+    """One row per (run, batch size): the run's identity and ``columns`` (name -> metric key, ``{b}``
+    standing for the batch size)."""
+    frames = []
+    for b in batches:
+        part = runs[["run_id", "time", "machine", "seed", *ARM, "line"]].copy()
+        part["batch"] = b
+        for name, key in columns.items():
+            part[name] = _column(runs, key.format(b=b))
+        frames.append(part)
+    return pd.concat(frames, ignore_index=True)
+
+
 def latency_points(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[int]]:
     """One row per (run, batch size) with a measured latency ratio: accuracy, ratio, its interval, ms."""
     batches = measured_batches(runs) if not runs.empty and "final/acc" in runs else []
     if not batches:
         raise NoData(HINT)
     batches = sorted({batches[0], batches[-1]})
-    runs = with_arms(runs)
-    frames = []
-    for b in batches:
-        part = runs[["run_id", "time", "machine", "seed", *ARM, "line"]].copy()
-        part["batch"] = b
-        part["acc"] = _column(runs, "final/acc")
-        part["latency_ratio"] = _column(runs, f"ratio/latency_b{b}")
-        part["ci_low"] = _column(runs, f"latency/b{b}/ci_low")
-        part["ci_high"] = _column(runs, f"latency/b{b}/ci_high")
-        part["final_ms"] = _column(runs, f"latency/b{b}/final_ms")
-        part["ort_ms"] = _column(runs, f"deploy/ort_latency_ms_b{b}")
-        frames.append(part)
-    points = pd.concat(frames, ignore_index=True)
+    points = per_batch(
+        with_arms(runs),
+        batches,
+        {
+            "acc": "final/acc",
+            "latency_ratio": "ratio/latency_b{b}",
+            "ci_low": "latency/b{b}/ci_low",
+            "ci_high": "latency/b{b}/ci_high",
+            "final_ms": "latency/b{b}/final_ms",
+            "ort_ms": "deploy/ort_latency_ms_b{b}",
+        },
+    )
     points = points[points["latency_ratio"].notna() & points["acc"].notna()].reset_index(drop=True)
     if points.empty:
         raise NoData(HINT)
@@ -180,17 +192,16 @@ def prediction_table(runs: pd.DataFrame) -> pd.DataFrame:
     ]
     if not batches:
         raise NoData(PREDICTION_HINT)
-    runs = with_arms(runs)
-    frames = []
-    for b in batches:
-        part = runs[["run_id", "time", "machine", "seed", *ARM, "line"]].copy()
-        part["batch"] = b
-        part["predicted_ratio"] = _column(runs, f"latency/b{b}/predicted_ratio")
-        part["measured_ratio"] = _column(runs, f"ratio/latency_b{b}")
-        part["ci_low"] = _column(runs, f"latency/b{b}/ci_low")
-        part["ci_high"] = _column(runs, f"latency/b{b}/ci_high")
-        frames.append(part)
-    table = pd.concat(frames, ignore_index=True)
+    table = per_batch(
+        with_arms(runs),
+        batches,
+        {
+            "predicted_ratio": "latency/b{b}/predicted_ratio",
+            "measured_ratio": "ratio/latency_b{b}",
+            "ci_low": "latency/b{b}/ci_low",
+            "ci_high": "latency/b{b}/ci_high",
+        },
+    )
     table = table[table["predicted_ratio"].notna() & table["measured_ratio"].notna()].reset_index(drop=True)
     if table.empty:
         raise NoData(PREDICTION_HINT)
