@@ -19,11 +19,11 @@ quick: setup  ## the tests not marked slow (the edit loop)
 
 # `make study`: every lesson's primary comparison (conf/study/all.yaml) over STUDY_SEEDS seeds.
 # STUDY_SEEDS defaults to what the power analysis says the store in results/ needs
-# (`python -m analysis.power --store results --max`: run `make study-pilot` first, 3 seeds,
+# (`python -m analysis.power --store results --study all --max`: run `make study-pilot` first, 3 seeds,
 # about 45 min), capped at STUDY_MAX_SEEDS = 12 (about 3 hours on 2 cores, see all.yaml);
 # 3 when results/ has no pilot to plan from. `make study STUDY_SEEDS=8` sets it.
 STUDY_MAX_SEEDS ?= 12
-STUDY_SEEDS ?= $(shell n=$$(.venv/bin/python -m analysis.power --store results --max 2>/dev/null) \
+STUDY_SEEDS ?= $(shell n=$$(.venv/bin/python -m analysis.power --store results --study all --max 2>/dev/null) \
 	&& [ "$$n" -ge 1 ] 2>/dev/null && echo $$(( n < 3 ? 3 : n )) || echo 3)
 
 study: setup  ## every lesson on Fashion-MNIST, powered number of seeds, then the report

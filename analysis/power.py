@@ -22,6 +22,7 @@ count as the one to run; a declared SD (no df) is taken as known.
 
     python -m analysis.power --sd 0.2 --effect 0.25                   # declared SD, in percent points
     python -m analysis.power --store results --effect 0.25            # pilot: pooled SD per lesson
+    python -m analysis.power --store results --study all --max        # seeds for the lessons study=all runs
 """
 
 from __future__ import annotations
@@ -30,15 +31,19 @@ import argparse
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 
+from analysis.load import Store, read_store
 from analysis.stats import t_quantile
 
 LIMIT = 10_000
 """The largest seed count searched; a plan beyond it is reported as ``> LIMIT``."""
+CONF = Path(__file__).resolve().parent.parent / "conf"
+"""The Hydra config tree (``--study`` reads the study's arm list from it)."""
 SD_CONFIDENCE = 0.8
 """The one-sided confidence of the SD's upper limit a pilot plan uses."""
 
@@ -258,10 +263,13 @@ def power_table(
     alpha: float = 0.05,
     power: float = 0.8,
     comparisons: int = 1,
+    arms: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Per lesson: the SD used (declared, or pooled over that lesson's comparisons in ``store``) and the seeds needed.
 
-    Values in percent points. ``effect`` None: each lesson's declared margin.
+    Values in percent points. ``effect`` None: each lesson's declared margin. ``arms``: plan from the
+    store's runs of these arms only (a run without ``arm=`` counts as its strategy), so lessons no
+    such pair compares are left out of the pilot SD.
     """
     from analysis.lessons import LESSONS  # lessons -> verdicts would import this module back
 
@@ -269,7 +277,7 @@ def power_table(
     if store is not None:
         from analysis.verdicts import compare, pooled_sd
 
-        pooled = pooled_sd(compare(store))
+        pooled = pooled_sd(compare(only_arms(store, arms) if arms is not None else store))
     rows = []
     codes = {lesson.code: lesson for lesson in reversed(LESSONS)}  # the first declaration of each family
     for code in dict.fromkeys(lesson.code for lesson in LESSONS):
@@ -306,6 +314,25 @@ def power_table(
     return pd.DataFrame(rows)
 
 
+def only_arms(store: str | Path, arms: Sequence[str]) -> Store:
+    """The store's rows of the named arms only."""
+    full, wanted = read_store(store), set(arms)
+    rows = [r for r in full.rows if (r.get("arm") or r.get("strategy")) in wanted]
+    return replace(full, rows=rows)
+
+
+def study_arms(study: str, conf: str | Path = CONF) -> list[str]:
+    """The arms ``python run.py -m study=<study>`` sweeps (``hydra.sweeper.params.arm`` of conf/study/<study>.yaml)."""
+    path = Path(conf) / "study" / f"{study}.yaml"
+    if not path.is_file():
+        known = sorted(f.stem for f in path.parent.glob("*.yaml"))
+        raise ValueError(f"--study {study}: no {path}; allowed values: {', '.join(known)}")
+    arms = OmegaConf.select(OmegaConf.load(path), "hydra.sweeper.params.arm")
+    if not arms:
+        raise ValueError(f"--study {study}: {path} sweeps no arms (hydra.sweeper.params.arm)")
+    return [a.strip() for a in str(arms).split(",") if a.strip()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sd", type=float, default=None, help="declared SD of the paired differences (pp)")
@@ -317,10 +344,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--power", type=float, default=0.8, help="power (default 0.8)")
     parser.add_argument("--comparisons", type=int, default=1, help="comparisons per lesson with --sd (default 1)")
     parser.add_argument("--max", action="store_true", help="print only the largest seed count over the lessons")
+    parser.add_argument("--arms", default=None, help="with --store: plan from these arms' runs only (comma-separated)")
+    parser.add_argument("--study", default=None, help="with --store: plan from the arms conf/study/<STUDY>.yaml sweeps")
     args = parser.parse_args(argv)
     if args.sd is None and args.store is None:
         parser.error("give --sd (declared SD in pp) or --store (a pilot results store)")
-    table = power_table(args.effect, args.sd, args.store, args.alpha, args.power, args.comparisons)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
+    if args.study is not None:
+        try:
+            arms = (arms or []) + study_arms(args.study)
+        except ValueError as err:
+            parser.error(str(err))
+    table = power_table(args.effect, args.sd, args.store, args.alpha, args.power, args.comparisons, arms)
     if args.max:
         needed = table.get("seeds needed", pd.Series(dtype=object)).dropna()
         if needed.empty:

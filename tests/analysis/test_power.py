@@ -4,6 +4,7 @@ import pytest
 
 from analysis.lessons import LESSONS
 from analysis.power import (
+    CONF,
     chi2_quantile,
     main,
     nct_sf,
@@ -14,6 +15,7 @@ from analysis.power import (
     power_table,
     sd_upper,
     seeds_for_difference,
+    study_arms,
 )
 from analysis.stats import t_cdf, t_quantile
 from tests.analysis.helpers import run_row, write_store
@@ -67,6 +69,20 @@ def test_power_cli_declared_and_from_a_pilot_store(tmp_path, capsys):
     assert l1["sd (pp)"] == pytest.approx(0.4359, abs=1e-4) and l1["sd dof"] == 2
     assert l1["seeds needed"] == plan(l1["sd (pp)"], 0.25, 0.25, dof=2).seeds
     assert table[table["lesson"] == "L4"].iloc[0]["sd source"] == "no pilot runs in the store"
+    # planning for a sweep of some arms only: lessons no pair of them compares get no pilot SD
+    only = power_table(0.25, store=tmp_path, arms=["l1_oneshot", "random_oneshot"])
+    assert only[only["lesson"] == "L1"].iloc[0]["sd source"] == "no pilot runs in the store"
+    assert main(["--store", str(tmp_path), "--arms", "l1_oneshot", "--max"]) == 1
+
+
+def test_a_study_plans_from_the_arms_it_sweeps(capsys):
+    arms = study_arms("all")
+    assert "l1_oneshot" in arms and "l1_scratch_b-uncapped" in arms and len(arms) == len(set(arms))
+    assert all((CONF / "arm" / f"{a}.yaml").is_file() for a in arms)
+    with pytest.raises(SystemExit):
+        main(["--store", "results", "--study", "nope"])
+    err = capsys.readouterr().err
+    assert "--study nope" in err and "allowed values: all," in err
 
 
 def test_a_plan_beyond_the_search_limit_says_so(tmp_path, capsys):
