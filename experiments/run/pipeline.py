@@ -148,7 +148,10 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         row["status"] = "ok"
         _log_summary(ctx, row, tables)
         if is_global_zero():
-            print(format_summary({k: v for k, v in rt.phases.items() if "/" not in k}))
+            measured = {
+                f"latency_b{b}_ms": row["metrics"].get(f"ratio/latency_b{b}") for b in cfg.measure.latency_batch_sizes
+            }
+            print(format_summary({k: v for k, v in rt.phases.items() if "/" not in k}, measured))
         return row
     except BaseException as err:
         row.update(failure_fields(err, rt.current, output_dir))

@@ -21,8 +21,14 @@ ROWS = (
 )
 
 
-def format_summary(phases: Mapping[str, Any]) -> str:
-    """A plain-text table: one row per metric, one column per phase, then final/baseline."""
+def format_summary(phases: Mapping[str, Any], ratios: Mapping[str, float] | None = None) -> str:
+    """A plain-text table: one row per metric, one column per phase, then final/baseline.
+
+    ``ratios`` (metric key -> ratio) replaces final/baseline where the run measured the ratio
+    itself: latency's is the median of interleaved per-round ratios (what the row holds), not
+    the ratio of the two medians.
+    """
+    ratios = ratios or {}
     names = list(phases)
     metrics = {n: phases[n].metrics for n in names}
     header = f"{'metric':<26}" + "".join(f"{n:>16}" for n in names) + f"{'final/base':>12}"
@@ -32,6 +38,9 @@ def format_summary(phases: Mapping[str, Any]) -> str:
             continue
         cells = "".join(f"{fmt.format(metrics[n][key]) if key in metrics[n] else '-':>16}" for n in names)
         base, final = metrics[names[0]].get(key), metrics[names[-1]].get(key)
-        ratio = f"{final / base:.3f}" if base and final is not None and key != "wall_s" else ""
+        if ratios.get(key) is not None:
+            ratio = f"{ratios[key]:.3f}"
+        else:
+            ratio = f"{final / base:.3f}" if base and final is not None and key != "wall_s" else ""
         lines.append(f"{label:<26}{cells}{ratio:>12}")
     return "\n".join(lines)
