@@ -122,6 +122,12 @@ def pareto_table(points: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values([*CONTEXT, "batch", "latency_ratio_mean"]).reset_index(drop=True)
 
 
+def operating_label(arm: pd.Series) -> str:
+    """``target 0.6`` for a latency-aware arm, else its ratio (``ratio 0.5``, ``ratio sensitivity``)."""
+    target = pd.to_numeric(pd.Series([arm.get("target")]), errors="coerce").iloc[0]
+    return f"target {target:g}" if pd.notna(target) else f"ratio {arm.get('ratio')}"
+
+
 def latency_pareto_figure(store: StoreLike, out: str | Path | None = None) -> Figure:
     """Per dataset/model and batch size: test accuracy vs measured latency ratio, the Pareto front in black."""
     runs = load_runs(store)
@@ -162,6 +168,15 @@ def latency_pareto_figure(store: StoreLike, out: str | Path | None = None) -> Fi
                     color=color,
                     label=f"{name} ({int(m['seeds'].max())} seeds)",
                 )
+                for _, arm in m.iterrows():  # a line holds several arms (uniform 0.3 and 0.5): name each
+                    ax.annotate(
+                        operating_label(arm),
+                        (arm["latency_ratio_mean"], arm["acc_mean"] * 100),
+                        xytext=(6, -10),
+                        textcoords="offset points",
+                        fontsize=7,
+                        color=color,
+                    )
             front = means[means["pareto"]].sort_values("latency_ratio_mean")
             ax.step(
                 front["latency_ratio_mean"],

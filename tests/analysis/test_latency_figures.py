@@ -109,6 +109,8 @@ def test_pareto_figure_axes_name_split_and_unit(store, tmp_path):
     assert len(bars) == 4 and all(c.has_xerr for c in bars)
     texts = [t.get_text() for t in ax1.get_legend().get_texts()]
     assert sum(t.startswith("l1_latency") and "target=0.5" in t and t.endswith("(3 seeds)") for t in texts) == 1
+    # each arm mean is named by its operating point: lines of one method hold several arms
+    assert {"ratio 0.5", "target 0.5", "target 0.7"} <= {t.get_text() for t in ax1.texts}
     saved = pd.read_csv(tmp_path / "latency_pareto.csv")
     assert saved["pareto"].sum() == 2 + 3 and {p.suffix for p in tmp_path.iterdir()} == {".png", ".svg", ".csv"}
 
