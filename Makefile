@@ -20,7 +20,7 @@ quick: setup  ## the tests not marked slow (the edit loop)
 # `make study`: every lesson's primary comparison (conf/study/all.yaml) over STUDY_SEEDS seeds.
 # STUDY_SEEDS defaults to what the power analysis says the store in results/ needs
 # (`python -m analysis.power --store results --study all --max`: run `make study-pilot` first, 3 seeds,
-# about 45 min), capped at STUDY_MAX_SEEDS = 12 (about 3 hours on 2 cores, see all.yaml);
+# 32 min measured), capped at STUDY_MAX_SEEDS = 12 (about 2 hours on 2 cores);
 # 3 when results/ has no pilot to plan from. `make study STUDY_SEEDS=8` sets it.
 STUDY_MAX_SEEDS ?= 12
 STUDY_SEEDS ?= $(shell n=$$(.venv/bin/python -m analysis.power --store results --study all --max 2>/dev/null) \
@@ -34,7 +34,7 @@ study: setup  ## every lesson on Fashion-MNIST, powered number of seeds, then th
 	WANDB_MODE=$${WANDB_MODE:-offline} .venv/bin/python run.py -m study=all seed=$$(seq -s, 0 $$((n - 1))) $(ARGS)
 	.venv/bin/python -m analysis.report
 
-study-pilot: setup  ## the same with 3 seeds (about 45 min): the pilot the power analysis plans from
+study-pilot: setup  ## the same with 3 seeds (32 min measured): the pilot the power analysis plans from
 	$(MAKE) study STUDY_SEEDS=3
 
 report: setup  ## figures, tables and verdicts from results/
