@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pruning.evaluation import hooked_forward
 from pruning.graph import ChannelGroup, GroupMember
 
 COMBINE = ("mean", "sum", "max", "prod", "first")
@@ -330,17 +331,12 @@ class _Activation(Criterion):
 
             return f
 
-        handles = [mod.register_forward_hook(hook(k, axis)) for k, (mod, axis) in axes.items()]
-        was = model.training
-        try:
-            model.eval()
-            inputs = self.calibration_inputs
-            with torch.no_grad():
-                model(*(inputs if isinstance(inputs, tuple) else (inputs,)))
-        finally:
-            model.train(was)
-            for h in handles:
-                h.remove()
+        inputs = self.calibration_inputs
+        hooked_forward(
+            model,
+            inputs if isinstance(inputs, tuple) else (inputs,),
+            [(mod, hook(k, axis)) for k, (mod, axis) in axes.items()],
+        )
         self._stats = {k: self._stat(torch.cat(v, 1).double()) for k, v in rows.items()}
 
     def __call__(self, group: ChannelGroup) -> Tensor | None:

@@ -79,9 +79,9 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 @contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Every module in eval mode inside; each module's own mode restored on exit."""
-    modes = [(m, m.training) for m in model.modules()]
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Every module of ``models`` in eval mode inside; each module's own mode restored on exit."""
+    modes = [(m, m.training) for model in models for m in model.modules()]
     try:
         for m, _ in modes:
             m.training = False
@@ -89,3 +89,18 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+Hook = Callable[[nn.Module, tuple, Any], Any]
+
+
+def hooked_forward(model: nn.Module, inputs: tuple, hooks: Iterable[tuple[nn.Module, Hook]]) -> Any:
+    """One forward pass of ``model`` in eval mode without autograd, with each ``(module, forward
+    hook)`` registered for that pass only: how shapes, activations and MACs are observed."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    try:
+        with eval_mode(model), torch.no_grad():
+            return model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -9,15 +9,15 @@ the conv/linear output must feed only that BN, and each module must be called on
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils import parametrize
+
+from pruning.evaluation import eval_mode, hooked_forward
 
 _PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -48,7 +48,7 @@ def foldable_pairs(model: nn.Module, example_inputs: Any) -> list[tuple[str, str
     except Exception:  # untraceable forward (data-dependent control flow): use Sequential order
         return _sequential_pairs(model, inputs)
     try:
-        with _eval_mode(graph_module), torch.no_grad():
+        with eval_mode(graph_module), torch.no_grad():
             ShapeProp(graph_module).propagate(*inputs)
     except Exception:
         pass  # without shapes, Linear->BN pairs are skipped (the BN dim could differ)
@@ -84,13 +84,7 @@ def _sequential_pairs(model: nn.Module, inputs: tuple) -> list[tuple[str, str]]:
 
         return hook
 
-    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if isinstance(m, _NORMS)]
-    try:
-        with _eval_mode(model), torch.no_grad():
-            model(*inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    hooked_forward(model, inputs, [(m, record(n)) for n, m in model.named_modules() if isinstance(m, _NORMS)])
     uses: dict[int, int] = {}
     for _, m in model.named_modules(remove_duplicate=False):
         uses[id(m)] = uses.get(id(m), 0) + 1
@@ -141,18 +135,6 @@ def _fold_into(producer: nn.Module, bn: nn.Module) -> None:
         producer.bias = nn.Parameter(new_bias)
     else:
         producer.bias.copy_(new_bias)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run in eval mode (no running-stat updates), then restore every module's own flag."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training
 
 
 def _run(model: nn.Module, example_inputs: Any) -> list[torch.Tensor]:

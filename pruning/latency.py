@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruning.evaluation import eval_mode
+
 _MIN_SAMPLE_S = 0.002  # one timed sample repeats the forward pass until it lasts about this long
 _MAX_INNER = 1000
 
@@ -116,19 +118,6 @@ def pinned_threads(threads: int | None, collect: bool = True) -> Iterator[int]:
         if gc_was_enabled:
             gc.enable()
         torch.set_num_threads(before)
-
-
-@contextmanager
-def eval_mode(*models: nn.Module) -> Iterator[None]:
-    """Put ``models`` in eval mode for the block; restore each one's training flag after."""
-    flags = [m.training for m in models]
-    for m in models:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, flag in zip(models, flags):
-            m.train(flag)
 
 
 def make_timer(model: nn.Module, inputs: tuple, device: torch.device) -> Callable[[int], float]:

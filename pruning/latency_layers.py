@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from pruning.criteria import get_criterion
+from pruning.evaluation import hooked_forward
 from pruning.graph import ChannelGroup
 from pruning.handlers import ChannelwiseHandler
 from pruning.latency import make_timer, pinned_threads
@@ -84,16 +85,7 @@ def record_shapes(model: nn.Module, inputs: tuple, layers: list[TimedLayer]) -> 
         layer.in_shape, layer.out_shape = tuple(x.shape), tuple(out.shape)
         layer.in_axis, layer.out_axis = axis % x.dim(), axis % out.dim()
 
-    handles = [layer.module.register_forward_hook(hook) for layer in layers]
-    was = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    hooked_forward(model, inputs, [(layer.module, hook) for layer in layers])
     return [layer for layer in layers if id(layer.module) in seen]
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruning.evaluation import hooked_forward
+
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _AFFINE_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
 
@@ -79,16 +81,7 @@ def count(model: nn.Module, example_inputs: Any) -> Counts:
         elif isinstance(module, _AFFINE_NORMS) and any(p is not None for p in module.parameters()):
             macs_extra += out_elems
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _WEIGHTED + _AFFINE_NORMS)]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    hooked_forward(model, inputs, [(m, hook) for m in model.modules() if isinstance(m, _WEIGHTED + _AFFINE_NORMS)])
 
     weights = [m.weight for m in model.modules() if isinstance(m, _WEIGHTED)]
     params = sum(w.numel() for w in weights)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pruning.evaluation import first_tensor
+from pruning.evaluation import first_tensor, hooked_forward
 from pruning.graph import ChannelGraph
 from pruning.measure import _WEIGHTED
 
@@ -23,14 +23,9 @@ class RemovalCosts:
         def hook(m: nn.Module, args: tuple, out: Any) -> None:
             elems[id(m)] += first_tensor(out).numel()
 
-        handles = [m.register_forward_hook(hook) for m in layers.values()]
         x = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-        try:
-            with torch.inference_mode():
-                model(*(t[:1] if isinstance(t, Tensor) and t.dim() else t for t in x))
-        finally:
-            for h in handles:
-                h.remove()
+        one = tuple(t[:1] if isinstance(t, Tensor) and t.dim() else t for t in x)
+        hooked_forward(model, one, [(m, hook) for m in layers.values()])
         index = {(id(m.module), m.dim): i for i, m in enumerate(graph.trace.members) if m.kind == "module"}
         rows = []
         for key, m in layers.items():

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pruning.evaluation import hooked_forward
+
 
 @contextmanager
 def _threads(n: int | None) -> Iterator[None]:
@@ -207,16 +209,7 @@ def sparsify(
 
         return hook
 
-    handles = [m.register_forward_hook(capture(name)) for name, m in candidates.items()]
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        model(*inputs)
-    finally:
-        for module, training in flags:
-            module.training = training
-        for handle in handles:
-            handle.remove()
+    hooked_forward(model, inputs, [(m, capture(name)) for name, m in candidates.items()])
     choices = {}
     for name, module in candidates.items():
         density = float((module.weight != 0).float().mean())
