@@ -110,6 +110,22 @@ def _schedule_lesson(schedule: str, hint: str) -> Lesson:
     )
 
 
+def _scratch_lesson(mode: str) -> Lesson:
+    """L4: fine-tuning the surviving weights against training the pruned architecture from scratch (``mode``)."""
+    return Lesson(
+        "L4",
+        f"finetune > {mode}",
+        lambda a: a.part("retrain") == "finetune",
+        lambda a: a.part("retrain") == mode,
+        ("strategy.retrain.mode", "strategy.retrain.scratch*"),
+        ("retrain",),
+        SCRATCH_IMPLIED,
+        ("epochs_budget",),
+        "Scratch arms train with the baseline's optimizer and epochs, ignoring the fine-tuning optimizer and epochs",
+        hint=f"runs with retrain=finetune and retrain={mode}, same seeds (`study=scratch`)",
+    )
+
+
 LESSONS: tuple[Lesson, ...] = (
     _schedule_lesson(
         "layerwise", "runs with schedule=layerwise and schedule=oneshot at equal retraining epochs (`study=schedules`)"
@@ -149,30 +165,8 @@ LESSONS: tuple[Lesson, ...] = (
         b_group=lambda a: a.part("criterion"),
         hint="criteria runs with retraining (`study=criteria`)",
     ),
-    Lesson(
-        "L4",
-        "finetune > scratch_e",
-        lambda a: a.part("retrain") == "finetune",
-        lambda a: a.part("retrain") == "scratch_e",
-        ("strategy.retrain.mode", "strategy.retrain.scratch*"),
-        ("retrain",),
-        SCRATCH_IMPLIED,
-        ("epochs_budget",),
-        "Scratch arms train with the baseline's optimizer and epochs, ignoring the fine-tuning optimizer and epochs",
-        hint="runs with retrain=finetune and retrain=scratch_e, same seeds (`study=scratch`)",
-    ),
-    Lesson(
-        "L4",
-        "finetune > scratch_b",
-        lambda a: a.part("retrain") == "finetune",
-        lambda a: a.part("retrain") == "scratch_b",
-        ("strategy.retrain.mode", "strategy.retrain.scratch*"),
-        ("retrain",),
-        SCRATCH_IMPLIED,
-        ("epochs_budget",),
-        "Scratch arms train with the baseline's optimizer and epochs, ignoring the fine-tuning optimizer and epochs",
-        hint="runs with retrain=finetune and retrain=scratch_b, same seeds (`study=scratch`)",
-    ),
+    _scratch_lesson("scratch_e"),
+    _scratch_lesson("scratch_b"),
     Lesson(
         "L5",
         "freeze most sensitive > retrain all",
