@@ -20,7 +20,7 @@ quick: setup  ## the tests not marked slow (the edit loop)
 # `make study`: every lesson's primary comparison (conf/study/all.yaml) over STUDY_SEEDS seeds.
 # STUDY_SEEDS defaults to what the power analysis says the store in results/ needs
 # (`python -m analysis.power --store results --study all --max`: run `make study-pilot` first, 3 seeds,
-# 32 min measured), capped at STUDY_MAX_SEEDS = 12 (about 2 hours on 2 cores);
+# 32 min measured), capped at STUDY_MAX_SEEDS = 12 (2 h 32 min measured with the pilot);
 # 3 when results/ has no pilot to plan from. `make study STUDY_SEEDS=8` sets it.
 STUDY_MAX_SEEDS ?= 12
 STUDY_SEEDS ?= $(shell n=$$(.venv/bin/python -m analysis.power --store results --study all --max 2>/dev/null) \
