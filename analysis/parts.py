@@ -98,7 +98,7 @@ def ratio_value(text: Any) -> float:
 
 
 def criterion_name(criterion: Any) -> str | None:
-    """``"l1"``, ``{"_target_": "pruning.Random", ...}`` or ``"pruning.LargestL1"`` -> a short name."""
+    """``"l1"``, ``{"_target_": "pruning.criteria.Random", ...}`` or ``"pruning.criteria.LargestL1"`` -> a short name."""
     if criterion is None:
         return None
     if isinstance(criterion, dict):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pruning.evaluation import hooked_forward
-from pruning.graph import ChannelGroup, GroupMember
+from pruning.graph.groups import ChannelGroup, GroupMember
 
 COMBINE = ("mean", "sum", "max", "prod", "first")
 
@@ -68,7 +68,7 @@ def get_criterion(criterion: "str | Criterion") -> "Criterion":
         if cls.needs_data:
             raise ValueError(
                 f"criterion {criterion!r} needs calibration data: pass an object, e.g. "
-                f"pruning.{cls.__name__}({cls.data_hint})"
+                f"pruning.criteria.{cls.__name__}({cls.data_hint})"
             )
         return cls()
     if callable(criterion):
@@ -261,7 +261,7 @@ class GroupNorm(Criterion):
     Every member of the group counts: the producers' filter rows and biases, the
     normalisation scale and shift, the consumers' input columns (several positions per
     channel after a flatten) and bare per-channel parameters. This is the quantity the
-    group-lasso penalty (``pruning.regularizers.GroupLasso``) drives to zero, so training
+    group-lasso penalty (``pruning.structured.regularizers.GroupLasso``) drives to zero, so training
     with that penalty and pruning by this criterion remove the same channels.
     """
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from pruning.evaluation import hooked_forward
 
-_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+WEIGHTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _AFFINE_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
 
 
@@ -66,7 +66,7 @@ def count(model: nn.Module, example_inputs: Any) -> Counts:
         if not torch.is_tensor(output):
             return
         out_elems = output.numel()
-        if isinstance(module, _WEIGHTED):
+        if isinstance(module, WEIGHTED_LAYERS):
             weight = module.weight
             if isinstance(module, nn.Linear):
                 per_output = module.in_features
@@ -81,9 +81,9 @@ def count(model: nn.Module, example_inputs: Any) -> Counts:
         elif isinstance(module, _AFFINE_NORMS) and any(p is not None for p in module.parameters()):
             macs_extra += out_elems
 
-    hooked_forward(model, inputs, [(m, hook) for m in model.modules() if isinstance(m, _WEIGHTED + _AFFINE_NORMS)])
+    hooked_forward(model, inputs, [(m, hook) for m in model.modules() if isinstance(m, WEIGHTED_LAYERS + _AFFINE_NORMS)])
 
-    weights = [m.weight for m in model.modules() if isinstance(m, _WEIGHTED)]
+    weights = [m.weight for m in model.modules() if isinstance(m, WEIGHTED_LAYERS)]
     params = sum(w.numel() for w in weights)
     nonzero = sum(int((w != 0).sum()) for w in weights)
     return Counts(
@@ -98,7 +98,7 @@ def count(model: nn.Module, example_inputs: Any) -> Counts:
 
 def nonzero_params(model: nn.Module) -> int:
     """Number of non-zero conv/linear weights (what connection pruning reduces)."""
-    return int(sum(int((m.weight != 0).sum()) for m in model.modules() if isinstance(m, _WEIGHTED)))
+    return int(sum(int((m.weight != 0).sum()) for m in model.modules() if isinstance(m, WEIGHTED_LAYERS)))
 
 
 def dense_bytes(model: nn.Module) -> int:

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 import pruning
-from pruning.latency_prune import check_target
-from pruning.latency_table import forget_timings
+from pruning.latency.search import check_target
+from pruning.latency.table import forget_timings
 
 
 def build(name: str, input_size: int) -> nn.Module:
@@ -72,7 +72,7 @@ def bench_one(name: str, batch: int, targets: Sequence[float], args: argparse.Na
     model = build(name, args.input_size).eval()
     x = torch.randn(1, 3, args.input_size, args.input_size)
     forget_timings()  # the table is built from scratch: its build time is honest
-    table = pruning.latency_table(
+    table = pruning.latency.latency_table(
         model, x, batch, args.grid, threads=args.threads, calibrate_s=args.max_time_s, build=not args.quick
     )
     check = [] if args.quick else table.check(max_time_s=args.max_time_s)
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for t in targets:
         check_target(t)
     print(
-        f"# {pruning.cpu_model()}, {args.threads} thread(s), torch {torch.__version__}, "
+        f"# {pruning.latency.cpu_model()}, {args.threads} thread(s), torch {torch.__version__}, "
         f"{args.input_size}x{args.input_size} inputs, grid {args.grid}"
     )
     start = time.perf_counter()

@@ -44,7 +44,7 @@ from torch import nn
 import pruning
 from experiments.models import MODELS
 from pruning.evaluation import evaluate
-from pruning.sensitivity import SensitivityTable, sensitivity
+from pruning.structured.scan import SensitivityTable, sensitivity
 
 TARGETS = {"vgg16_cifar": 2.0, "resnet56": 1.6}
 
@@ -100,7 +100,7 @@ def naive_group(
     group: str,
     ratios: Sequence[float],
     criterion: str,
-    dense: pruning.Counts,
+    dense: pruning.measure.Counts,
 ) -> tuple[float, dict[float, tuple[float, tuple[int, int, int]]]]:
     """The naive loop for one group: (seconds, ``{ratio: (accuracy, (kept, MACs removed, params
     removed))}``). Only copy + prune + evaluate are timed; the plan check (``planned_channels``

@@ -1,4 +1,4 @@
-"""Benchmark: dense vs sparse (CSR) inference, and what ``pruning.sparsify`` chooses.
+"""Benchmark: dense vs sparse (CSR) inference, and what ``pruning.unstructured.sparsify`` chooses.
 
 Cases (Han et al. / Deep Compression): LeNet-300-100 with Han's per-layer densities
 (fc1 8%, fc2 9%, fc3 26%): the whole model with every layer sparse vs dense, and the
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 import pruning
-from pruning.sparse import time_ms
+from pruning.unstructured.sparse import time_ms
 
 LENET_KEEP = {"fc1": 0.08, "fc2": 0.09, "fc3": 0.26}
 
@@ -55,7 +55,7 @@ def layer_rows(label: str, model: nn.Module, keep: float, batches: list[int], re
     for batch in batches:
         x = torch.randn(batch, n_in)
         trial = nn.Sequential(OrderedDict(fc=model.fc))  # sparsify swaps in place: keep the dense one
-        choice = pruning.sparsify(trial, x, repeats=repeats, max_density=1.0)["fc"]
+        choice = pruning.unstructured.sparsify(trial, x, repeats=repeats, max_density=1.0)["fc"]
         rows.append(
             dict(
                 case=label,
@@ -91,9 +91,9 @@ def lenet_rows(batches: list[int], repeats: int) -> list[dict]:
     for batch in batches:
         x = torch.randn(batch, 784)
         all_sparse = copy.deepcopy(base)
-        pruning.sparsify(all_sparse, x, min_speedup=0.0, repeats=2, max_density=1.0)
+        pruning.unstructured.sparsify(all_sparse, x, min_speedup=0.0, repeats=2, max_density=1.0)
         chosen = copy.deepcopy(base)
-        choices = pruning.sparsify(chosen, x, repeats=repeats, max_density=1.0)
+        choices = pruning.unstructured.sparsify(chosen, x, repeats=repeats, max_density=1.0)
         dense_ms, sparse_ms = best_ms(base, x, repeats), best_ms(all_sparse, x, repeats)
         picked = ",".join(n for n, c in choices.items() if c.chosen == "sparse") or "all dense"
         rows.append(

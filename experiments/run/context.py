@@ -154,12 +154,12 @@ def measure_model(model: nn.Module, example_inputs: torch.Tensor, cfg: DictConfi
     """
     counts = pruning.count(model, example_inputs)
     out: dict[str, Any] = dict(counts.as_dict())
-    out["dense_bytes"] = pruning.dense_bytes(model)
+    out["dense_bytes"] = pruning.measure.dense_bytes(model)
     options = strategy.storage_options(model) if strategy is not None else {"values": "fp32"}
     options = {k: v for k, v in options.items() if k not in ("bits", "codebook_dtype")} | {"rest": "exact"}
     if options.get("values") == "codebook":  # not quantized yet: measure the lossless size
         options["values"] = "fp32"
-    out["compressed_bytes"] = pruning.compression_report(model, **options).file_bytes
+    out["compressed_bytes"] = pruning.compress.compression_report(model, **options).file_bytes
     for batch in cfg.measure.latency_batch_sizes:
         seconds = pruning.measure_latency(model, example_inputs, batch_size=batch, repeats=cfg.measure.latency_repeats)
         out[f"latency_b{batch}_ms"] = seconds * 1e3

@@ -121,7 +121,7 @@ def export_verified_onnx(
     shipped = model
     if fold_bn:
         try:
-            folded_bn = len(pruning.foldable_pairs(model, batch))
+            folded_bn = len(pruning.fold.foldable_pairs(model, batch))
             shipped = pruning.fold_batchnorm(model, batch)
         except (RuntimeError, ValueError) as err:
             raise DeployError(

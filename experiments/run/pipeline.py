@@ -64,7 +64,7 @@ def machine() -> str:
     import platform
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    cpu = pruning.cpu_model()
+    cpu = pruning.latency.cpu_model()
     return f"{platform.node()} ({platform.machine()}, {cpu}, {torch.get_num_threads()} threads, {device})"
 
 

@@ -42,7 +42,7 @@ def check_filter_pruning(s: FilterPruning, model: nn.Module) -> None:
         raise ConfigError("strategy.calibration_batches=0: data-driven criteria need at least 1 batch")
     s.retrain.validate()
     if isinstance(s.criterion, str):
-        check_choice("strategy.criterion", s.criterion, pruning.criterion_names())
+        check_choice("strategy.criterion", s.criterion, pruning.criteria.criterion_names())
     if s.retrain.mode.startswith("scratch") and s.schedule != "oneshot":
         raise ConfigError(
             f"strategy.retrain.mode={s.retrain.mode} trains the pruned architecture from scratch "

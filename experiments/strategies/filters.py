@@ -126,8 +126,8 @@ class FilterPruning(Strategy):
         if name is None and not isinstance(self.criterion, str):
             return self.criterion
         cls = pruning.criteria.criterion_class(name or self.criterion)
-        if cls is pruning.Random:
-            return pruning.Random(seed=rt.seed)
+        if cls is pruning.criteria.Random:
+            return pruning.criteria.Random(seed=rt.seed)
         return cls.from_data(*rt.calibration(self.calibration_batches)) if cls.needs_data else cls()
 
     def sensitivity_scan(self, model: nn.Module, rt: Runtime) -> ScanTable:
@@ -197,7 +197,7 @@ class FilterPruning(Strategy):
                 (
                     f"round{r}",
                     {
-                        g: pruning.channel_schedule(self.channels[g], k, r + 1, self.rounds)
+                        g: pruning.schedules.channel_schedule(self.channels[g], k, r + 1, self.rounds)
                         for g, k in self.targets.items()
                     },
                 )

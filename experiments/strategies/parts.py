@@ -106,7 +106,7 @@ class Scan:
         if not isinstance(self.criteria, (list, tuple)):
             raise ConfigError(f"strategy.scan.criteria={self.criteria!r}: must be a list of criterion names")
         for name in self.criteria:
-            check_choice("strategy.scan.criteria", name, pruning.criterion_names())
+            check_choice("strategy.scan.criteria", name, pruning.criteria.criterion_names())
         if len(set(self.criteria)) != len(self.criteria):
             raise ConfigError(f"strategy.scan.criteria={list(self.criteria)}: names a criterion twice")
 

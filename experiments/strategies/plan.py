@@ -44,7 +44,7 @@ class Runtime:
     ctx: RunContext | None = None
     dry: bool = False
     scan: Any = None
-    dense_counts: pruning.Counts | None = None
+    dense_counts: pruning.measure.Counts | None = None
     phases: dict[str, Phase] = field(default_factory=dict)
     records: list[dict[str, Any]] = field(default_factory=list)
     totals: dict[str, float] = field(

@@ -315,7 +315,7 @@ class LatencyTarget(ScanPolicy):
                 max_time_s=2.0 if dry else self.max_time_s,
             )
         except ValueError as e:
-            if dry and isinstance(e, pruning.UnreachableTarget) and self.target >= DRY_RUN_SLACK * e.best:
+            if dry and isinstance(e, pruning.latency.UnreachableTarget) and self.target >= DRY_RUN_SLACK * e.best:
                 # one quick pass on the untrained copy: its timings may be off on a busy machine, so a
                 # target near the predicted floor is decided by the real search after the baseline
                 log.warning("strategy.ratio.target=%s: the dry run predicts %s; the run checks again", self.target, e)

@@ -72,7 +72,9 @@ class SparsityTraining:
         """The coefficient of the term (the results row's ``sparsity_strength``)."""
         return None
 
-    def hooks(self, groups: list[pruning.ChannelGroup], keep: dict[int, int], rt: Runtime, criterion: Any) -> Hooks:
+    def hooks(
+        self, groups: list[pruning.graph.ChannelGroup], keep: dict[int, int], rt: Runtime, criterion: Any
+    ) -> Hooks:
         """``(penalty, after_step hooks)`` for the training loop; ``groups`` are the groups the
         strategy prunes, ``keep`` their prunable channels kept."""
         raise NotImplementedError
@@ -93,17 +95,19 @@ class BatchNormL1(SparsityTraining):
     def strength(self) -> float:
         return float(self.l1)
 
-    def hooks(self, groups: list[pruning.ChannelGroup], keep: dict[int, int], rt: Runtime, criterion: Any) -> Hooks:
-        gammas = pruning.norm_scales(groups)
+    def hooks(
+        self, groups: list[pruning.graph.ChannelGroup], keep: dict[int, int], rt: Runtime, criterion: Any
+    ) -> Hooks:
+        gammas = pruning.structured.norm_scales(groups)
         coefficient = float(self.l1)
         if coefficient == 0 or not gammas:
             return None, []
-        return (lambda model: coefficient * pruning.l1_penalty(gammas)), []
+        return (lambda model: coefficient * pruning.structured.l1_penalty(gammas)), []
 
 
 @dataclass
 class GroupNormSparsity(SparsityTraining):
-    """Group lasso over each pruned group's coupled parameters (``pruning.GroupLasso``), its
+    """Group lasso over each pruned group's coupled parameters (``pruning.structured.GroupLasso``), its
     coefficient rising linearly from 0 to ``reg`` over the first ``ramp`` fraction of the
     sparsity training (0: ``reg`` from the first step), then constant."""
 
@@ -127,10 +131,12 @@ class GroupNormSparsity(SparsityTraining):
         ramp = self.ramp * total
         return float(self.reg) * (min(1.0, step / ramp) if ramp > 0 else 1.0)
 
-    def hooks(self, groups: list[pruning.ChannelGroup], keep: dict[int, int], rt: Runtime, criterion: Any) -> Hooks:
+    def hooks(
+        self, groups: list[pruning.graph.ChannelGroup], keep: dict[int, int], rt: Runtime, criterion: Any
+    ) -> Hooks:
         if self.reg == 0:
             return None, []
-        lasso = pruning.GroupLasso(groups, bias=self.bias)
+        lasso = pruning.structured.GroupLasso(groups, bias=self.bias)
         total = self.epochs * rt.steps_per_epoch()
         step = 0
 
@@ -153,7 +159,9 @@ class SoftFilterPruning(SparsityTraining):
 
     name = "soft_filter"
 
-    def hooks(self, groups: list[pruning.ChannelGroup], keep: dict[int, int], rt: Runtime, criterion: Any) -> Hooks:
+    def hooks(
+        self, groups: list[pruning.graph.ChannelGroup], keep: dict[int, int], rt: Runtime, criterion: Any
+    ) -> Hooks:
         per_epoch = max(1, rt.steps_per_epoch())
         step = 0
 
@@ -161,7 +169,7 @@ class SoftFilterPruning(SparsityTraining):
             nonlocal step
             step += 1
             if step % per_epoch == 0:
-                pruning.soft_prune_(groups, keep, criterion)
+                pruning.structured.soft_prune_(groups, keep, criterion)
 
         return None, [at_epoch_end]
 
@@ -259,9 +267,11 @@ class SparsityPruning(FilterPruning):
         before.append(RemovedShare("sparsity/share_after", self, targets, criterion))
         return before + steps
 
-    def _groups(self, model: nn.Module, rt: Runtime, targets: dict[str, int]) -> list[tuple[pruning.ChannelGroup, int]]:
+    def _groups(
+        self, model: nn.Module, rt: Runtime, targets: dict[str, int]
+    ) -> list[tuple[pruning.graph.ChannelGroup, int]]:
         """The groups the plan prunes, each with its prunable channels kept."""
-        graph = pruning.structured.build_graph(model, rt.example, tuple(self.ignore))
+        graph = pruning.graph.build_graph(model, rt.example, tuple(self.ignore))
         out = []
         for g in graph.groups:
             name = pruning.structured.group_name(g)
@@ -272,7 +282,7 @@ class SparsityPruning(FilterPruning):
     def _soft_prune(self, targets: dict[str, int], criterion: Any) -> Callable[[nn.Module, Runtime], dict[str, Any]]:
         def apply(model: nn.Module, rt: Runtime) -> dict[str, Any]:
             groups = self._groups(model, rt, targets)
-            zeroed = pruning.soft_prune_([g for g, _ in groups], {g.index: k for g, k in groups}, criterion)
+            zeroed = pruning.structured.soft_prune_([g for g, _ in groups], {g.index: k for g, k in groups}, criterion)
             names = {g.index: pruning.structured.group_name(g) for g, _ in groups}
             return {"kind": "soft", "zeroed": {names[i]: c.tolist() for i, c in zeroed.items()}}
 
@@ -294,7 +304,7 @@ class SparsityPruning(FilterPruning):
         out = {}
         for g, keep in self._groups(model, rt, targets):
             scores = criterion(g)
-            gone = pruning.regularizers.lowest_channels(g, keep, criterion)
+            gone = pruning.structured.regularizers.lowest_channels(g, keep, criterion)
             if scores is None or gone is None:
                 continue
             scores = torch.as_tensor(scores).detach().to("cpu", torch.float64).abs()
@@ -336,7 +346,7 @@ def global_counts(
     by one ranking of ``criterion``'s scores over every group (the smallest go first; ties in
     graph order). Every group keeps at least one channel (and its frozen ones); groups the
     criterion cannot score keep their ``targets`` count."""
-    graph = pruning.structured.build_graph(model, example, tuple(ignore))
+    graph = pruning.graph.build_graph(model, example, tuple(ignore))
     pool, owners, counts = [], [], {}
     removed_total = 0
     for g in graph.groups:

@@ -186,7 +186,7 @@ class WeightPruning(Strategy):
         def at(final: float) -> float:
             if self.quality is not None:  # quality grows linearly to its final value
                 return final * (round_index + 1) / self.rounds
-            return pruning.sparsity_schedule(round_index + 1, self.rounds, float(final), kind=self.schedule)
+            return pruning.schedules.sparsity_schedule(round_index + 1, self.rounds, float(final), kind=self.schedule)
 
         return {k: at(v) for k, v in amount.items()} if isinstance(amount, Mapping) else at(amount)
 
@@ -233,7 +233,7 @@ class WeightPruning(Strategy):
             elif isinstance(module, nn.Linear) and pending is not None:
                 if f"{name}.weight" in self.masks:
                     dropout = dict(model.named_modules())[pending]
-                    dropout.p = pruning.adjusted_dropout(original[pending], self.masks, f"{name}.weight")
+                    dropout.p = pruning.unstructured.adjusted_dropout(original[pending], self.masks, f"{name}.weight")
                 pending = None
 
     # -- retraining ---------------------------------------------------------------------------
@@ -263,7 +263,7 @@ class WeightPruning(Strategy):
 
         def at(event: int) -> Any:
             def one(value: float) -> float:
-                return pruning.sparsity_schedule(event, events, float(value), kind="cubic")
+                return pruning.schedules.sparsity_schedule(event, events, float(value), kind="cubic")
 
             return {k: one(v) for k, v in final.items()} if isinstance(final, Mapping) else one(final)
 
@@ -285,7 +285,7 @@ class WeightPruning(Strategy):
             step += 1
             if step % self.regrow_every == 0 and step <= end and self.masks is not None:
                 fraction = self.regrow / 2 * (1 + math.cos(math.pi * step / end))
-                self.masks = pruning.regrow(self.masks, model, fraction)
+                self.masks = pruning.unstructured.regrow(self.masks, model, fraction)
 
         return hook
 
@@ -441,10 +441,10 @@ class Quantize(Step):
         start = time.perf_counter()
         options = strategy.storage_options(model)
         masks = strategy.masks
-        shared = pruning.share_weights(
+        shared = pruning.compress.share_weights(
             model, bits=options.get("bits"), include=list(masks) if masks is not None else None
         )
-        tuner = pruning.CentroidTuner(model, shared)
+        tuner = pruning.compress.CentroidTuner(model, shared)
         retrain = strategy.quantize_retrain
         teacher = rt.teacher() if retrain.distill > 0 and retrain.epochs > 0 else None
         module = Classifier(

@@ -33,7 +33,7 @@ from pruning.compress.bitstream import (
 from pruning.compress.csr import absolute_positions, nonzero_positions, relative_indices, scatter_dense
 from pruning.compress.kmeans import SharedWeights, kmeans_1d, layer_bits
 from pruning.compress.report import LayerSize, SizeReport
-from pruning.masks import Include, select_parameters
+from pruning.unstructured.masks import Include, select_parameters
 
 MAGIC = b"PKDC"
 VERSION = 1

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pruning.compress.bitstream import check_bits
-from pruning.masks import Include, select_parameters
+from pruning.unstructured.masks import Include, select_parameters
 
 CONV_BITS = 8
 FC_BITS = 5

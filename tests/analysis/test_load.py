@@ -75,7 +75,7 @@ def test_schema1_parts_are_derived_from_the_strategy_config():
             "strategy": {
                 "_target_": "experiments.strategies.filters.FilterPruning",
                 "name": "random_oneshot",
-                "criterion": {"_target_": "pruning.Random", "seed": 0},
+                "criterion": {"_target_": "pruning.criteria.Random", "seed": 0},
                 "ratio": 0.5,
                 "rounds": 1,
                 "retrain": {"epochs": 2},

@@ -39,7 +39,7 @@ def test_every_dataset_config_instantiates(compose_cfg, dataset):  # tests/exper
     assert dm.num_classes >= 10 and dm.in_channels in (1, 3)
 
 
-@pytest.mark.parametrize("criterion", pruning.criterion_names())
+@pytest.mark.parametrize("criterion", pruning.criteria.criterion_names())
 def test_every_registered_criterion_is_accepted_by_name(compose_cfg, criterion):
     cfg = compose_cfg(*FAST, f"strategy.criterion={criterion}")
     model = instantiate(cfg.model, num_classes=10, in_channels=1, input_size=16)

@@ -81,15 +81,15 @@ def test_regrow_moves_weights_at_constant_sparsity():
     layer.weight.grad = torch.tensor([[0.0, 0.0, 0.2, -3.0]])
     model = nn.Sequential(layer)
     masks = pruning.Masks({"0.weight": torch.tensor([[True, True, False, False]])})
-    new = pruning.regrow(masks, model, 0.5)  # one of two kept weights moves
+    new = pruning.unstructured.regrow(masks, model, 0.5)  # one of two kept weights moves
     # the smallest kept weight (-0.1) is dropped, the pruned one with the largest |grad| grown
     assert new["0.weight"].tolist() == [[True, False, False, True]]
     assert masks["0.weight"].tolist() == [[True, True, False, False]]  # input unchanged
-    assert pruning.regrow(masks, model, 0.0)["0.weight"].tolist() == masks["0.weight"].tolist()
+    assert pruning.unstructured.regrow(masks, model, 0.0)["0.weight"].tolist() == masks["0.weight"].tolist()
     layer.weight.grad = None  # no gradient: the mask stays
-    assert pruning.regrow(masks, model, 0.5)["0.weight"].tolist() == masks["0.weight"].tolist()
+    assert pruning.unstructured.regrow(masks, model, 0.5)["0.weight"].tolist() == masks["0.weight"].tolist()
     with pytest.raises(ValueError, match="fraction"):
-        pruning.regrow(masks, model, 1.5)
+        pruning.unstructured.regrow(masks, model, 1.5)
 
 
 def weight_strategy(compose_cfg, *overrides):
@@ -111,7 +111,7 @@ def test_gradual_hook_prunes_along_the_cubic_schedule(compose_cfg):
             seen.append((step, float(strategy.masks.sparsity().total)))
     assert seen[0][0] == 10  # the first mask at the first event
     by_step = dict(seen)
-    expected = [pruning.sparsity_schedule(e, 5, 0.8, kind="cubic") for e in range(1, 6)]
+    expected = [pruning.schedules.sparsity_schedule(e, 5, 0.8, kind="cubic") for e in range(1, 6)]
     assert [by_step[10 * e] for e in range(1, 6)] == pytest.approx(expected, abs=0.01)
     assert by_step[100] == pytest.approx(0.8, abs=0.01)  # reached at 50% and then held
     assert all(a <= b + 1e-9 for (_, a), (_, b) in zip(seen, seen[1:]))

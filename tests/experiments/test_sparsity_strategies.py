@@ -115,11 +115,11 @@ def test_global_scope_ranks_every_gamma_at_once_and_keeps_one_channel_per_group(
         model[1].weight.copy_(torch.tensor([0.1, -0.2, 0.3, 0.4]))
         model[4].weight.copy_(torch.tensor([1.0, 2.0, 3.0, 0.05]))
     targets = {"0": 2, "3": 2}  # 4 channels go in all
-    assert global_counts(model, X, targets, pruning.BNGamma()) == {"0": 1, "3": 3}  # 0.05, 0.1, 0.2, 0.3
+    assert global_counts(model, X, targets, pruning.criteria.BNGamma()) == {"0": 1, "3": 3}  # 0.05, 0.1, 0.2, 0.3
     with torch.no_grad():
         model[1].weight.copy_(torch.tensor([0.01, 0.02, 0.03, 0.04]))
         model[4].weight.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
-    assert global_counts(model, X, targets, pruning.BNGamma()) == {"0": 1, "3": 4}  # never every channel
+    assert global_counts(model, X, targets, pruning.criteria.BNGamma()) == {"0": 1, "3": 4}  # never every channel
 
 
 def groups_and_keep(model: nn.Module, keep: int = 2):
@@ -143,7 +143,7 @@ def test_group_norm_coefficient_ramps_linearly_over_the_sparsity_steps():
     model = tiny()
     groups, keep = groups_and_keep(model)
     penalty, (advance,) = part.hooks(groups, keep, SimpleNamespace(steps_per_epoch=lambda: 4), None)
-    lasso = pruning.GroupLasso(groups)().item()
+    lasso = pruning.structured.GroupLasso(groups)().item()
     assert penalty(model).item() == 0.0
     for _ in range(2):
         advance(model)
@@ -154,7 +154,7 @@ def test_sfp_hook_zeroes_at_every_epoch_end_only():
     model = tiny()
     groups, keep = groups_and_keep(model, keep=3)
     _, (hook,) = SoftFilterPruning(epochs=2).hooks(
-        groups, keep, SimpleNamespace(steps_per_epoch=lambda: 3), pruning.L2()
+        groups, keep, SimpleNamespace(steps_per_epoch=lambda: 3), pruning.criteria.L2()
     )
     zero_rows = lambda: int((model[0].weight.detach().flatten(1).abs().sum(1) == 0).sum())  # noqa: E731
     hook(model)
@@ -170,7 +170,7 @@ def test_each_method_runs_the_pipeline_at_the_macs_of_l1_oneshot(compose_cfg, tm
     # the dry run, before the first epoch and at the end of the (one) epoch
     name = {"slimming": "l1_penalty", "group_norm": "GroupLasso", "sfp": "soft_prune_"}[method]
     calls = []
-    original = getattr(pruning, name)
+    original = getattr(pruning.structured, name)
     if method == "group_norm":
 
         class Counted(original):
@@ -178,9 +178,9 @@ def test_each_method_runs_the_pipeline_at_the_macs_of_l1_oneshot(compose_cfg, tm
                 calls.append(1)
                 return super().__call__(model)
 
-        monkeypatch.setattr(pruning, name, Counted)
+        monkeypatch.setattr(pruning.structured, name, Counted)
     else:
-        monkeypatch.setattr(pruning, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+        monkeypatch.setattr(pruning.structured, name, lambda *a, **k: calls.append(1) or original(*a, **k))
     cfg = compose_cfg(*FAST, *VGG, f"strategy={method}", "strategy.sparsity.epochs=1")
     row = run(cfg)
     assert len(calls) == (3 if method == "sfp" else 2)

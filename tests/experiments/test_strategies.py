@@ -57,10 +57,10 @@ def test_every_schedule_reaches_the_identical_architecture(compose_cfg, model, s
 
 
 def test_iterative_rounds_shrink_geometrically_to_the_planned_width():
-    widths = [pruning.channel_schedule(64, 16, r, 3) for r in range(4)]
+    widths = [pruning.schedules.channel_schedule(64, 16, r, 3) for r in range(4)]
     assert widths == [64, 41, 26, 16]  # ceil(64 * 0.25 ** (r / 3)), exact at the end
     with pytest.raises(ValueError, match="kept=0"):
-        pruning.channel_schedule(64, 0, 1, 3)
+        pruning.schedules.channel_schedule(64, 0, 1, 3)
 
 
 def test_budget_is_split_across_steps():
@@ -138,7 +138,7 @@ def test_random_criterion_follows_the_run_seed(compose_cfg):
     assert kept[0] != kept[1]
 
 
-@pytest.mark.parametrize("criterion", pruning.criterion_names())
+@pytest.mark.parametrize("criterion", pruning.criteria.criterion_names())
 def test_every_criterion_plans_from_the_command_line(compose_cfg, criterion):
     pruned, _, _ = planned(compose_cfg, f"strategy.criterion={criterion}")
     assert pruning.count(pruned, torch.zeros(1, 1, 16, 16)).params < 60_000

@@ -25,7 +25,7 @@ from pruning.compress import (
 from pruning.compress.bitstream import ByteReader, pack_fixed, unpack_fixed
 from pruning.compress.csr import absolute_positions, relative_indices
 from pruning.compress.fileformat import HEADER, best_index_bits, decode_file
-from pruning.masks import Masks, prune_weights
+from pruning.unstructured.masks import Masks, prune_weights
 
 
 @pytest.fixture(autouse=True)
@@ -365,7 +365,7 @@ def test_empty_full_and_tiny_layers_in_every_mode(tmp_path, options):
 
 
 def test_sparse_modules_cannot_be_saved(tmp_path):
-    from pruning.sparse import SparseLinear
+    from pruning.unstructured.sparse import SparseLinear
 
     with pytest.raises(TypeError, match="before sparsify"):
         save_compressed(nn.Sequential(SparseLinear.from_dense(nn.Linear(4, 4))), tmp_path / "s.pkdc")

@@ -36,7 +36,7 @@ def test_l1_is_the_filter_abs_sum_and_prunes_the_smallest():
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([4.0, 1.0, 3.0, 2.0]).view(4, 1, 1, 1) / 27 * torch.ones(4, 3, 3, 3))
         model[0].weight[2, 0, 0, 0] = -model[0].weight[2, 0, 0, 0]  # signs do not matter
-    scores = pruning.L1()(conv_group(model))
+    scores = pruning.criteria.L1()(conv_group(model))
     assert torch.allclose(scores, torch.tensor([4.0, 1.0, 3.0, 2.0], dtype=torch.float64))
     pruning.prune_filters(model, X, {"0": 0.5})
     assert torch.allclose(model[0].weight.abs().sum((1, 2, 3)), torch.tensor([4.0, 3.0]))
@@ -46,8 +46,8 @@ def test_l2_and_largest_l1():
     model = net()
     g = conv_group(model)
     w = model[0].weight.detach().double()
-    assert torch.allclose(pruning.L2()(g), w.pow(2).sum((1, 2, 3)).sqrt())
-    assert torch.allclose(pruning.LargestL1()(g), -w.abs().sum((1, 2, 3)))
+    assert torch.allclose(pruning.criteria.L2()(g), w.pow(2).sum((1, 2, 3)).sqrt())
+    assert torch.allclose(pruning.criteria.LargestL1()(g), -w.abs().sum((1, 2, 3)))
 
 
 def test_depthwise_pair_is_scored_jointly():
@@ -56,7 +56,7 @@ def test_depthwise_pair_is_scored_jointly():
     g = group_of(pruning.dependency_groups(model, X), "pw1")
     dw = model.dw.weight.detach().double().abs().sum((1, 2, 3))
     pw = model.pw2.weight.detach().double().abs().sum((0, 2, 3))
-    assert torch.allclose(pruning.L1()(g), dw * pw)
+    assert torch.allclose(pruning.criteria.L1()(g), dw * pw)
 
 
 def test_residual_group_combines_members():
@@ -65,13 +65,13 @@ def test_residual_group_combines_members():
     g = group_of(pruning.dependency_groups(model, X), "conv0")
     a = model.conv0.weight.detach().double().abs().sum((1, 2, 3))
     b = model.conv2.weight.detach().double().abs().sum((1, 2, 3))
-    assert torch.allclose(pruning.L1()(g), (a + b) / 2)  # default: mean
-    assert torch.allclose(pruning.L1(combine="sum")(g), a + b)
-    assert torch.allclose(pruning.L1(combine="first")(g), a)
-    assert torch.allclose(pruning.L1(combine="max")(g), torch.maximum(a, b))
-    assert torch.allclose(pruning.L1(combine="prod")(g), a * b)
+    assert torch.allclose(pruning.criteria.L1()(g), (a + b) / 2)  # default: mean
+    assert torch.allclose(pruning.criteria.L1(combine="sum")(g), a + b)
+    assert torch.allclose(pruning.criteria.L1(combine="first")(g), a)
+    assert torch.allclose(pruning.criteria.L1(combine="max")(g), torch.maximum(a, b))
+    assert torch.allclose(pruning.criteria.L1(combine="prod")(g), a * b)
     with pytest.raises(ValueError, match="valid choices: mean, sum, max, prod, first"):
-        pruning.L1(combine="median")
+        pruning.criteria.L1(combine="median")
 
 
 def test_combine_respects_presence():
@@ -86,10 +86,10 @@ def test_combine_respects_presence():
 
 def test_random_is_seeded():
     g = conv_group(net())
-    assert torch.equal(pruning.Random(seed=3)(g), pruning.Random(seed=3)(g))
-    assert not torch.equal(pruning.Random(seed=3)(g), pruning.Random(seed=4)(g))
+    assert torch.equal(pruning.criteria.Random(seed=3)(g), pruning.criteria.Random(seed=3)(g))
+    assert not torch.equal(pruning.criteria.Random(seed=3)(g), pruning.criteria.Random(seed=4)(g))
     a, b = net(), net()
-    pruning.prune_filters(a, X, 0.5, criterion=pruning.Random(seed=1))
+    pruning.prune_filters(a, X, 0.5, criterion=pruning.criteria.Random(seed=1))
     pruning.prune_filters(b, X, 0.5, criterion="random")
     assert a[0].out_channels == b[0].out_channels == 2
 
@@ -98,12 +98,12 @@ def test_bn_gamma():
     model = net()
     with torch.no_grad():
         model[1].weight.copy_(torch.tensor([0.5, -3.0, 0.25, 2.0]))
-    assert pruning.BNGamma()(conv_group(model)).tolist() == [0.5, 3.0, 0.25, 2.0]
+    assert pruning.criteria.BNGamma()(conv_group(model)).tolist() == [0.5, 3.0, 0.25, 2.0]
     fc = group_of(pruning.dependency_groups(model, X), "4")
     with pytest.warns(UserWarning, match="no BatchNorm"):
-        assert pruning.BNGamma()(fc) is None
+        assert pruning.criteria.BNGamma()(fc) is None
     with pytest.raises(ValueError, match="no BatchNorm"):
-        pruning.BNGamma(missing="error")(fc)
+        pruning.criteria.BNGamma(missing="error")(fc)
     with pytest.warns(UserWarning):
         pruning.prune_filters(model, X, 0.5, criterion="bn_gamma")
     assert model[0].out_channels == 2 and model[4].out_features == 6  # fc group skipped
@@ -113,7 +113,7 @@ def test_bn_gamma():
 def test_fpgm_sum_of_distances():
     model = net()
     w = model[0].weight.detach().double().flatten(1)
-    assert torch.allclose(pruning.FPGM()(conv_group(model)), torch.cdist(w, w).sum(1))
+    assert torch.allclose(pruning.criteria.FPGM()(conv_group(model)), torch.cdist(w, w).sum(1))
 
 
 def conv_outputs(model: nn.Module) -> torch.Tensor:
@@ -127,9 +127,9 @@ def test_activation_statistics():
     g = group_of(groups, "0")
     a = conv_outputs(model)
     for crit, want in [
-        (pruning.ActivationMean(X), a.mean(1)),
-        (pruning.ActivationStd(X), a.std(1)),
-        (pruning.APoZ(X), 1 - (a <= 0).double().mean(1)),
+        (pruning.criteria.ActivationMean(X), a.mean(1)),
+        (pruning.criteria.ActivationStd(X), a.std(1)),
+        (pruning.criteria.APoZ(X), 1 - (a <= 0).double().mean(1)),
     ]:
         crit.prepare(model, groups)
         assert torch.allclose(crit(g), want)
@@ -140,7 +140,7 @@ def test_taylor_first_order():
     y = torch.tensor([0, 1, 1, 0])
     groups = pruning.dependency_groups(model, X)
     g = group_of(groups, "0")
-    crit = pruning.Taylor(X, y)
+    crit = pruning.criteria.Taylor(X, y)
     crit.prepare(model, groups)
     loss = F.cross_entropy(model(X), y)
     conv, bn, fc = model[0], model[1], model[4]
@@ -150,7 +150,7 @@ def test_taylor_first_order():
 
 
 def test_registry():
-    names = pruning.criterion_names()
+    names = pruning.criteria.criterion_names()
     assert set(names) >= {
         "l1",
         "l2",
@@ -164,9 +164,9 @@ def test_registry():
         "taylor",
     }
     with pytest.raises(ValueError, match="already registered"):
-        pruning.register_criterion("l1")(type("Dup", (pruning.Criterion,), {}))
-    with pytest.raises(ValueError, match=r"needs calibration data.*pruning.Taylor\(inputs, targets"):
-        pruning.get_criterion("taylor")
+        pruning.register_criterion("l1")(type("Dup", (pruning.criteria.Criterion,), {}))
+    with pytest.raises(ValueError, match=r"needs calibration data.*pruning.criteria.Taylor\(inputs, targets"):
+        pruning.criteria.get_criterion("taylor")
     with pytest.raises(ValueError, match=r"needs calibration data.*ActivationMean\(calibration_inputs\)"):
         pruning.prune_filters(net(), X, 0.5, criterion="activation_mean")
 
@@ -178,7 +178,7 @@ def make(name: str):
     return cls(X) if cls.needs_data else cls()
 
 
-@pytest.mark.parametrize("name", pruning.criterion_names())
+@pytest.mark.parametrize("name", pruning.criteria.criterion_names())
 def test_every_criterion_prunes_a_residual_net(name):
     torch.manual_seed(0)
     model = Residual()

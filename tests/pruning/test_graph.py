@@ -431,7 +431,7 @@ def test_group_norm_keeps_groups_equal():
     ],
 )
 def test_shape_only_trace_predicts_real_shapes(conv):
-    from pruning.dryrun import shapes_only
+    from pruning.graph.dryrun import shapes_only
 
     class Depth:
         leaf_depth = 0

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import pruning
-from pruning.latency import median_interval
+from pruning.latency.comparison import median_interval
 
 
 def tiny(width: int = 8) -> nn.Module:
@@ -19,7 +19,7 @@ def test_same_model_against_itself_is_one():
     assert r.ci_low <= r.ratio <= r.ci_high
     assert r.rounds >= 8 and r.threads == 1 and torch.get_num_threads() == before
     assert r.median_a_ms > 0 and r.median_b_ms > 0
-    assert r.device == pruning.cpu_model() and r.device
+    assert r.device == pruning.latency.cpu_model() and r.device
     d = r.as_dict()
     assert d["batch_size"] == 1 and set(d) >= {"ratio", "ci_low", "ci_high", "rounds", "converged", "threads", "device"}
 

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import pruning
-from pruning.latency_prune import _criterion_costs, _score_costs, allocate, check_target, next_goal
-from pruning.latency_table import LatencyTable
+from pruning.latency.search import _criterion_costs, _score_costs, allocate, check_target, next_goal
+from pruning.latency.table import LatencyTable
 from tests.pruning.test_latency_table import X, net
 
 

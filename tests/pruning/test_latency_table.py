@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import pruning
-from pruning.latency_layers import cut_layer
-from pruning.latency_table import LatencyTable, grid_counts
+from pruning.latency.layers import cut_layer
+from pruning.latency.table import LatencyTable, grid_counts
 
 
 def net() -> nn.Module:
@@ -94,7 +94,7 @@ def test_cache_file_is_keyed_and_reused(tmp_path):
     assert len(files) == 1
     data = json.loads(files[0].read_text())
     assert data["meta"]["threads"] == 1 and data["meta"]["batch_size"] == 2
-    assert data["meta"]["torch"] == torch.__version__ and data["meta"]["device"] == pruning.cpu_model()
+    assert data["meta"]["torch"] == torch.__version__ and data["meta"]["device"] == pruning.latency.cpu_model()
     assert len(data["times"]) == len(t.times)
     again = table(tmp_path)
     again.build()
@@ -105,7 +105,7 @@ def test_cache_file_is_keyed_and_reused(tmp_path):
 
 def test_latency_table_builds_every_grid_point_and_reports_its_error():
     progress = []
-    t = pruning.latency_table(
+    t = pruning.latency.latency_table(
         net(), X, 2, 8, threads=1, repeats=3, calibrate_s=1.0, progress=lambda i, n, g: progress.append((i, n, g))
     )
     assert progress == [(1, 2, "0"), (2, 2, "3")]

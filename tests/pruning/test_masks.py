@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from pruning.masks import Masks, adjusted_dropout, prune_weights, select_parameters
 from pruning.schedules import sparsity_schedule
+from pruning.unstructured.masks import Masks, adjusted_dropout, prune_weights, select_parameters
 
 
 def lenet_300_100() -> nn.Sequential:

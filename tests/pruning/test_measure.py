@@ -1,7 +1,8 @@
 import torch
 from torch import nn
 
-from pruning import count, dense_bytes, measure_latency, nonzero_params
+from pruning import count, measure_latency
+from pruning.measure import dense_bytes, nonzero_params
 
 
 def lenet300():

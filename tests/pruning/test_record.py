@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pruning
-from pruning.record import PruningRecord, RecordEntry
+from pruning.structured.record import PruningRecord, RecordEntry
 from tests.pruning.test_graph import Concat, LayerScale, OptionA, X
 from tests.pruning.test_structured import outputs, seq_net
 
@@ -62,7 +62,7 @@ def test_save_and_load_with_weights_only(tmp_path):
     loaded = pruning.load_pruned(LayerScale, path)
     assert loaded.gamma.shape == (4, 1, 1)
     assert torch.equal(outputs(loaded, X), outputs(model, X))
-    assert pruning.read_record(path) == record
+    assert pruning.structured.read_record(path) == record
 
 
 def test_load_refuses_other_files(tmp_path):
@@ -122,7 +122,7 @@ def with_entry(record: PruningRecord, i: int, **change) -> PruningRecord:
     ],
 )
 def test_replay_names_the_entry_that_does_not_fit(change, message):
-    from pruning.record import RecordMismatchError
+    from pruning.structured.record import RecordMismatchError
 
     _, record = pruned(seq_net)
     model = seq_net()
@@ -135,7 +135,7 @@ def test_replay_names_the_entry_that_does_not_fit(change, message):
 
 
 def test_replay_checks_later_entries_and_parameter_dims():
-    from pruning.record import RecordMismatchError
+    from pruning.structured.record import RecordMismatchError
 
     _, record = pruned(seq_net)
     with pytest.raises(RecordMismatchError, match=r"entry 3 \(module 'features.4', dim 0\): keep indices \[16, 20\]"):
@@ -159,7 +159,7 @@ def test_replay_checks_later_entries_and_parameter_dims():
 
 
 def test_malformed_records_are_named():
-    from pruning.record import RecordError
+    from pruning.structured.record import RecordError
 
     with pytest.raises(RecordError, match=r"entry 1 is malformed \(KeyError: 'keep'\)"):
         PruningRecord.from_dict(
@@ -174,7 +174,7 @@ def test_malformed_records_are_named():
 
 
 def test_load_pruned_names_the_file_when_weights_do_not_fit(tmp_path):
-    from pruning.record import RecordMismatchError
+    from pruning.structured.record import RecordMismatchError
 
     model, record = pruned(LayerScale)
     path = tmp_path / "m.pt"

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import pruning
-from pruning.regularizers import lowest_channels
+from pruning.structured.regularizers import lowest_channels
 from tests.pruning.test_graph import Concat, Depthwise, OptionA, Residual, group_of
 
 X = torch.randn(2, 3, 8, 8)
@@ -55,21 +55,21 @@ def hand_group_lasso(model: nn.Module) -> torch.Tensor:
 
 def test_l1_penalty_is_the_sum_of_abs_gammas_and_its_gradient_their_sign():
     model = chain()
-    gammas = pruning.norm_scales(pruning.dependency_groups(model, X))
+    gammas = pruning.structured.norm_scales(pruning.dependency_groups(model, X))
     assert [id(g) for g in gammas] == [id(model[1].weight), id(model[4].weight)]
-    penalty = 1e-3 * pruning.l1_penalty(gammas)
+    penalty = 1e-3 * pruning.structured.l1_penalty(gammas)
     want = 1e-3 * (model[1].weight.abs().sum() + model[4].weight.abs().sum())
     assert penalty.item() == pytest.approx(want.item(), rel=1e-6)
     penalty.backward()
     assert torch.allclose(model[1].weight.grad, 1e-3 * model[1].weight.sign())
     assert torch.allclose(model[4].weight.grad, 1e-3 * model[4].weight.sign())
     assert model[0].weight.grad is None  # only the scales are penalised
-    assert pruning.l1_penalty([]).item() == 0.0
+    assert pruning.structured.l1_penalty([]).item() == 0.0
 
 
 def test_group_lasso_is_the_hand_computed_sum_over_every_member():
     model = chain()
-    lasso = pruning.GroupLasso(pruning.dependency_groups(model, X))
+    lasso = pruning.structured.GroupLasso(pruning.dependency_groups(model, X))
     value = lasso(model)
     want = hand_group_lasso(model)
     assert value.item() == pytest.approx(want.item(), rel=1e-6)
@@ -84,7 +84,7 @@ def test_group_lasso_is_the_hand_computed_sum_over_every_member():
     conv_grad = grads[0]
     assert torch.allclose(conv_grad, model[0].weight.detach() / norms.view(4, 1, 1, 1), atol=1e-7)
     # without biases and shifts
-    no_bias = pruning.GroupLasso(pruning.dependency_groups(model, X), bias=False)()
+    no_bias = pruning.structured.GroupLasso(pruning.dependency_groups(model, X), bias=False)()
     assert no_bias.item() < value.item()
 
 
@@ -93,9 +93,9 @@ def test_group_lasso_sums_the_group_norm_criterion_over_prunable_channels(make):
     torch.manual_seed(1)
     model = make()
     groups = pruning.dependency_groups(model, X)
-    criterion = pruning.GroupNorm()
+    criterion = pruning.criteria.GroupNorm()
     want = sum(float(criterion(g)[~g.frozen].sum()) for g in groups if g.n_prunable > 0)
-    assert pruning.GroupLasso(groups)().item() == pytest.approx(want, rel=1e-5)
+    assert pruning.structured.GroupLasso(groups)().item() == pytest.approx(want, rel=1e-5)
 
 
 def test_frozen_channels_are_not_penalised():
@@ -103,8 +103,8 @@ def test_frozen_channels_are_not_penalised():
     groups = pruning.dependency_groups(model, X)
     stream = group_of(groups, "stem")
     assert stream.n_prunable == 4
-    lasso = pruning.GroupLasso([stream])
-    norms = pruning.GroupNorm()(stream)
+    lasso = pruning.structured.GroupLasso([stream])
+    norms = pruning.criteria.GroupNorm()(stream)
     assert lasso().item() == pytest.approx(float(norms[~stream.frozen].sum()), rel=1e-5)
     assert lasso().item() < float(norms.sum())
 
@@ -117,7 +117,7 @@ def test_zeroed_channels_have_a_finite_gradient():
         model[4].weight[1] = 0
         model[4].bias[1] = 0
         model[7].weight.view(5, 3, 64)[:, 1] = 0
-    value = pruning.GroupLasso(pruning.dependency_groups(model, X))()
+    value = pruning.structured.GroupLasso(pruning.dependency_groups(model, X))()
     value.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert float(model[3].weight.grad[1].abs().sum()) == 0.0
@@ -131,7 +131,7 @@ def test_soft_pruning_zeroes_exactly_the_k_lowest_l2_filters_and_they_recover():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     groups = pruning.dependency_groups(model, X)
     first = group_of(groups, "0")
-    zeroed = pruning.soft_prune_([first], {first.index: 2})
+    zeroed = pruning.structured.soft_prune_([first], {first.index: 2})
     assert sorted(zeroed[first.index].tolist()) == [1, 3]  # norms 0.5 and 0.25
     w, b = model[0].weight.detach(), model[0].bias.detach()
     assert float(w[[1, 3]].abs().sum()) == 0.0 and float(b[[1, 3]].abs().sum()) == 0.0
@@ -152,7 +152,7 @@ def test_the_cut_after_soft_pruning_removes_the_zeroed_filters():
     model = chain()
     groups = pruning.dependency_groups(model, X)
     keep = {g.index: 2 if g.n_channels == 4 else 1 for g in groups if g.n_prunable}
-    zeroed = pruning.soft_prune_(groups, keep)
+    zeroed = pruning.structured.soft_prune_(groups, keep)
     survivors = {
         g.index: sorted(set(range(g.n_channels)) - set(zeroed[g.index].tolist())) for g in groups if g.n_prunable
     }
@@ -168,7 +168,7 @@ def test_lowest_channels_matches_prune_to_ranking_with_ties():
     with torch.no_grad():
         model[0].weight.copy_(torch.ones_like(model[0].weight))  # every filter ties
     g = group_of(pruning.dependency_groups(model, X), "0")
-    gone = lowest_channels(g, 1, pruning.L2())
+    gone = lowest_channels(g, 1, pruning.criteria.L2())
     pruning.prune_to(model, X, {"0": 1}, "l2")
     kept = sorted(set(range(4)) - set(gone.tolist()))
     assert kept == [0] and model[0].out_channels == 1
@@ -178,11 +178,11 @@ def test_soft_pruning_a_depthwise_group_zeroes_both_filters_to_a_zero_score():
     torch.manual_seed(0)
     model = Depthwise()
     g = group_of(pruning.dependency_groups(model, X), "pw1")
-    zeroed = pruning.soft_prune_([g], {g.index: 5})[g.index]
+    zeroed = pruning.structured.soft_prune_([g], {g.index: 5})[g.index]
     assert len(zeroed) == 3
     assert float(model.pw1.weight.detach()[zeroed].abs().sum()) == 0.0
     assert float(model.dw.weight.detach()[zeroed].abs().sum()) == 0.0
-    scores = pruning.L2()(g)
+    scores = pruning.criteria.L2()(g)
     assert float(scores[zeroed].abs().sum()) == 0.0 and bool(
         (scores[[i for i in range(8) if i not in zeroed]] > 0).all()
     )
@@ -199,7 +199,7 @@ def test_group_norm_criterion_ranks_by_the_coupled_norm():
         + bn4.bias.pow(2)
         + fc.weight.view(5, 3, 64).pow(2).sum((0, 2))
     ).sqrt()
-    assert torch.allclose(pruning.GroupNorm()(g), want.detach().double())
+    assert torch.allclose(pruning.criteria.GroupNorm()(g), want.detach().double())
     best = conv3.weight.detach()[int(want.argmax())].clone()
     pruning.prune_filters(model, X, {"3": 0.5}, criterion="group_norm")  # keeps 1 of 3: the largest norm
     assert model[3].out_channels == 1 and torch.equal(model[3].weight.detach()[0], best)

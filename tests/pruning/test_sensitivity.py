@@ -13,7 +13,7 @@ from torch import nn
 import pruning
 from experiments.models import MODELS
 from pruning.evaluation import evaluate
-from pruning.sensitivity import SensitivityTable, sensitivity
+from pruning.structured.scan import SensitivityTable, sensitivity
 from tests.pruning import test_structured as structured_tests
 
 
@@ -219,7 +219,7 @@ def test_untraceable_model_and_inexact_group_fall_back_and_match():
 def test_criterion_and_round_to_pick_the_channels_prune_filters_picks():
     model = zoo("vgg_small")
     batches = labelled(model)
-    crit = pruning.Random(seed=3)
+    crit = pruning.criteria.Random(seed=3)
     table = sensitivity(
         model, X, batches, (0.3,), criterion=crit, groups=["features.3"], metric=fingerprint, round_to=4
     )

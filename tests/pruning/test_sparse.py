@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from pruning.masks import prune_weights
-from pruning.sparse import SparseConv2d, SparseLinear, sparsify, supports_sparse, to_sparse
+from pruning.unstructured.masks import prune_weights
+from pruning.unstructured.sparse import SparseConv2d, SparseLinear, sparsify, supports_sparse, to_sparse
 
 
 @pytest.fixture(autouse=True)

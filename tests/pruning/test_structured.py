@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pruning
-from pruning.handlers import get_handler
+from pruning.graph.handlers import get_handler
 
 
 @pytest.fixture(autouse=True)
@@ -197,13 +197,13 @@ def test_record_on_wrong_architecture_is_refused():
     ],
 )
 def test_kept_channels_floor_rule(c, p, kept):
-    assert pruning.kept_channels(c, p) == kept == max(1, math.floor(round(c * (1 - p), 9)))
+    assert pruning.structured.kept_channels(c, p) == kept == max(1, math.floor(round(c * (1 - p), 9)))
 
 
 def test_round_to():
-    assert pruning.kept_channels(64, 0.3, round_to=8) == 40  # floor(44.8)=44 -> 40
-    assert pruning.kept_channels(10, 0.95, round_to=4) == 4
-    assert pruning.kept_channels(10, 0.0, round_to=4) == 10
+    assert pruning.structured.kept_channels(64, 0.3, round_to=8) == 40  # floor(44.8)=44 -> 40
+    assert pruning.structured.kept_channels(10, 0.95, round_to=4) == 4
+    assert pruning.structured.kept_channels(10, 0.0, round_to=4) == 10
     net = seq_net()
     pruning.prune_filters(net, X, 0.3, round_to=4)
     assert net.features[0].out_channels == 4 and net.features[4].out_channels == 8
@@ -340,7 +340,7 @@ def test_li_table1_vgg16_a():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_prunes_on_gpu(tmp_path):
     net, x = seq_net().cuda(), X.cuda()
-    record = pruning.prune_filters(net, x, 0.5, criterion=pruning.ActivationMean(x))
+    record = pruning.prune_filters(net, x, 0.5, criterion=pruning.criteria.ActivationMean(x))
     assert net.features[0].weight.is_cuda and net.features[0].out_channels == 4
     assert outputs(net, x).shape == (2, 10)
     pruning.save_pruned(net, record, tmp_path / "gpu.pt")

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from pruning.criteria import get_criterion
-from pruning.latency import LatencyComparison, compare_latency
-from pruning.latency_table import LatencyTable, latency_table
-from pruning.record import PruningRecord
-from pruning.structured import prune_to
+from pruning.latency.comparison import LatencyComparison, compare_latency
+from pruning.latency.table import LatencyTable, latency_table
+from pruning.structured.cut import prune_to
+from pruning.structured.record import PruningRecord
 
 Cost = Callable[[int], float]
 
@@ -92,9 +92,9 @@ def _criterion_costs(table: LatencyTable, criterion: Any) -> dict[str, Cost]:
     crit = get_criterion(criterion)
     prepare = getattr(crit, "prepare", None)
     if prepare is not None:
-        prepare(table.model, list(table._groups.values()))
+        prepare(table.model, list(table.channel_groups.values()))
     costs = {}
-    for name, g in table._groups.items():
+    for name, g in table.channel_groups.items():
         frozen = int(g.frozen.sum())
         s = crit(g)
         if s is None:
@@ -140,7 +140,7 @@ def _score_costs(table: LatencyTable, scores: Any) -> tuple[dict[str, Cost], dic
         if name not in table.groups:
             raise ValueError(f"scores names {name!r}, which is not a prunable group; groups: {', '.join(table.groups)}")
         n, frozen = table.groups[name]
-        g = table._groups[name]
+        g = table.channel_groups[name]
         if torch.is_tensor(value) or (value and isinstance(next(iter(value)), numbers.Real)):
             s = torch.as_tensor(value, dtype=torch.float64).flatten()
             if s.numel() != n:

@@ -27,9 +27,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning.graph import ChannelGroup, build_graph
-from pruning.latency import LatencyComparison, batch_inputs, compare_latency, device_name, model_device, pinned_threads
-from pruning.latency_layers import (
+from pruning.graph.groups import ChannelGroup, build_graph
+from pruning.latency.comparison import (
+    LatencyComparison,
+    batch_inputs,
+    compare_latency,
+    device_name,
+    model_device,
+    pinned_threads,
+)
+from pruning.latency.layers import (
     TimedLayer,
     atomic_write_json,
     channel_ranks,
@@ -39,7 +46,7 @@ from pruning.latency_layers import (
     record_shapes,
     time_module,
 )
-from pruning.structured import group_name
+from pruning.structured.cut import group_name, prune_to
 
 Progress = Callable[[int, int, str], None]
 _PROCESS_TIMES: dict[str, dict[str, float]] = {}  # per device/threads/torch/batch digest: shape key -> ms
@@ -83,14 +90,14 @@ class LatencyTable:
         self.device = model_device(model)
         self.inputs = batch_inputs(example_inputs, batch_size, self.device)
         graph = build_graph(model, example_inputs, tuple(ignore))
-        self._groups: dict[str, ChannelGroup] = {group_name(g): g for g in graph.groups if g.n_prunable > 0}
-        self.groups = {n: (g.n_channels, g.n_channels - g.n_prunable) for n, g in self._groups.items()}
+        self.channel_groups: dict[str, ChannelGroup] = {group_name(g): g for g in graph.groups if g.n_prunable > 0}
+        self.groups = {n: (g.n_channels, g.n_channels - g.n_prunable) for n, g in self.channel_groups.items()}
         self.grid = {n: grid_counts(c, f, grid, max_points) for n, (c, f) in self.groups.items()}
         self.grid_step = grid
         self.criterion = criterion
-        self._ranks = channel_ranks(model, self._groups, criterion)
+        self._ranks = channel_ranks(model, self.channel_groups, criterion)
         self._kept_memo: dict[tuple[str, int], torch.Tensor] = {}
-        self.layers = record_shapes(model, self.inputs, collect_layers(self._groups))
+        self.layers = record_shapes(model, self.inputs, collect_layers(self.channel_groups))
         with pinned_threads(threads) as n_threads:
             self.n_threads = n_threads
         self.meta = {
@@ -122,7 +129,7 @@ class LatencyTable:
         key = (group, int(count))
         kept = self._kept_memo.get(key)
         if kept is None:
-            g = self._groups[group]
+            g = self.channel_groups[group]
             kept = g.frozen.clone()
             kept[self._ranks[group][: max(0, int(count) - int(g.frozen.sum()))]] = True
             self._kept_memo[key] = kept
@@ -184,7 +191,6 @@ class LatencyTable:
 
     def compare(self, channels: Mapping[str, int], max_time_s: float = 10.0) -> LatencyComparison:
         """The model cut to ``channels`` (on a copy) against the dense model, by :func:`compare_latency`."""
-        from pruning.structured import prune_to
 
         pruned = copy.deepcopy(self.model)
         if channels:

@@ -368,7 +368,7 @@ def register_handler(module_type: type, handler: Handler, *, replace: bool = Fal
     if not isinstance(module_type, type) or not issubclass(module_type, nn.Module):
         raise TypeError(f"register_handler expects an nn.Module subclass, got {module_type!r}")
     if not isinstance(handler, (FilterHandler, ChannelwiseHandler)):
-        raise TypeError("a handler must subclass pruning.FilterHandler or pruning.ChannelwiseHandler")
+        raise TypeError("a handler must subclass pruning.graph.FilterHandler or pruning.graph.ChannelwiseHandler")
     if module_type in _HANDLERS and not replace:
         raise ValueError(
             f"a pruning handler for {module_type.__name__} is already registered "

@@ -1,4 +1,4 @@
-"""How functional ops map channel labels (see :mod:`pruning.trace`).
+"""How functional ops map channel labels (see :mod:`pruning.graph.trace`).
 
 A rule gets the op, its arguments and output, and the labels of its tensor inputs;
 it sets the labels of the outputs and reports unions (channels that must go
@@ -16,6 +16,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from pruning.graph.handlers import ChannelwiseHandler, get_handler
 
 _ARITH = {"add", "sub", "mul", "div", "truediv", "floordiv", "mod", "pow", "and", "or", "xor", "matmul"}
 
@@ -203,8 +205,6 @@ def channel_mixing(tr, func, name, args, kwargs, ins, labs, out) -> None:
 
 def layer_norm(tr, func, name, args, kwargs, ins, labs, out) -> None:
     """``F.layer_norm``: linked to the LayerNorm module that calls it (inexact)."""
-    from pruning.handlers import ChannelwiseHandler, get_handler
-
     x, lab = args[0], labs[0]
     shape = _arg(args, kwargs, 1, "normalized_shape")
     nd = x.dim()

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.fx.node import map_arg
 
 from pruning.evaluation import first_tensor
-from pruning.handlers import get_handler
+from pruning.graph.handlers import get_handler
 
 PROBE_ROWS = 7  # rows of the probe batch: a value with this many rows is per-sample
 

@@ -1,7 +1,7 @@
 """The layers of a latency table: which modules a channel group cuts, the shapes they run at,
 a copy of each cut to a channel assignment, and its time alone.
 
-Support for :mod:`pruning.latency_table`, which predicts a model's latency as the sum of these
+Support for :mod:`pruning.latency.table`, which predicts a model's latency as the sum of these
 layer times.
 """
 
@@ -22,9 +22,9 @@ from torch import nn
 
 from pruning.criteria import get_criterion
 from pruning.evaluation import hooked_forward
-from pruning.graph import ChannelGroup
-from pruning.handlers import ChannelwiseHandler
-from pruning.latency import make_timer, pinned_threads
+from pruning.graph.groups import ChannelGroup
+from pruning.graph.handlers import ChannelwiseHandler
+from pruning.latency.comparison import make_timer, pinned_threads
 
 _SAMPLE_S = 0.0005  # a timed sample repeats a layer until it lasts about this long
 

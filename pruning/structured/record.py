@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, Callable
 import torch
 from torch import nn
 
-from pruning.handlers import ChannelwiseHandler, cut_tensor, get_handler
+from pruning.graph.handlers import ChannelwiseHandler, cut_tensor, get_handler
 
 FORMAT = "prunekit.pruned"
 VERSION = 1

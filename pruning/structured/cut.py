@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from pruning.criteria import Criterion, get_criterion
-from pruning.graph import ChannelGraph, ChannelGroup, build_graph
-from pruning.handlers import cut_tensor
-from pruning.record import PruningRecord, RecordEntry
+from pruning.graph.groups import ChannelGraph, ChannelGroup, build_graph
+from pruning.graph.handlers import cut_tensor
+from pruning.structured.record import PruningRecord, RecordEntry
 
 Ratio = float | Mapping[str, float]
 
@@ -84,7 +84,6 @@ def _group_ratios(model: nn.Module, groups: list[ChannelGroup], ratio: Ratio) ->
 
 def plan_removal(graph: ChannelGraph, ratios: dict[int, float], criterion: Criterion, round_to: int = 1) -> Tensor:
     """Which channels to remove: a :meth:`ChannelGraph.removal_mask` with True where cut."""
-    round_to = round_to if isinstance(round_to, int) else 1  # "auto" is resolved by planned_channels
     keeps = {}
     for g in graph.groups:
         if ratios.get(g.index, 0.0) > 0 and g.n_prunable > 0:
@@ -167,25 +166,46 @@ def state_shapes(modules: dict[str, nn.Module]) -> dict[str, list[int]]:
     return shapes
 
 
+Rounding = Callable[[nn.Module, Any, Mapping[str, tuple[int, int]], Sequence[str]], dict[str, tuple[int, int]]]
+ROUNDINGS: dict[str, Rounding] = {}
+
+
+def register_rounding(name: str, rounding: Rounding) -> None:
+    """Make ``round_to=name`` available: ``rounding(model, example_inputs, planned, ignore)``
+    takes ``{group: (channels, kept)}`` and returns it with the kept counts it chooses."""
+    if name in ROUNDINGS and ROUNDINGS[name] is not rounding:
+        raise ValueError(f"round_to {name!r} is already registered ({ROUNDINGS[name].__qualname__})")
+    ROUNDINGS[name] = rounding
+
+
+def check_round_to(round_to: Any) -> None:
+    """Refuse a ``round_to`` that is neither a positive integer nor a registered rounding."""
+    if isinstance(round_to, str) and round_to in ROUNDINGS:
+        return
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        names = "".join(f" or {n!r}" for n in sorted(ROUNDINGS))
+        raise ValueError(f"round_to={round_to!r}: must be a positive integer{names}")
+
+
 def prune_filters(
     model: nn.Module,
     example_inputs: Any,
     ratio: Ratio,
     criterion: str | Criterion = "l1",
     ignore: tuple[str, ...] | list[str] = (),
-    round_to: int = 1,
+    round_to: int | str = 1,
 ) -> PruningRecord:
     """Remove filters from ``model`` in place; return the record of what was removed.
 
     ratio: a float for every prunable group, or ``{module_name: ratio}`` for the groups
         of the named layers (others keep their channels).
-    criterion: a registered name (``pruning.criterion_names()``) or a criterion object.
+    criterion: a registered name (``pruning.criteria.criterion_names()``) or a criterion object.
     ignore: module names (or prefixes) whose output channels are never pruned.
-    round_to: keep a multiple of this many channels per group; ``"auto"``: per group the
-        multiple (1, 8, 16) a latency table times fastest (``pruning.latency_table.round_auto``).
+    round_to: keep a multiple of this many channels per group, or the name of a registered
+        rounding (:func:`register_rounding`); ``"auto"``: per group the multiple (1, 8, 16) a
+        latency table times fastest (``pruning.latency.round_auto``).
     """
-    if round_to != "auto" and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
-        raise ValueError(f"round_to={round_to!r}: must be a positive integer or 'auto'")
+    check_round_to(round_to)
     if isinstance(ignore, str):
         ignore = (ignore,)
     crit = get_criterion(criterion)
@@ -200,8 +220,8 @@ def prune_filters(
         raise ValueError(f"ignore names {unknown}, which are not modules of the model")
     graph = build_graph(model, example_inputs, tuple(ignore))
     ratios = _group_ratios(model, graph.groups, ratio)
-    if round_to == "auto":
-        planned = planned_channels(model, example_inputs, ratio, ignore, "auto")
+    if isinstance(round_to, str):
+        planned = planned_channels(model, example_inputs, ratio, ignore, round_to)
         return prune_to(model, example_inputs, {g: k for g, (c, k) in planned.items() if k < c}, crit, ignore)
     removed = plan_removal(graph, ratios, crit, round_to)
     return cut(model, graph, removed)
@@ -222,14 +242,18 @@ def group_channels(
 
 
 def planned_channels(
-    model: nn.Module, example_inputs: Any, ratio: Ratio, ignore: tuple[str, ...] | list[str] = (), round_to: int = 1
+    model: nn.Module,
+    example_inputs: Any,
+    ratio: Ratio,
+    ignore: tuple[str, ...] | list[str] = (),
+    round_to: int | str = 1,
 ) -> dict[str, tuple[int, int]]:
     """``{group name: (channels, channels kept)}`` that :func:`prune_filters` with these
     arguments would leave, without cutting anything."""
-    if round_to == "auto":
-        from pruning.latency_table import round_auto  # imported here: latency_table imports this module
-
-        return round_auto(model, example_inputs, planned_channels(model, example_inputs, ratio, ignore), ignore)
+    check_round_to(round_to)
+    if isinstance(round_to, str):
+        rounding = ROUNDINGS[round_to]
+        return rounding(model, example_inputs, planned_channels(model, example_inputs, ratio, ignore), ignore)
     graph = build_graph(model, example_inputs, tuple(ignore))
     ratios = _group_ratios(model, graph.groups, ratio)
     out = {}

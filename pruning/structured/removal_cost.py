@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from pruning.evaluation import first_tensor, hooked_forward
-from pruning.graph import ChannelGraph
-from pruning.measure import _WEIGHTED
+from pruning.graph.groups import ChannelGraph
+from pruning.measure import WEIGHTED_LAYERS
 
 
 class RemovalCosts:
@@ -17,7 +17,7 @@ class RemovalCosts:
     mask takes from the whole model, from every layer's shape and the positions it loses."""
 
     def __init__(self, model: nn.Module, graph: ChannelGraph, example_inputs: Any):
-        layers = {id(m): m for m in model.modules() if isinstance(m, _WEIGHTED)}
+        layers = {id(m): m for m in model.modules() if isinstance(m, WEIGHTED_LAYERS)}
         elems = dict.fromkeys(layers, 0)
 
         def hook(m: nn.Module, args: tuple, out: Any) -> None:

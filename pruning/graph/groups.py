@@ -1,6 +1,6 @@
 """Channel-dependency groups: which (module, dim, index) members lose the same channels.
 
-:func:`pruning.trace.trace_channels` labels every channel position with an id and
+:func:`pruning.graph.trace.trace_channels` labels every channel position with an id and
 records which ids must go together. Here the ids are merged into *channels* (connected
 components: one channel of a residual stream is the same channel in every tensor added
 to it) and the channels into *groups* (everything coupled: a conv, its BN, its
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pruning.trace import ChannelTrace, trace_channels
+from pruning.graph.trace import ChannelTrace, trace_channels
 
 
 @dataclass

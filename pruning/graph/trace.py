@@ -16,7 +16,7 @@ The trace collects three things that :mod:`pruning.graph` turns into groups:
 
 Running the forward (rather than symbolic tracing) gives exact shapes and follows
 control flow, so one tracer covers every model that runs; handled layers compute
-only their output shapes (:mod:`pruning.dryrun`), which keeps the trace cheap.
+only their output shapes (:mod:`pruning.graph.dryrun`), which keeps the trace cheap.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from pruning import dryrun, oprules
-from pruning.handlers import ChannelwiseHandler, get_handler
-from pruning.oprules import tensors_in
+from pruning.graph import dryrun, oprules
+from pruning.graph.handlers import ChannelwiseHandler, get_handler
+from pruning.graph.oprules import tensors_in
 
 
 class ChannelMappingError(RuntimeError):

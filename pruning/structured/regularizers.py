@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from pruning.criteria import L2, Criterion, member_bias
-from pruning.graph import ChannelGroup, GroupMember
+from pruning.graph.groups import ChannelGroup, GroupMember
 
 # the square root's gradient is infinite at 0: a channel whose parameters are all zero
 # contributes sqrt(_TINY) (1e-15) and no gradient instead of NaN

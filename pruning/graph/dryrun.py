@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pruning.handlers import ChannelwiseHandler, get_handler
-from pruning.oprules import tensors_in
+from pruning.graph.handlers import ChannelwiseHandler, get_handler
+from pruning.graph.oprules import tensors_in
 
 
 class NeedsValues(Exception):
