@@ -10,9 +10,11 @@ run: setup  ## the default study on Fashion-MNIST, offline
 test: setup lint  ## lint, then the whole test suite
 	WANDB_MODE=offline .venv/bin/python -m pytest $(ARGS)
 
-lint: setup  ## ruff: lint and formatting, as pre-commit runs them
+lint: setup  ## ruff (lint, formatting), import direction and import circles
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports --no-cache
+	.venv/bin/python scripts/check_import_cycles.py
 
 quick: setup  ## the tests not marked slow (the edit loop)
 	WANDB_MODE=offline .venv/bin/python -m pytest -m "not slow" $(ARGS)

@@ -20,7 +20,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from experiments.run import distributed, sweep
+from experiments.run import sweep
+from experiments.training import distributed
 
 os.environ.setdefault("WANDB_MODE", "offline")  # never hang on a network that is not there
 log = logging.getLogger("run")

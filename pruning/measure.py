@@ -81,7 +81,9 @@ def count(model: nn.Module, example_inputs: Any) -> Counts:
         elif isinstance(module, _AFFINE_NORMS) and any(p is not None for p in module.parameters()):
             macs_extra += out_elems
 
-    hooked_forward(model, inputs, [(m, hook) for m in model.modules() if isinstance(m, WEIGHTED_LAYERS + _AFFINE_NORMS)])
+    hooked_forward(
+        model, inputs, [(m, hook) for m in model.modules() if isinstance(m, WEIGHTED_LAYERS + _AFFINE_NORMS)]
+    )
 
     weights = [m.weight for m in model.modules() if isinstance(m, WEIGHTED_LAYERS)]
     params = sum(w.numel() for w in weights)

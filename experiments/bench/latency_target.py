@@ -31,15 +31,14 @@ import torch
 from torch import nn
 
 import pruning
+from experiments.models import build_model
+from experiments.models.torchvision_models import torchvision_model
 from pruning.latency.search import check_target
 from pruning.latency.table import forget_timings
 
 
 def build(name: str, input_size: int) -> nn.Module:
     """A zoo model by name, or ``tv:<torchvision name>``; untrained, 10 classes, 3 input channels."""
-    from experiments.models import build_model
-    from experiments.models.torchvision_models import torchvision_model
-
     kw = dict(num_classes=10, in_channels=3, input_size=input_size)
     if name.startswith("tv:"):
         return torchvision_model(name=name[3:], **kw)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from experiments.data import FashionMNISTDataModule, SyntheticDataModule
 from experiments.models import build_model
-from experiments.run.module import Classifier
+from experiments.training.module import Classifier
 
 
 def bare_epoch(model: torch.nn.Module, batches, lr: float) -> float:

@@ -29,6 +29,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from experiments.checks import ConfigError
 from experiments.data.image_files import (
     BadImageError,
     EpochSampler,
@@ -51,8 +52,6 @@ __all__ = ["BadImageError", "ImageFolderDataModule", "check_image_folder_config"
 
 
 def _config_error(message: str) -> Exception:
-    from experiments.run.validation import ConfigError
-
     return ConfigError(message)
 
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from experiments.run.validation import ConfigError
+from experiments.checks import ConfigError
 
 # prefixes a whole state dict may carry: Lightning's ``Classifier.model``, DataParallel/DDP, torch.compile
 WRAPPER_PREFIXES = ("model.", "module.", "_orig_mod.")

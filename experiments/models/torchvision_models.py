@@ -11,6 +11,7 @@ from __future__ import annotations
 import torchvision
 from torch import nn
 
+from experiments.models.checkpoint import load_weights
 from experiments.models.registry import register_model
 
 # These two return auxiliary logits in training mode unless told not to; the pipeline
@@ -76,7 +77,5 @@ def torchvision_model(
     if in_channels != 3:
         _replace_stem(model, name, in_channels)
     if weights:
-        from experiments.models.checkpoint import load_weights
-
         load_weights(model, weights, "model.weights")
     return model

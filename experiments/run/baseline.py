@@ -23,10 +23,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from experiments.run.context import Phase, RunContext, measure_model
-from experiments.run.distributed import is_global_zero
-from experiments.run.module import Classifier
+from experiments.models.checkpoint import file_sha256, load_weights
 from experiments.storage.cache import BaselineCache, config_key
+from experiments.training.context import Phase, RunContext, measure_model
+from experiments.training.distributed import is_global_zero
+from experiments.training.module import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,6 @@ def baseline_key_parts(
         dataset.pop(volatile, None)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     if model_cfg.get("weights"):  # the file's content decides the weights, not where it lies
-        from experiments.models.checkpoint import file_sha256
-
         model_cfg["weights"] = {"sha256": file_sha256(model_cfg["weights"])}
     elif "weights" in model_cfg:  # unset: the same key as before the option existed
         del model_cfg["weights"]
@@ -178,8 +177,6 @@ def baseline_from_checkpoint(
 ) -> BaselinePhase:
     """Load ``baseline.checkpoint`` into ``model`` (strict, weights_only) and measure it;
     nothing trains, so the phase's ``wall_s`` is 0 and ``load_s`` the time to load it."""
-    from experiments.models.checkpoint import load_weights
-
     start = time.perf_counter()
     info = load_weights(model, cfg.baseline.checkpoint, "baseline.checkpoint")
     loaded = time.perf_counter() - start

@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 import pruning
-from experiments.run.validation import ConfigError
+from experiments.checks import ConfigError
 from experiments.storage.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)

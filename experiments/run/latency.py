@@ -22,8 +22,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 import pruning
-from experiments.run.context import Phase
-from experiments.run.validation import ConfigError
+from experiments.checks import ConfigError
+from experiments.training.context import Phase
 
 log = logging.getLogger(__name__)
 

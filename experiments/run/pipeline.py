@@ -24,15 +24,15 @@ from torch import nn
 
 import pruning
 from experiments.run.baseline import obtain_baseline
-from experiments.run.context import Phase, RunContext
 from experiments.run.deploy import deploy, real_batch
-from experiments.run.distributed import is_global_zero
 from experiments.run.latency import compare_to_baseline
 from experiments.run.summary import format_summary
 from experiments.run.validation import validate_config
 from experiments.storage.files import atomic_write_bytes, claim_directory
 from experiments.storage.results import append_row, failure_fields, git_commit
 from experiments.strategies.plan import Runtime, dry_run, execute
+from experiments.training.context import Phase, RunContext
+from experiments.training.distributed import is_global_zero
 
 log = logging.getLogger(__name__)
 # Lightning repeats "GPU available / TPU / tips" for every Trainer; one run makes several.

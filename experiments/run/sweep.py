@@ -24,10 +24,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from experiments.run.distributed import is_global_zero
-from experiments.run.validation import ConfigError
+from experiments.checks import ConfigError
 from experiments.storage.files import atomic_write_bytes, file_lock
 from experiments.storage.results import read_rows
+from experiments.training.distributed import is_global_zero
 
 log = logging.getLogger(__name__)
 

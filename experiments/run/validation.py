@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
 
+from hydra.utils import get_class
 from omegaconf import DictConfig
 
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key and the allowed values."""
-
-
-def check_ratio(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}={value!r}: must be a number in [0, 1)")
-    if not 0.0 <= float(value) < 1.0:
-        raise ConfigError(f"{key}={value!r}: ratios must be in [0, 1)")
-    return float(value)
-
-
-def check_nonnegative_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{key}={value!r}: must be an integer >= 0")
-    return value
-
-
-def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> Any:
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r}: allowed values are {', '.join(map(repr, allowed))}")
-    return value
+from experiments.checks import ConfigError, check_choice, check_nonnegative_int
+from experiments.models.checkpoint import check_weights_path
+from experiments.run.deploy import check_deploy_config
+from experiments.run.latency import check_latency_config
+from experiments.training.module import LR_SCHEDULES
 
 
 def check_dataset_config(dataset: DictConfig) -> None:
@@ -38,8 +19,6 @@ def check_dataset_config(dataset: DictConfig) -> None:
     target = dataset.get("_target_")
     if not target:
         return
-    from hydra.utils import get_class
-
     try:
         check = getattr(get_class(str(target)), "check_config", None)
     except Exception as err:  # an unimportable target fails with Hydra's own message when instantiated
@@ -54,8 +33,6 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.get("threads") is not None and check_nonnegative_int("threads", cfg.threads) < 1:
         raise ConfigError(f"threads={cfg.threads}: must be null or an integer >= 1")
     check_nonnegative_int("baseline.epochs", cfg.baseline.epochs)
-    from experiments.run.module import LR_SCHEDULES
-
     check_choice("baseline.lr_schedule", cfg.baseline.lr_schedule, LR_SCHEDULES)
     root = cfg.dataset.get("root")
     if root is not None and not Path(str(root)).is_dir() and not cfg.dataset.get("fallback", False):
@@ -67,15 +44,10 @@ def validate_config(cfg: DictConfig) -> None:
         if key in cfg.dataset and (not isinstance(cfg.dataset[key], int) or cfg.dataset[key] < 1):
             raise ConfigError(f"dataset.{key}={cfg.dataset[key]!r}: must be an integer >= 1")
     check_dataset_config(cfg.dataset)
-    from experiments.models.checkpoint import check_weights_path
-
     check_weights_path("baseline.checkpoint", cfg.baseline.get("checkpoint"))
     check_weights_path("model.weights", cfg.model.get("weights"))
     for batch in cfg.measure.latency_batch_sizes:
         if not isinstance(batch, int) or batch < 1:
             raise ConfigError(f"measure.latency_batch_sizes contains {batch!r}: batch sizes must be integers >= 1")
-    from experiments.run.deploy import check_deploy_config
-    from experiments.run.latency import check_latency_config
-
     check_latency_config(cfg)
     check_deploy_config(cfg)

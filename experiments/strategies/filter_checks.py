@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 import pruning
-from experiments.run.validation import ConfigError, check_choice, check_nonnegative_int
+from experiments.checks import ConfigError, check_choice, check_nonnegative_int
 from experiments.strategies.parts import freeze_spec
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 from torch import nn
 
 import pruning
-from experiments.run.validation import ConfigError, check_ratio
+from experiments.checks import ConfigError, check_ratio
 from experiments.strategies.filter_checks import check_filter_pruning
 from experiments.strategies.parts import Retrain, Scan, Strategy, freeze_spec, optimizer_parts, output_layer_name
 from experiments.strategies.plan import (

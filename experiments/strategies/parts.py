@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 import pruning
-from experiments.run.module import LR_SCHEDULES
-from experiments.run.validation import ConfigError, check_choice, check_nonnegative_int, check_ratio
+from experiments.checks import ConfigError, check_choice, check_nonnegative_int, check_ratio
 from experiments.strategies.plan import Runtime, Step
+from experiments.training.module import LR_SCHEDULES
 
 RETRAIN_MODES = ("finetune", "scratch_e", "scratch_b", "none")
 SELECT_CHOICES = ("last", "best_val")

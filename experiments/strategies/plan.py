@@ -26,9 +26,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 import pruning
-from experiments.run.context import Phase, RunContext, measure_model
-from experiments.run.module import Classifier
-from experiments.run.validation import ConfigError
+from experiments.checks import ConfigError
+from experiments.models.registry import reinitialize_like
+from experiments.training.context import Phase, RunContext, measure_model, seed_phase
+from experiments.training.module import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,6 @@ class Runtime:
             n = max(2, len(self.example))
             x = self.example[:1].expand(n, *self.example.shape[1:]).clone()
             return x, torch.zeros(n, dtype=torch.long)
-        from experiments.run.context import seed_phase
-
         seed_phase(self.cfg, self.ctx.datamodule, "calibration")
         xs, ys = [], []
         for i, (x, y) in enumerate(self.ctx.datamodule.train_dataloader()):
@@ -266,8 +265,6 @@ def reinitialize(model: nn.Module, rt: Runtime) -> None:
     """Re-initialise the (pruned) model as its builder initialises a new one: the builder's
     own init on a fresh dense model, cut to this structure, then each layer re-initialised
     for its new fan-in/fan-out the way the builder's init does."""
-    from experiments.models.registry import reinitialize_like
-
     torch.manual_seed(rt.seed + 7919)
     fresh = rt.build_model()
     pruning.apply_record(fresh, rt.strategy.structure_record())

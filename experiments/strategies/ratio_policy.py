@@ -13,8 +13,9 @@ from typing import Any, Mapping
 
 from torch import nn
 
+import pruning
+from experiments.checks import ConfigError, check_ratio
 from experiments.models.registry import conv_layers
-from experiments.run.validation import ConfigError, check_ratio
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +192,6 @@ class SensitivityTarget(ScanPolicy):
         """Fraction of ``full`` that pruning the groups at ``ratios`` removes (counted exactly)."""
         import copy
 
-        import pruning
-
         active = {g: r for g, r in ratios.items() if r > 0}
         if not active:
             return 0.0
@@ -211,8 +210,6 @@ class SensitivityTarget(ScanPolicy):
         return out
 
     def __call__(self, model: nn.Module, example: Any, scan: ScanTable) -> dict[str, float]:
-        import pruning
-
         curves = scan.curves()
         full = getattr(pruning.count(model, example), self.resource)
         wanted = self.reduction
@@ -295,8 +292,6 @@ class LatencyTarget(ScanPolicy):
 
     def __call__(self, model: nn.Module, example: Any, scan: ScanTable) -> dict[str, float]:
         import copy
-
-        import pruning
 
         dry = scan.placeholder  # the dry run checks reachability with one quick pass
         trial = copy.deepcopy(model)

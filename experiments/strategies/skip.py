@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 import pruning
-from experiments.run.validation import ConfigError
+from experiments.checks import ConfigError
 from experiments.strategies.ratio_policy import ScanTable
 
 MAX_CHOICES = 100

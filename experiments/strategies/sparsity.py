@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 import pruning
-from experiments.run.validation import ConfigError, check_choice
+from experiments.checks import ConfigError, check_choice
 from experiments.strategies.filters import FilterPruning
 from experiments.strategies.parts import Retrain
 from experiments.strategies.plan import Measure, Prune, Runtime, Step, Train

@@ -18,13 +18,13 @@ import torch
 from torch import nn
 
 import pruning
-from experiments.run.context import Phase, measure_model
-from experiments.run.distributed import is_global_zero
-from experiments.run.module import Classifier
-from experiments.run.validation import ConfigError, check_choice, check_ratio
+from experiments.checks import ConfigError, check_choice, check_ratio
 from experiments.storage.files import atomic_write_bytes
 from experiments.strategies.parts import Retrain, Strategy, freeze_spec
 from experiments.strategies.plan import Measure, Prune, Runtime, Step, Train
+from experiments.training.context import Phase, measure_model
+from experiments.training.distributed import is_global_zero
+from experiments.training.module import Classifier
 
 FREEZE_CHOICES = (None, "conv", "fc")
 SCHEDULE_CHOICES = ("linear", "geometric", "cubic", "gradual")

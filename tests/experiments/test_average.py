@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 import pruning
-from experiments.run.module import Classifier
+from experiments.checks import ConfigError
 from experiments.run.pipeline import run
-from experiments.run.validation import ConfigError
 from experiments.strategies.plan import refresh_batchnorm
+from experiments.training.module import Classifier
 from tests.experiments.conftest import FAST
 
 

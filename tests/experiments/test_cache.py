@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from experiments.run.baseline import architecture_fingerprint, baseline_key, obtain_baseline
-from experiments.run.context import RunContext
 from experiments.storage.cache import BaselineCache
+from experiments.training.context import RunContext
 from tests.experiments.conftest import FAST
 
 LOG = "experiments.storage.cache"

@@ -175,7 +175,7 @@ def test_a_checkpoint_saved_by_lightning_from_our_classifier_loads(tmp_path):
     import lightning as L
 
     from experiments.data import SyntheticDataModule
-    from experiments.run.module import Classifier
+    from experiments.training.module import Classifier
 
     dm = SyntheticDataModule(num_classes=3, in_channels=1, input_size=8, n_train=64, n_test=16, batch_size=16)
     torch.manual_seed(0)

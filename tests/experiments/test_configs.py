@@ -6,8 +6,8 @@ import pytest
 from hydra.utils import instantiate
 
 import pruning
+from experiments.checks import ConfigError
 from experiments.run.pipeline import run
-from experiments.run.validation import ConfigError
 from tests.experiments.conftest import FAST
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

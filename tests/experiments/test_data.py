@@ -218,7 +218,8 @@ def test_torchvision_root_lacking_files_names_them(tmp_path):
 
 
 def test_a_missing_root_folder_is_allowed_only_with_the_fallback(compose_cfg, tmp_path):
-    from experiments.run.validation import ConfigError, validate_config
+    from experiments.checks import ConfigError
+    from experiments.run.validation import validate_config
 
     with pytest.raises(ConfigError, match=r"dataset.root=.*no such directory.*dataset.fallback=true"):
         validate_config(compose_cfg("dataset=fashion_mnist", f"dataset.root={tmp_path}/missing"))

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from experiments.checks import ConfigError
 from experiments.run.deploy import (
     OnnxExportError,
     OnnxMismatch,
@@ -13,7 +14,6 @@ from experiments.run.deploy import (
     export_verified_onnx,
 )
 from experiments.run.pipeline import run
-from experiments.run.validation import ConfigError
 from experiments.storage.results import read_rows
 from tests.experiments.conftest import FAST
 

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.run.module import Classifier
 from experiments.run.pipeline import run
+from experiments.training.module import Classifier
 from tests.experiments.conftest import FAST
 
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from experiments.checks import ConfigError
 from experiments.data import BadImageError, ImageFolderDataModule
-from experiments.run.validation import ConfigError, validate_config
+from experiments.run.validation import validate_config
 
 
 def make_images(folder: Path, classes: int = 3, per_class: int = 8, size: int = 32, seed: int = 0) -> Path:

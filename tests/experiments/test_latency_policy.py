@@ -5,7 +5,7 @@ import torch
 from hydra.utils import instantiate
 
 import pruning
-from experiments.run.validation import ConfigError
+from experiments.checks import ConfigError
 from experiments.strategies.ratio_policy import LatencyTarget, placeholder_scan
 from tests.experiments.conftest import FAST
 from tests.experiments.test_strategies import planned

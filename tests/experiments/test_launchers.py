@@ -10,9 +10,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 from hydra.utils import instantiate
 
-from experiments.run import distributed, sweep
-from experiments.run.validation import ConfigError
+from experiments.checks import ConfigError
+from experiments.run import sweep
 from experiments.storage.results import read_rows
+from experiments.training import distributed
 from tests.experiments.conftest import CONF
 from tests.experiments.test_sweep import TINY, compose_job, run_py, task
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from experiments.data import TensorBatches
-from experiments.run.module import Classifier, TrainingDivergedError
+from experiments.training.module import Classifier, TrainingDivergedError
 
 
 def _trainer(epochs: int = 1) -> L.Trainer:

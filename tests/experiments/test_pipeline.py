@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments.checks import ConfigError
 from experiments.run.pipeline import run
-from experiments.run.validation import ConfigError
 from experiments.storage.results import read_rows
 from tests.experiments.conftest import FAST
 

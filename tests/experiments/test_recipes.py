@@ -12,11 +12,11 @@ from hydra.utils import instantiate
 from torch import nn
 
 import pruning
+from experiments.checks import ConfigError
 from experiments.data import SyntheticDataModule
-from experiments.run.module import Classifier
 from experiments.run.pipeline import run
-from experiments.run.validation import ConfigError
 from experiments.storage.results import read_rows
+from experiments.training.module import Classifier
 from tests.experiments.conftest import FAST
 
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import pruning
+from experiments.checks import ConfigError
 from experiments.run.pipeline import run
-from experiments.run.validation import ConfigError
 from experiments.strategies.plan import Prune, Train
 from experiments.strategies.sparsity import BatchNormL1, GroupNormSparsity, SoftFilterPruning, global_counts
 from tests.experiments.conftest import FAST

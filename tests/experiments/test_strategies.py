@@ -5,8 +5,8 @@ import torch
 from hydra.utils import instantiate
 
 import pruning
+from experiments.checks import ConfigError
 from experiments.run.pipeline import run
-from experiments.run.validation import ConfigError
 from experiments.storage.results import read_rows
 from experiments.strategies.plan import Runtime, Train, execute, split_budget
 from experiments.strategies.ratio_policy import ScanTable, SensitivityMaxDrop, SensitivityTarget

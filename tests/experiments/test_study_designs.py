@@ -8,8 +8,8 @@ import torch
 from hydra.utils import instantiate
 
 import pruning
+from experiments.checks import ConfigError
 from experiments.run.pipeline import run
-from experiments.run.validation import ConfigError
 from experiments.storage.results import read_rows
 from experiments.strategies.plan import Runtime, Train, execute, recalibrate_batchnorm
 from experiments.strategies.ratio_policy import ScanTable

@@ -15,8 +15,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from experiments.checks import ConfigError
 from experiments.run import sweep
-from experiments.run.validation import ConfigError
 from experiments.storage.results import append_row, read_rows
 from tests.experiments.conftest import CONF, FAST
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 import pruning
+from experiments.checks import ConfigError
 from experiments.run.pipeline import run
-from experiments.run.validation import ConfigError
 from tests.experiments.conftest import FAST
 
 

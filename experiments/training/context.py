@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import pruning
-from experiments.run.module import Classifier
+from experiments.storage.tracking import check_wandb_online
+from experiments.training.module import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,6 @@ class RunContext:
         fallback = bool(settings.pop("fallback_offline", False))
         mode = "offline" if settings.get("offline", True) else "online"
         if mode == "online":  # a clear error within seconds, not a wandb traceback after minutes
-            from experiments.storage.tracking import check_wandb_online
-
             mode = check_wandb_online(fallback_offline=fallback)
             settings["offline"] = mode == "offline"
         os.environ["WANDB_MODE"] = mode

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
+from experiments.checks import ConfigError
+
 JOB_ENV = "PRUNEKIT_DDP_JOB"
 # what Lightning's launcher sets in rank 0's environment at the first fit of a run
 LAUNCH_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -89,8 +91,6 @@ def prepare_job(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     launcher = str(hydra_cfg.get("launcher", {}).get("_target_", ""))
     if launcher.endswith(("JoblibLauncher", "submitit_launcher.LocalLauncher")):
-        from experiments.run.validation import ConfigError
-
         name = "joblib" if launcher.endswith("JoblibLauncher") else "submitit_local"
         raise ConfigError(
             f"trainer.strategy={cfg.trainer.strategy!r} with hydra/launcher={name}: Lightning starts the other DDP "

@@ -1,0 +1,82 @@
+"""Fail when modules of the project import each other in a circle, directly or through others
+(at module level or inside a function). Run by `make lint`; layers are checked by import-linter."""
+
+from __future__ import annotations
+
+import sys
+
+import grimp
+
+PACKAGES = ("pruning", "experiments", "analysis")
+
+
+def import_cycles(graph: grimp.ImportGraph) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm). A package's
+    own ``__init__`` importing its modules is not counted: a module that imports a sibling through
+    the package (``from pkg import sibling``) would otherwise always close a circle."""
+    modules = sorted(graph.modules)
+    edges = {
+        m: sorted(
+            d
+            for d in graph.find_modules_directly_imported_by(m)
+            if d in graph.modules and not (d != m and m.startswith(d + "."))
+        )
+        for m in modules
+    }
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(root: str) -> None:  # iterative, so deep graphs do not hit the recursion limit
+        work = [(root, iter(edges[root]))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(edges[child])))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    m = stack.pop()
+                    on_stack.discard(m)
+                    component.append(m)
+                    if m == node:
+                        break
+                if len(component) > 1:
+                    cycles.append(sorted(component))
+
+    for m in modules:
+        if m not in index:
+            visit(m)
+    return cycles
+
+
+def main() -> int:
+    graph = grimp.build_graph(*PACKAGES)
+    cycles = import_cycles(graph)
+    for component in cycles:
+        print("import circle: " + " <-> ".join(component), file=sys.stderr)
+    if cycles:
+        print(f"{len(cycles)} import circle(s): move the shared code into a module both can import", file=sys.stderr)
+        return 1
+    print(f"no import circles among {len(graph.modules)} modules")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
