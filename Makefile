@@ -14,7 +14,7 @@ lint: setup  ## ruff (lint, formatting), import direction and import circles
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/lint-imports --no-cache
-	.venv/bin/python scripts/check_import_cycles.py
+	.venv/bin/python scripts/check_imports.py
 
 quick: setup  ## the tests not marked slow (the edit loop)
 	WANDB_MODE=offline .venv/bin/python -m pytest -m "not slow" $(ARGS)

@@ -33,8 +33,7 @@ from torch import nn
 import pruning
 from experiments.models import build_model
 from experiments.models.torchvision_models import torchvision_model
-from pruning.latency.search import check_target
-from pruning.latency.table import forget_timings
+from pruning.latency import check_target, forget_timings
 
 
 def build(name: str, input_size: int) -> nn.Module:

@@ -44,7 +44,7 @@ from torch import nn
 import pruning
 from experiments.models import MODELS
 from pruning.evaluation import evaluate
-from pruning.structured.scan import SensitivityTable, sensitivity
+from pruning.structured import SensitivityTable, sensitivity
 
 TARGETS = {"vgg16_cifar": 2.0, "resnet56": 1.6}
 

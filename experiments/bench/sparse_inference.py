@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 import pruning
-from pruning.unstructured.sparse import time_ms
+from pruning.unstructured import time_ms
 
 LENET_KEEP = {"fc1": 0.08, "fc2": 0.09, "fc3": 0.26}
 

@@ -1,9 +1,12 @@
 """Fail when modules of the project import each other in a circle, directly or through others
-(at module level or inside a function). Run by `make lint`; layers are checked by import-linter."""
+(at module level or inside a function), or when a module uses another module's private names
+(``from x import _name``, ``Imported._name``). Run by `make lint`; import-linter checks the layers."""
 
 from __future__ import annotations
 
+import ast
 import sys
+from pathlib import Path
 
 import grimp
 
@@ -66,15 +69,51 @@ def import_cycles(graph: grimp.ImportGraph) -> list[list[str]]:
     return cycles
 
 
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_uses(path: Path) -> list[str]:
+    """``file:line name`` for each private name this file takes from another project module:
+    imported by name, or read as an attribute of a name it imported from the project."""
+    tree = ast.parse(path.read_text(), str(path))
+    imported: set[str] = set()
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
+            for alias in node.names:
+                imported.add(alias.asname or alias.name)
+                if _private(alias.name):
+                    found.append(f"{path}:{node.lineno} imports {node.module}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            imported.update((a.asname or a.name).split(".")[0] for a in node.names if a.name.split(".")[0] in PACKAGES)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _private(node.attr):
+            base = node.value
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if isinstance(base, ast.Name) and base.id in imported:
+                found.append(f"{path}:{node.lineno} reads {ast.unparse(node)}")
+    return found
+
+
 def main() -> int:
     graph = grimp.build_graph(*PACKAGES)
     cycles = import_cycles(graph)
     for component in cycles:
         print("import circle: " + " <-> ".join(component), file=sys.stderr)
+    private = [
+        use for package in PACKAGES for path in sorted(Path(package).rglob("*.py")) for use in private_uses(path)
+    ]
+    for use in private:
+        print("private name used across modules: " + use, file=sys.stderr)
     if cycles:
         print(f"{len(cycles)} import circle(s): move the shared code into a module both can import", file=sys.stderr)
+    if private:
+        print(f"{len(private)} private name(s) used across modules: make them public or move them", file=sys.stderr)
+    if cycles or private:
         return 1
-    print(f"no import circles among {len(graph.modules)} modules")
+    print(f"no import circles among {len(graph.modules)} modules, no private names used across them")
     return 0
 
 
