@@ -13,11 +13,7 @@ class ConfigError(ValueError):
 
 
 def check_ratio(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}={value!r}: must be a number in [0, 1)")
-    if not 0.0 <= float(value) < 1.0:
-        raise ConfigError(f"{key}={value!r}: ratios must be in [0, 1)")
-    return float(value)
+    return float(check_number(key, value, 0, 1, high_open=True))
 
 
 def check_nonnegative_int(key: str, value: Any) -> int:

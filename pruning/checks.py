@@ -28,9 +28,12 @@ def check_number(
     low_open: bool = False,
     high_open: bool = False,
     error: type[Exception] = ValueError,
+    suffix: str = "",
 ) -> Any:
     """``value`` unchanged if it is a number (an integer with ``integer``; never a bool or NaN)
-    within the bounds, else ``error`` saying ``key=value: must be an integer >= 1`` or the like."""
+    within the bounds, else ``error`` saying ``key=value: must be an integer >= 1`` or the like;
+    ``suffix`` ends that message: the other values the caller accepts (``" or None"``) or what
+    the number means (``" (optimizer steps)"``)."""
     kind = (numbers.Integral,) if integer else (numbers.Real,)
     ok = not isinstance(value, bool) and isinstance(value, kind)
     if ok and not integer:
@@ -41,5 +44,5 @@ def check_number(
         ok = value < high if high_open else value <= high
     if not ok:
         what = "an integer" if integer else "a number"
-        raise error(f"{key}={value!r}: must be {what}{describe_range(low, high, low_open, high_open)}")
+        raise error(f"{key}={value!r}: must be {what}{describe_range(low, high, low_open, high_open)}{suffix}")
     return value

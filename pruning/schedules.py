@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import math
 
+from pruning.checks import check_number
+
 SCHEDULE_KINDS = ("linear", "geometric", "cubic")
+
+
+def _check_steps(step: int, total: int) -> None:
+    check_number("total", total, 1, integer=True, suffix=" (the number of steps)")
+    check_number("step", step, 0, total, integer=True, suffix=f" (total={total})")
 
 
 def sparsity_schedule(step: int, total: int, final: float, initial: float = 0.0, kind: str = "linear") -> float:
@@ -15,10 +22,7 @@ def sparsity_schedule(step: int, total: int, final: float, initial: float = 0.0,
     by the same factor each step (Han's iterative prune/retrain: prune the same share of
     what is left). ``cubic``: fast at first, slow at the end (Zhu & Gupta 2017).
     """
-    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
-        raise ValueError(f"total={total!r}: the number of steps must be an integer >= 1")
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total:
-        raise ValueError(f"step={step!r}: steps must be integers in [0, total={total}]")
+    _check_steps(step, total)
     for label, value in (("final", final), ("initial", initial)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{label}={value}: sparsities must be in [0, 1)")
@@ -36,10 +40,7 @@ def channel_schedule(channels: int, kept: int, step: int, total: int) -> int:
     """Channels a group keeps after step ``step`` of ``total`` when it goes from ``channels``
     to ``kept`` in equal geometric steps (the same share of what is left each step); step
     ``total`` gives exactly ``kept``, so every schedule ends at the same architecture."""
-    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
-        raise ValueError(f"total={total!r}: the number of steps must be an integer >= 1")
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total:
-        raise ValueError(f"step={step!r}: steps must be integers in [0, total={total}]")
+    _check_steps(step, total)
     if not 1 <= kept <= channels:
         raise ValueError(f"kept={kept}: must be in [1, channels={channels}]")
     if step == total:

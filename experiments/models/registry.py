@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-import numbers
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from torch import nn
+
+from experiments.checks import check_number
 
 ModelBuilder = Callable[..., nn.Module]
 
@@ -42,9 +43,7 @@ def _check_io(name: str, kwargs: dict) -> None:
             f"{', '.join(missing)} (the pipeline passes them from the dataset)"
         )
     for key in IO_ARGS:
-        value = kwargs[key]
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"model '{name}': {key}={value!r} must be a positive int")
+        check_number(f"model '{name}': {key}", kwargs[key], 1, integer=True)
 
 
 def _check_options(name: str, builder: ModelBuilder, kwargs: dict) -> None:

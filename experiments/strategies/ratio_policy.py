@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from torch import nn
 
 import pruning
-from experiments.checks import ConfigError, check_ratio
+from experiments.checks import ConfigError, check_number, check_ratio
 from experiments.models.registry import conv_layers
 
 log = logging.getLogger(__name__)
@@ -141,10 +141,7 @@ class SensitivityMaxDrop(ScanPolicy):
     policy_name = "max_drop"
 
     def validate(self) -> None:
-        if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or not 0 <= self.max_drop < 1:
-            raise ConfigError(
-                f"strategy.ratio.max_drop={self.max_drop!r}: must be a number in [0, 1) (accuracy, not percent)"
-            )
+        check_number("strategy.ratio.max_drop", self.max_drop, 0, 1, high_open=True, suffix=" (accuracy, not percent)")
 
     def __call__(self, model: nn.Module, example: Any, scan: ScanTable) -> dict[str, float]:
         out = {}
@@ -181,12 +178,7 @@ class SensitivityTarget(ScanPolicy):
         if self.match_uniform is not None:
             check_ratio("strategy.ratio.match_uniform", self.match_uniform)
             return
-        if (
-            isinstance(self.reduction, bool)
-            or not isinstance(self.reduction, (int, float))
-            or not 0 < self.reduction < 1
-        ):
-            raise ConfigError(f"strategy.ratio.reduction={self.reduction!r}: must be a fraction in (0, 1)")
+        check_number("strategy.ratio.reduction", self.reduction, 0, 1, low_open=True, high_open=True)
 
     def _removed(self, model: nn.Module, example: Any, ratios: dict[str, float], full: float) -> float:
         """Fraction of ``full`` that pruning the groups at ``ratios`` removes (counted exactly)."""
@@ -274,21 +266,27 @@ class LatencyTarget(ScanPolicy):
     policy_name = "latency_target"
 
     def validate(self) -> None:
-        t = self.target
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
-            raise ConfigError(f"strategy.ratio.target={t!r}: must be in (0, 1) (a latency ratio, pruned / dense)")
+        check_number(
+            "strategy.ratio.target",
+            self.target,
+            0,
+            1,
+            low_open=True,
+            high_open=True,
+            suffix=" (a latency ratio, pruned / dense)",
+        )
         for key in ("batch_size", "grid", "passes"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"strategy.ratio.{key}={v!r}: must be an integer >= 1")
-        if (
-            isinstance(self.max_ratio, bool)
-            or not isinstance(self.max_ratio, (int, float))
-            or not 0 < self.max_ratio < 1
-        ):
-            raise ConfigError(f"strategy.ratio.max_ratio={self.max_ratio!r}: must be in (0, 1)")
-        if not isinstance(self.tolerance, (int, float)) or not 0 < self.tolerance < 1:
-            raise ConfigError(f"strategy.ratio.tolerance={self.tolerance!r}: must be in (0, 1) (relative to target)")
+            check_number(f"strategy.ratio.{key}", getattr(self, key), 1, integer=True)
+        check_number("strategy.ratio.max_ratio", self.max_ratio, 0, 1, low_open=True, high_open=True)
+        check_number(
+            "strategy.ratio.tolerance",
+            self.tolerance,
+            0,
+            1,
+            low_open=True,
+            high_open=True,
+            suffix=" (relative to target)",
+        )
 
     def __call__(self, model: nn.Module, example: Any, scan: ScanTable) -> dict[str, float]:
         import copy

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import pruning
-from experiments.checks import ConfigError, check_choice, check_ratio
+from experiments.checks import ConfigError, check_choice, check_number, check_ratio
 from experiments.storage.files import atomic_write_bytes
 from experiments.strategies.parts import Retrain, Strategy, freeze_spec
 from experiments.strategies.plan import Measure, Prune, Runtime, Step, Train
@@ -52,9 +52,9 @@ class Storage:
             value = getattr(self, name)
             if name == "index_bits" and value == "auto":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
-                allowed = "an integer in [1, 16] or 'auto'" if name == "index_bits" else "an integer in [1, 16]"
-                raise ConfigError(f"{key}.{name}={value!r}: bits must be {allowed}")
+            check_number(
+                f"{key}.{name}", value, 1, 16, integer=True, suffix=" or 'auto'" if name == "index_bits" else ""
+            )
 
     def bits_for(self, model: nn.Module, names: Iterable[str]) -> dict[str, int]:
         modules = dict(model.named_modules())
@@ -112,18 +112,9 @@ class WeightPruning(Strategy):
         check_choice("strategy.scope", self.scope, ("layer", "global"))
         check_choice("strategy.schedule", self.schedule, SCHEDULE_CHOICES)
         for key in ("gradual_every", "regrow_every"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"strategy.{key}={value!r}: must be an integer >= 1 (optimizer steps)")
-        for key, low_open in (("gradual_until", True), ("regrow", False)):
-            value = getattr(self, key)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not (0 < value <= 1 if low_open else 0 <= value <= 1)
-            ):
-                allowed = "(0, 1]" if low_open else "[0, 1] (0: off)"
-                raise ConfigError(f"strategy.{key}={value!r}: must be a number in {allowed}")
+            check_number(f"strategy.{key}", getattr(self, key), 1, integer=True, suffix=" (optimizer steps)")
+        check_number("strategy.gradual_until", self.gradual_until, 0, 1, low_open=True)
+        check_number("strategy.regrow", self.regrow, 0, 1, suffix=" (0: off)")
         if self.schedule == "gradual":
             if self.sparsity is None:
                 raise ConfigError(
@@ -148,8 +139,7 @@ class WeightPruning(Strategy):
                 f"strategy.retrain.mode={self.retrain.mode}: training from scratch needs a pruned "
                 "architecture (filter pruning); weight pruning keeps the dense shapes. Use finetune or none"
             )
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
-            raise ConfigError(f"strategy.rounds={self.rounds!r}: must be an integer >= 1")
+        check_number("strategy.rounds", self.rounds, 1, integer=True)
         if self.regularization_strength < 0:
             raise ConfigError(f"strategy.regularization_strength={self.regularization_strength}: must be >= 0")
         params = dict(model.named_parameters())

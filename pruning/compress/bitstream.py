@@ -11,6 +11,8 @@ import struct
 
 import numpy as np
 
+from pruning.checks import check_number
+
 # Values per chunk when expanding integers to bits (bounds peak memory to ~16 MiB).
 _CHUNK = 1 << 20
 
@@ -21,9 +23,7 @@ class CompressedFormatError(ValueError):
 
 def check_bits(bits: int, what: str) -> int:
     """Validate a bit width in [1, 16]; return it as int."""
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= int(bits) <= 16:
-        raise ValueError(f"{what}={bits!r}: bit widths must be integers in [1, 16]")
-    return int(bits)
+    return int(check_number(what, bits, 1, 16, integer=True))
 
 
 def fixed_nbytes(count: int, bits: int) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruning.checks import check_number
 from pruning.evaluation import eval_mode
 
 _MIN_SAMPLE_S = 0.002  # one timed sample repeats the forward pass until it lasts about this long
@@ -86,8 +87,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 def batch_inputs(example_inputs: Any, batch_size: int, device: torch.device) -> tuple:
     """``example_inputs`` (a tensor or a tuple) with each tensor's first sample repeated to ``batch_size``."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1")
+    check_number("batch_size", batch_size, 1, integer=True)
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     out = []
     for x in inputs:
@@ -105,8 +105,7 @@ def pinned_threads(threads: int | None, collect: bool = True) -> Iterator[int]:
     collection when ``collect``), so it cannot land inside a timed call."""
     before = torch.get_num_threads()
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads={threads!r}: must be an integer >= 1 or None (keep the current setting)")
+        check_number("threads", threads, 1, integer=True, suffix=" or None (keep the current setting)")
         torch.set_num_threads(threads)
     gc_was_enabled = gc.isenabled()
     if collect:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruning.checks import check_number
 from pruning.criteria import get_criterion
 from pruning.latency.comparison import LatencyComparison, compare_latency
 from pruning.latency.table import LatencyTable, latency_table
@@ -77,11 +78,9 @@ class UnreachableTarget(ValueError):
 
 def check_target(target: Any) -> float:
     """``target`` as a float in (0, 1), or a ValueError naming it and the allowed range."""
-    if isinstance(target, bool) or not isinstance(target, numbers.Real) or math.isnan(target):
-        raise ValueError(f"target={target!r}: a latency ratio (pruned / dense) must be a number in (0, 1)")
-    if not 0.0 < float(target) < 1.0:
-        raise ValueError(f"target={target!r}: must be in (0, 1) (a latency ratio, pruned / dense)")
-    return float(target)
+    return float(
+        check_number("target", target, 0, 1, low_open=True, high_open=True, suffix=" (a latency ratio, pruned / dense)")
+    )
 
 
 def _criterion_costs(table: LatencyTable, criterion: Any) -> dict[str, Cost]:

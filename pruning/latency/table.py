@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruning.checks import check_number
 from pruning.graph.groups import ChannelGroup, build_graph
 from pruning.latency.comparison import (
     LatencyComparison,
@@ -83,8 +84,7 @@ class LatencyTable:
         calibrate_s: float = 10.0,
         max_points: int = 16,
     ):
-        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
-            raise ValueError(f"grid={grid!r}: must be an integer >= 1 (a channel multiple, e.g. 8 or 16)")
+        check_number("grid", grid, 1, integer=True, suffix=" (a channel multiple, e.g. 8 or 16)")
         self.model, self.example_inputs, self.batch_size = model, example_inputs, batch_size
         self.threads, self.repeats = threads, max(1, repeats)
         self.device = model_device(model)

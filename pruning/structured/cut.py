@@ -9,13 +9,13 @@ the layer handlers. The model's outputs are never cut.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from pruning.checks import check_number
 from pruning.criteria import Criterion, get_criterion
 from pruning.graph.groups import ChannelGraph, ChannelGroup, build_graph
 from pruning.graph.handlers import cut_tensor
@@ -24,13 +24,9 @@ from pruning.structured.record import PruningRecord, RecordEntry
 Ratio = float | Mapping[str, float]
 
 
-def check_ratio(where: str, ratio: Any) -> float:
-    """``ratio`` as a float in [0, 1), or a ValueError that says where it came from."""
-    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
-        raise TypeError(f"ratio for {where} must be a number in [0, 1), got {ratio!r}")
-    if not 0.0 <= float(ratio) < 1.0 or math.isnan(ratio):
-        raise ValueError(f"ratio={ratio} for {where}: ratios must be in [0, 1)")
-    return float(ratio)
+def check_ratio(key: str, ratio: Any) -> float:
+    """``ratio`` as a float in [0, 1), or a ValueError naming ``key`` (``ratio['features.0']``)."""
+    return float(check_number(key, ratio, 0, 1, high_open=True))
 
 
 def kept_channels(n: int, ratio: float, round_to: int = 1, frozen: int = 0) -> int:
@@ -52,14 +48,14 @@ def kept_channels(n: int, ratio: float, round_to: int = 1, frozen: int = 0) -> i
 
 def _group_ratios(model: nn.Module, groups: list[ChannelGroup], ratio: Ratio) -> dict[int, float]:
     if not isinstance(ratio, Mapping):
-        r = check_ratio("every layer", ratio)
+        r = check_ratio("ratio", ratio)
         return {g.index: r for g in groups if g.n_prunable > 0}
     by_name = {n: g for g in groups for n in g.names}
     valid = [n for g in groups if g.n_prunable > 0 for n in g.names]
     out: dict[int, float] = {}
     named: dict[int, str] = {}
     for name, r in ratio.items():
-        r = check_ratio(f"layer {name!r}", r)
+        r = check_ratio(f"ratio[{name!r}]", r)
         g = by_name.get(name)
         if g is None:
             known = name in dict(model.named_modules())
@@ -182,9 +178,7 @@ def check_round_to(round_to: Any) -> None:
     """Refuse a ``round_to`` that is neither a positive integer nor a registered rounding."""
     if isinstance(round_to, str) and round_to in ROUNDINGS:
         return
-    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        names = "".join(f" or {n!r}" for n in sorted(ROUNDINGS))
-        raise ValueError(f"round_to={round_to!r}: must be a positive integer{names}")
+    check_number("round_to", round_to, 1, integer=True, suffix="".join(f" or {n!r}" for n in sorted(ROUNDINGS)))
 
 
 def prune_filters(
@@ -211,9 +205,9 @@ def prune_filters(
     crit = get_criterion(criterion)
     if isinstance(ratio, Mapping):
         for name, r in ratio.items():
-            check_ratio(f"layer {name!r}", r)
+            check_ratio(f"ratio[{name!r}]", r)
     else:
-        check_ratio("every layer", ratio)
+        check_ratio("ratio", ratio)
     names = set(dict(model.named_modules())) if ignore else set()
     unknown = [i for i in ignore if i not in names]
     if unknown:
@@ -307,8 +301,7 @@ def prune_to(
                 f"{', '.join(group_name(x) for x in graph.groups if x.n_prunable > 0)}"
             )
         frozen = g.n_channels - g.n_prunable
-        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < max(1, frozen):
-            raise ValueError(f"channels[{name!r}]={count!r}: keep an integer in [{max(1, frozen)}, {g.n_channels}]")
+        check_number(f"channels[{name!r}]", count, max(1, frozen), integer=True)
         keeps[g.index] = min(g.n_prunable, int(count) - frozen)
     removed = removal_for_keep(graph, keeps, crit)
     return cut(model, graph, removed)

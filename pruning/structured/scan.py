@@ -28,6 +28,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
+from pruning.checks import check_number
 from pruning.criteria import Criterion, get_criterion
 from pruning.evaluation import (
     Batch,
@@ -141,8 +142,7 @@ def sensitivity(
         raise ValueError("ratios is empty: give at least one ratio in [0, 1)")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be callable as progress(i, n, group), got {progress!r}")
-    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
-        raise ValueError(f"max_rows={max_rows!r}: must be a positive integer")
+    check_number("max_rows", max_rows, 1, integer=True)
     data, metric = materialize(batches, model), metric or top1
     ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
     crit, scores = get_criterion(criterion), {}

@@ -14,11 +14,11 @@ from tests.experiments.test_strategies import planned
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("target", 1.5, r"strategy.ratio.target=1.5: must be in \(0, 1\)"),
-        ("target", 0, r"strategy.ratio.target=0: must be in \(0, 1\)"),
+        ("target", 1.5, r"strategy.ratio.target=1.5: must be a number in \(0, 1\)"),
+        ("target", 0, r"strategy.ratio.target=0: must be a number in \(0, 1\)"),
         ("batch_size", 0, r"strategy.ratio.batch_size=0: must be an integer >= 1"),
         ("grid", 2.5, r"strategy.ratio.grid=2.5: must be an integer >= 1"),
-        ("max_ratio", 1.0, r"strategy.ratio.max_ratio=1.0: must be in \(0, 1\)"),
+        ("max_ratio", 1.0, r"strategy.ratio.max_ratio=1.0: must be a number in \(0, 1\)"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(key, value, message):
@@ -31,7 +31,7 @@ def test_config_validates_before_training(compose_cfg):
     model = instantiate(cfg.model, num_classes=10, in_channels=1, input_size=16)
     strategy = instantiate(cfg.strategy, _convert_="all")
     assert isinstance(strategy.ratio, LatencyTarget) and strategy.scan is not None
-    with pytest.raises(ConfigError, match=r"strategy.ratio.target=1.5: must be in \(0, 1\)"):
+    with pytest.raises(ConfigError, match=r"strategy.ratio.target=1.5: must be a number in \(0, 1\)"):
         strategy.validate(model)
 
 

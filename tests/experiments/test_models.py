@@ -129,7 +129,7 @@ def test_unknown_option_lists_accepted_options() -> None:
 def test_missing_or_bad_dataset_arguments_are_named() -> None:
     with pytest.raises(TypeError, match="missing: input_size"):
         build_model("lenet5", num_classes=10, in_channels=1)
-    with pytest.raises(ValueError, match="num_classes=0 must be a positive int"):
+    with pytest.raises(ValueError, match="model 'lenet5': num_classes=0: must be an integer >= 1"):
         build_model("lenet5", num_classes=0, in_channels=1, input_size=28)
 
 

@@ -73,7 +73,7 @@ def test_baseline_is_reused_from_cache(compose_cfg, tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("strategy.ratio=1.2", r"strategy.ratio=1.2: ratios must be in \[0, 1\)"),
+        ("strategy.ratio=1.2", r"strategy.ratio=1.2: must be a number in \[0, 1\)"),
         ("strategy.ratio=-0.1", r"strategy.ratio=-0.1"),
         ("strategy.ratio=0.99", r"would leave layer '.*' with 0 of its"),
         ("strategy.retrain.epochs=-1", r"strategy.retrain.epochs=-1: must be an integer >= 0"),

@@ -63,10 +63,10 @@ def test_deep_compression_round_trip_is_exact(compose_cfg, tmp_path, lossless):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("strategy.sparsity=1.5", r"strategy.sparsity=1.5: ratios must be in \[0, 1\)"),
+        ("strategy.sparsity=1.5", r"strategy.sparsity=1.5: must be a number in \[0, 1\)"),
         (
             "strategy.storage.index_bits=17",
-            r"strategy.storage.index_bits=17: bits must be an integer in \[1, 16\] or 'auto'",
+            r"strategy.storage.index_bits=17: must be an integer in \[1, 16\] or 'auto'",
         ),
         ("strategy.freeze=all", r"strategy.freeze='all': allowed values are"),
         ("strategy.storage.rest=int8", r"strategy.storage.rest='int8': allowed values are"),

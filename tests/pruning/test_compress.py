@@ -22,7 +22,7 @@ from pruning.compress import (
     save_compressed,
     share_weights,
 )
-from pruning.compress.bitstream import ByteReader, pack_fixed, unpack_fixed
+from pruning.compress.bitstream import ByteReader, check_bits, pack_fixed, unpack_fixed
 from pruning.compress.csr import absolute_positions, relative_indices
 from pruning.compress.fileformat import HEADER, best_index_bits, decode_file
 from pruning.unstructured.masks import Masks, prune_weights
@@ -380,6 +380,14 @@ def test_load_into_the_wrong_model_says_what_differs(tmp_path):
         load_compressed(tmp_path / "m.pkdc", wrong)
     with pytest.raises(ValueError, match="missing"):
         load_compressed(tmp_path / "m.pkdc", nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_bit_widths_are_python_or_numpy_integers_in_1_16():
+    for bits in (1, 16, np.int64(8), np.uint8(4)):
+        assert check_bits(bits, "bits") == bits and type(check_bits(bits, "bits")) is int
+    for bits in (0, 17, True, np.bool_(True), 8.0, np.float64(8), "8"):
+        with pytest.raises(ValueError, match=r"bits=.*: must be an integer in \[1, 16\]"):
+            check_bits(bits, "bits")
 
 
 @pytest.mark.parametrize(

@@ -132,7 +132,7 @@ def test_round_to_auto_keeps_at_least_the_planned_channels_and_picks_the_fastest
     assert auto == {"0": (32, 32), "3": (64, 48)}
     pruning.prune_filters(model, X, 0.3, round_to="auto")
     assert tuple(model[3].weight.shape) == (48, 32, 3, 3)
-    with pytest.raises(ValueError, match="round_to='fast': must be a positive integer or 'auto'"):
+    with pytest.raises(ValueError, match="round_to='fast': must be an integer >= 1 or 'auto'"):
         pruning.prune_filters(net(), X, 0.3, round_to="fast")
 
 

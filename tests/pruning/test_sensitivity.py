@@ -232,7 +232,7 @@ def test_criterion_and_round_to_pick_the_channels_prune_filters_picks():
 @pytest.mark.parametrize("ratio", [1.0, -0.1, 1.5])
 def test_bad_ratio_names_value(ratio):
     model = zoo("vgg_small")
-    with pytest.raises(ValueError, match=rf"ratio={ratio} for ratios\[1\]: ratios must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=rf"ratios\[1\]={ratio}: must be a number in \[0, 1\)"):
         sensitivity(model, X, labelled(model), [0.5, ratio])
 
 

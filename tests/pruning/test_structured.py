@@ -226,9 +226,9 @@ def test_ignore_keeps_outputs_of_named_modules():
 # ---- bad input -----------------------------------------------------------------------------
 @pytest.mark.parametrize("ratio", [1.0, -0.1, 1.2, float("nan")])
 def test_bad_ratio(ratio):
-    with pytest.raises(ValueError, match=r"ratios must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"ratio=.*: must be a number in \[0, 1\)"):
         pruning.prune_filters(seq_net(), X, ratio)
-    with pytest.raises(ValueError, match=r"layer 'features.0'.*ratios must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"ratio\['features.0'\]=.*: must be a number in \[0, 1\)"):
         pruning.prune_filters(seq_net(), X, {"features.0": ratio})
 
 
