@@ -10,7 +10,8 @@ run: setup  ## the default study on Fashion-MNIST, offline
 test: setup lint  ## lint, then the whole test suite
 	WANDB_MODE=offline .venv/bin/python -m pytest $(ARGS)
 
-lint: setup  ## ruff: lint and formatting, as pre-commit runs them
+lint: setup  ## no tracked file over 1 MB outside docs/; ruff: lint and formatting, as pre-commit runs them
+	bash scripts/check_large_files.sh
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
