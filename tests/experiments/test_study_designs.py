@@ -213,7 +213,7 @@ def test_uncapped_scratch_b_trains_the_mac_matched_epochs(compose_cfg):
     pruning.prune_filters(pruned, x, 0.5)
     rt = Runtime(cfg=cfg, example=x, build_model=lambda: dense, strategy=strategy, dense_counts=pruning.count(dense, x))
     matched = int(10 * pruning.count(dense, x).macs / pruning.count(pruned, x).macs)
-    assert matched > 20 and strategy._scratch_epochs(pruned, rt) == matched  # more than the old 2x cap
+    assert matched > 20 and strategy._scratch_epochs(pruned, rt) == matched  # more than l1_scratch_b's 2x cap
     assert strategy.parts()["scratch_cap"] is None
 
 
