@@ -18,16 +18,16 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from analysis.power import (
+from analysis.planning import (
     normal_approximation,
     plan,
     power_difference,
     power_equivalence,
-    power_table,
     sd_upper,
     seeds_for_difference,
     seeds_for_equivalence,
 )
+from analysis.power import power_table
 from analysis.verdicts import comparisons
 
 FIXTURES = Path(__file__).parent / "fixtures"

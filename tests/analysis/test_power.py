@@ -3,20 +3,17 @@ import math
 import pytest
 
 from analysis.lessons import LESSONS
-from analysis.power import (
-    CONF,
+from analysis.planning import (
     chi2_quantile,
-    main,
     nct_sf,
     normal_approximation,
     plan,
     power_difference,
     power_equivalence,
-    power_table,
     sd_upper,
     seeds_for_difference,
-    study_arms,
 )
+from analysis.power import CONF, main, power_table, study_arms
 from analysis.stats import t_cdf, t_quantile
 from tests.analysis.helpers import run_row, write_store
 

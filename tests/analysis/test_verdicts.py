@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from analysis.power import plan
+from analysis.planning import plan
 from analysis.stats import holm, t_cdf, t_quantile
 from analysis.verdicts import compare, comparisons, pooled_sd, rule_text, summary_lines, verdict_report
 from tests.analysis.helpers import resolved_config, run_row, write_store
