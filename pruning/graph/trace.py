@@ -215,17 +215,19 @@ class _Tracer:
         return m.ids
 
     def vector(self, lab: Tensor | None, axis: int, size: int, what: str) -> Tensor | None:
-        """The ids along ``axis`` (length ``size``) of a label; None if untracked."""
+        """The ids along ``axis`` (length ``size``) of a label; None if untracked. Where the ids
+        also vary along other dims (a layer reading the bins of four box sides as one channel),
+        the ids at one position of ``axis`` are the same channel: they are united."""
         if lab is None:
             return None
         shape = lab.shape
         axis = axis % len(shape)
-        mixed = [d for d in range(len(shape)) if d != axis and shape[d] != 1]
-        if mixed or shape[axis] not in (1, size):
-            raise ChannelMappingError(
-                f"{what}: its channels (dim {axis}) are mixed with dims {mixed} of the input; "
-                f"this layout cannot be cut channel by channel"
-            )
+        if shape[axis] not in (1, size):
+            raise ChannelMappingError(f"{what}: its input has {shape[axis]} channels along dim {axis}, not {size}")
+        if any(shape[d] != 1 for d in range(len(shape)) if d != axis):
+            rows = lab.movedim(axis, -1).reshape(-1, shape[axis])
+            self.union(rows[:1].expand(len(rows) - 1, -1), rows[1:], f"{what} reading several ids as one channel")
+            lab = rows.max(0).values
         v = lab.reshape(-1)
         return v.expand(size) if v.numel() == 1 and size != 1 else v
 
@@ -281,7 +283,7 @@ class _Tracer:
     # ---- functional ops ------------------------------------------------------------
     def on_op(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         outs = tensors_in(out)
-        if not outs:
+        if not outs and getattr(func, "__name__", "") != "__setitem__":  # x[i] = v returns None
             return
         ins = tensors_in(args)
         if kwargs:
