@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import torchvision.models.detection as D
 import torchvision.models.segmentation as S
 from torch import Tensor, nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 import pruning
 from tests.pruning.test_structured import randomize_bn, zeroed_reference
@@ -175,6 +176,36 @@ def test_torchvision_detector_prunes_whole_in_eval_mode(name):
     with torch.no_grad():
         (det,) = model([images[0].double()])
     assert set(det) >= {"boxes", "scores", "labels"} and bool((det["labels"] < NC).all())
+
+
+def frozen_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Every BatchNorm2d replaced by a FrozenBatchNorm2d with random statistics, as in a
+    torchvision detector built with pretrained weights."""
+    g = torch.Generator().manual_seed(seed)
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.BatchNorm2d):
+            f = FrozenBatchNorm2d(m.num_features, m.eps)
+            n = m.num_features
+            f.weight.copy_(torch.rand(n, generator=g) + 0.5)
+            f.bias.copy_(torch.randn(n, generator=g) * 0.1)
+            f.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            f.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, f)
+    return model
+
+
+def test_pretrained_detector_with_frozen_batchnorm_prunes_its_backbone():
+    build, size, taps, heads = DETECTORS["fasterrcnn_mobilenet_v3_large_fpn"]
+    torch.manual_seed(0)
+    model = frozen_bn(build().eval())
+    model, record, _ = check_whole(model, [torch.rand(3, size, size)], taps, heads)
+    frozen = {
+        e.name
+        for e in record.entries
+        if e.kind == "module" and isinstance(model.get_submodule(e.name), FrozenBatchNorm2d)
+    }
+    assert "backbone.body.0.1" in frozen and len(frozen) > 20
 
 
 @pytest.mark.parametrize(
