@@ -333,12 +333,18 @@ def indices(tr, func, name, args, kwargs, ins, labs, out) -> None:
     if lab.shape[dim] > 1:
         tr.freeze(lab, f"op {name!r} picks channels by value ({tr.where()})")
     outs = _outs(out)
-    if name == "argsort" or len(outs) < 2:
+    if name == "argsort":
         return _set_all(tr, out, None)
-    values, idx = outs[0], outs[1]
-    full = _full(tr, x)
-    tr.set_label(values, full.gather(dim, idx) if lab.shape[dim] > 1 else lab.expand(values.shape).contiguous())
-    tr.set_label(idx, None)
+    values = outs[0]
+    if lab.shape[dim] == 1:  # sorted along a dim without channels: they stay where they are
+        new = lab if values.dim() == x.dim() else lab.squeeze(dim)
+    elif len(outs) > 1 and values.dim() == x.dim():
+        new = _full(tr, x).gather(dim, outs[1])
+    else:
+        new = None
+    tr.set_label(values, new)
+    for o in outs[1:]:
+        tr.set_label(o, None)
 
 
 def setitem(tr, func, name, args, kwargs, ins, labs, out) -> None:
@@ -379,7 +385,7 @@ def roi_pool(tr, func, name, args, kwargs, ins, labs, out) -> None:
     """``roi_align``/``roi_pool``: one output per box, channels kept; the boxes' coordinates
     are values (their channels are frozen)."""
     lab = labs[0] if ins and ins[0] is args[0] else None
-    for t, other in zip(ins[1:], labs[1:]):
+    for other in labs[1:]:
         tr.freeze(other, f"op {name!r} reads box coordinates ({tr.where()})")
     if lab is not None and any(d != 1 for d in _varying(lab)):
         raise tr.error(f"op {name!r} in {tr.where()} pools over dims that carry channels")

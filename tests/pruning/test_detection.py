@@ -350,7 +350,9 @@ def test_per_level_buffer_and_box_ops(rows):
             top = s.topk(2, dim=1).indices
             keep = torch.nonzero(s > 0)
             boxes = torch.stack((s, s), dim=2)
-            return self.fc(buf), top, keep, boxes.sum(2)
+            kth = s.kthvalue(1, dim=1).values
+            spatial = self.a(x).flatten(2).sort(dim=2).values.msort().amax(2)  # channels stay in place
+            return self.fc(buf + spatial), top, keep, boxes.sum(2), kth
 
     torch.manual_seed(0)
     model = Pooled().eval()
