@@ -10,7 +10,8 @@ Two kinds of handler exist, and the graph tracer treats them differently:
   input channels of their group); input channels are consumed. ``prune_out`` and
   ``prune_in`` cut the two sides independently.
 * :class:`ChannelwiseHandler` (BatchNorm, LayerNorm, PReLU): output channel ``i`` is
-  input channel ``i``; ``prune_out`` cuts the per-channel parameters.
+  input channel ``i``; ``prune_out`` cuts the per-channel parameters. torchvision's
+  FrozenBatchNorm2d is known by name (pruning does not import torchvision).
 
 Register your own with :func:`register_handler`; an unknown type that owns parameters
 makes the tracer raise an error that names the module and points here.
@@ -288,6 +289,18 @@ class BatchNormHandler(ChannelwiseHandler):
         return t.reshape(-1, 1)
 
 
+class FrozenBatchNormHandler(BatchNormHandler):
+    """BatchNorm whose affine parameters and statistics are fixed buffers, without
+    ``num_features`` (torchvision's FrozenBatchNorm2d, in every pretrained detector)."""
+
+    def channels(self, module: nn.Module) -> int:
+        return module.weight.shape[0]
+
+    def prune_out(self, module: nn.Module, keep: Tensor) -> None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            cut_tensor(module, name, keep, 0)
+
+
 class LayerNormHandler(ChannelwiseHandler):
     """nn.LayerNorm over one (channel) dim, wherever the channels are.
 
@@ -358,6 +371,8 @@ class PReLUHandler(ChannelwiseHandler):
 Handler = FilterHandler | ChannelwiseHandler
 
 _HANDLERS: dict[type, Handler] = {}
+# types of other libraries, by qualified name, so that pruning imports none of them
+_BY_NAME: dict[str, Handler] = {"torchvision.ops.misc.FrozenBatchNorm2d": FrozenBatchNormHandler()}
 
 
 def register_handler(module_type: type, handler: Handler, *, replace: bool = False) -> None:
@@ -380,7 +395,7 @@ def register_handler(module_type: type, handler: Handler, *, replace: bool = Fal
 def get_handler(module: nn.Module) -> Handler | None:
     """The handler for ``module``'s type (nearest registered base class), or None."""
     for cls in type(module).__mro__:
-        handler = _HANDLERS.get(cls)
+        handler = _HANDLERS.get(cls) or _BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
         if handler is not None:
             return handler
         if cls is nn.Module:
