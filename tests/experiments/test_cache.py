@@ -154,6 +154,54 @@ def test_the_key_follows_the_built_model_and_the_data(compose_cfg):
     )  # evaluation settings do not determine the baseline
 
 
+def pinned_config(cache_dir: Path, weights: str | None = None):
+    return OmegaConf.create(
+        {
+            "seed": 3,
+            "dataset": {
+                "_target_": "experiments.data.SyntheticDataModule",
+                "name": "synthetic",
+                "n_train": 256,
+                "batch_size": 64,
+                "root": "/data",  # volatile keys: not in the key
+                "num_workers": 2,
+                "eval_batch_size": 128,
+                "input_size": "${model.size}",  # resolved
+            },
+            "model": {"_target_": "experiments.models.lenet5", "name": "lenet5", "size": 16, "weights": weights},
+            "baseline": {
+                "epochs": 2,
+                "reuse": True,
+                "checkpoint": None,
+                "lr_schedule": "cosine",
+                "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05, "momentum": 0.9},
+            },
+            "trainer": {
+                "_target_": "lightning.Trainer",
+                "accelerator": "cpu",
+                "devices": 1,
+                "limit_train_batches": 2,
+                "precision": "32-true",
+                "enable_progress_bar": False,
+            },
+            "paths": {"cache_dir": str(cache_dir)},
+        }
+    )
+
+
+def test_the_key_of_a_config_is_the_key_it_always_had(tmp_path):
+    """Cached baselines stay findable only while a config keeps its key: a change here orphans
+    every cached baseline, so change these values only to invalidate the cache on purpose."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 10))
+    identity = {"sha256": "ab" * 32, "images": 256}
+    (tmp_path / "w.pt").write_bytes(b"pinned weights")  # model.weights enters by content, not path
+    cfg = pinned_config(tmp_path)
+    assert baseline_key(cfg) == "0cea31619e44aa02"
+    assert baseline_key(cfg, model, identity) == "58fc88615b974c9a"
+    weighted = pinned_config(tmp_path, str(tmp_path / "w.pt"))
+    assert baseline_key(weighted, model, identity) == "23c181312830ddf6"
+
+
 # -- concurrent runs --------------------------------------------------------------------------
 
 
