@@ -212,7 +212,7 @@ class FilterPruning(Strategy):
         else:
             shares = split_budget(per_epoch, len(stages))
         self.n_steps = len(stages)
-        self.scratch_opt = scratch_optimizer(rt.cfg) if mode.startswith("scratch") else None
+        self.scratch_opt = scratch_optimizer(rt.baseline) if mode.startswith("scratch") else None
         steps: list[Step] = []
         for i, ((label, counts), share) in enumerate(zip(stages, shares)):
             last = i == len(stages) - 1
@@ -243,7 +243,7 @@ class FilterPruning(Strategy):
                     epochs=self._scratch_epochs,
                     init="reinit",
                     optimizer=self.scratch_opt,
-                    lr_schedule=rt.cfg.baseline.lr_schedule,
+                    lr_schedule=rt.baseline.lr_schedule,
                 )
             )
         steps.append(Measure("retrained"))
@@ -251,7 +251,7 @@ class FilterPruning(Strategy):
 
     def _scratch_epochs(self, model: nn.Module, rt: Runtime) -> int:
         """Scratch-E: the baseline's epochs; Scratch-B: scaled by the MACs saved, capped."""
-        epochs = int(rt.cfg.baseline.epochs)
+        epochs = int(rt.baseline.epochs)
         if self.retrain.mode == "scratch_b":
             dense = (
                 rt.dense_counts.macs

@@ -8,6 +8,7 @@ from torch import nn
 
 from experiments.checks import ConfigError
 from experiments.run.deploy import (
+    DeploySettings,
     OnnxExportError,
     OnnxMismatch,
     deploy,
@@ -55,15 +56,8 @@ class Noisy(nn.Module):
         return self.fc(x.flatten(1)) + torch.rand(x.shape[0], 3)
 
 
-def settings(**deploy_keys):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.create(
-        {
-            "deploy": {"onnx": True, "fold_bn": True, "max_abs_diff": 1e-4, "opset": None, **deploy_keys},
-            "measure": {"latency_batch_sizes": [1, 4], "latency_repeats": 2},
-        }
-    )
+def settings(**deploy_keys) -> DeploySettings:
+    return DeploySettings(batch_sizes=(1, 4), repeats=2, **deploy_keys)
 
 
 def test_verified_onnx_is_folded_has_a_dynamic_batch_and_matches_pytorch():

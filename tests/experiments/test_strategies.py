@@ -10,6 +10,7 @@ from experiments.run.pipeline import run
 from experiments.storage.results import read_rows
 from experiments.strategies.plan import Runtime, Train, execute, split_budget
 from experiments.strategies.ratio_policy import ScanTable, SensitivityMaxDrop, SensitivityTarget
+from experiments.training.context import BaselineRecipe
 from tests.experiments.conftest import FAST
 
 
@@ -27,7 +28,13 @@ def planned(compose_cfg, *overrides, model="vgg_small", size=16, channels=1):
     x = torch.randn(2, channels, size, size)
     strategy = instantiate(cfg.strategy, _convert_="all")
     rt = Runtime(
-        cfg=cfg, example=x, build_model=build, strategy=strategy, dry=True, dense_counts=pruning.count(model_, x)
+        example=x,
+        build_model=build,
+        strategy=strategy,
+        seed=cfg.seed,
+        baseline=BaselineRecipe.from_config(cfg),
+        dry=True,
+        dense_counts=pruning.count(model_, x),
     )
     strategy.validate(model_)
     steps = strategy.plan(model_, rt)
@@ -98,7 +105,14 @@ def test_scratch_b_epochs_scale_with_macs_and_are_capped(compose_cfg):
     pruned = instantiate(cfg.model, num_classes=10, in_channels=1, input_size=16)
     pruning.prune_filters(pruned, x, 0.3)
     ratio = pruning.count(dense, x).macs / pruning.count(pruned, x).macs
-    rt = Runtime(cfg=cfg, example=x, build_model=lambda: dense, strategy=strategy, dense_counts=pruning.count(dense, x))
+    rt = Runtime(
+        example=x,
+        build_model=lambda: dense,
+        strategy=strategy,
+        seed=cfg.seed,
+        baseline=BaselineRecipe.from_config(cfg),  # baseline.epochs=10
+        dense_counts=pruning.count(dense, x),
+    )
     assert strategy._scratch_epochs(pruned, rt) == min(20, int(10 * ratio))
     assert 10 < int(10 * ratio)  # 0.3 of the filters removes more than half of the MACs ...
     strategy.retrain.scratch_cap = 1.5
