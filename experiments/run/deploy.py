@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 import pruning
-from experiments.checks import ConfigError
+from experiments.checks import ConfigError, check_number
 from experiments.storage.files import atomic_write_bytes
 from experiments.training.context import MeasureSettings
 
@@ -100,14 +100,16 @@ class DeploySettings:
             if not isinstance(values[key], bool):
                 raise ConfigError(f"deploy.{key}={values[key]!r}: must be true or false")
         diff = values["max_abs_diff"]
-        if isinstance(diff, bool) or not isinstance(diff, (int, float)) or not diff > 0 or diff != diff:
-            raise ConfigError(
-                f"deploy.max_abs_diff={diff!r}: must be a number > 0 (the largest accepted |ONNX - PyTorch| of the "
-                "logits)"
-            )
+        check_number(
+            "deploy.max_abs_diff",
+            diff,
+            0,
+            low_open=True,
+            suffix=" (the largest accepted |ONNX - PyTorch| of the logits)",
+        )
         opset = values["opset"]
-        if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 7):
-            raise ConfigError(f"deploy.opset={opset!r}: must be null (the exporter's default) or an integer >= 7")
+        if opset is not None:
+            check_number("deploy.opset", opset, 7, integer=True, suffix=", or null (the exporter's default)")
         measure = MeasureSettings.from_config(cfg)
         return cls(
             onnx=values["onnx"],

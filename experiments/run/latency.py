@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 import pruning
-from experiments.checks import ConfigError
+from experiments.checks import ConfigError, check_number
 from experiments.training.context import MeasureSettings, Phase
 
 log = logging.getLogger(__name__)
@@ -49,13 +49,17 @@ class LatencySettings:
         if not isinstance(s["compare_latency"], bool):
             raise ConfigError(f"measure.compare_latency={s['compare_latency']!r}: must be true or false")
         ci = s["latency_ci"]
-        if isinstance(ci, bool) or not isinstance(ci, (int, float)) or not 0 < ci < 1:
-            raise ConfigError(
-                f"measure.latency_ci={ci!r}: the relative half-width of the 95% interval must be in (0, 1)"
-            )
+        check_number(
+            "measure.latency_ci",
+            ci,
+            0,
+            1,
+            low_open=True,
+            high_open=True,
+            suffix=" (the 95% interval's relative half-width)",
+        )
         cap = s["latency_max_time_s"]
-        if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0:
-            raise ConfigError(f"measure.latency_max_time_s={cap!r}: must be a number of seconds > 0")
+        check_number("measure.latency_max_time_s", cap, 0, low_open=True, suffix=" (seconds)")
         return cls(
             compare=s["compare_latency"],
             ci=float(ci),

@@ -104,8 +104,7 @@ class MeasureSettings:
             raise ConfigError(f"measure.latency_batch_sizes={sizes!r}: must be a list of integers >= 1")
         sizes = tuple(sizes)
         for batch in sizes:
-            if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-                raise ConfigError(f"measure.latency_batch_sizes contains {batch!r}: batch sizes must be integers >= 1")
+            check_number("measure.latency_batch_sizes[]", batch, 1, integer=True)
         repeats = check_number("measure.latency_repeats", cfg.measure.latency_repeats, 1, integer=True)
         return cls(latency_batch_sizes=sizes, latency_repeats=repeats)
 
