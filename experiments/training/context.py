@@ -103,8 +103,8 @@ class MeasureSettings:
         if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
             raise ConfigError(f"measure.latency_batch_sizes={sizes!r}: must be a list of integers >= 1")
         sizes = tuple(sizes)
-        for batch in sizes:
-            check_number("measure.latency_batch_sizes[]", batch, 1, integer=True)
+        for i, batch in enumerate(sizes):
+            check_number(f"measure.latency_batch_sizes[{i}]", batch, 1, integer=True)
         repeats = check_number("measure.latency_repeats", cfg.measure.latency_repeats, 1, integer=True)
         return cls(latency_batch_sizes=sizes, latency_repeats=repeats)
 
