@@ -2,9 +2,10 @@
 
 The pipeline knows one protocol (:class:`Strategy`): ``validate`` static values, say
 whether a sensitivity ``scan`` is wanted, ``plan`` the steps (see ``experiments.strategies.plan``),
-and report ``parts`` (named columns of the results row), ``tables`` (per-layer data),
-``storage_options`` and the ``structure_record``. :class:`Retrain` and :class:`Scan` are the
-retraining and sensitivity-scan parts; ``freeze_spec`` reads a freeze policy.
+and report ``parts`` (named columns of the results row), ``metrics`` (numbers only the strategy
+knows), ``tables`` (per-layer data), ``storage_options`` and the ``structure_record``.
+:class:`Retrain` and :class:`Scan` are the retraining and sensitivity-scan parts; ``freeze_spec``
+reads a freeze policy.
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ class Strategy:
 
     def parts(self) -> dict[str, Any]:
         """The strategy's parts as named columns of the results row."""
+        return {}
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers only the strategy knows (e.g. a latency search's prediction), for the results row."""
         return {}
 
     def tables(self, model: nn.Module) -> dict[str, Any]:
