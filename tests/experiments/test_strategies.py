@@ -152,6 +152,31 @@ def test_random_criterion_follows_the_run_seed(compose_cfg):
     assert kept[0] != kept[1]
 
 
+class Dice(pruning.criteria.Criterion):
+    """A criterion with its own randomness that no strategy knows of: the run seeds it through ``seeded``."""
+
+    seen: list[int] = []
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def seeded(self, seed: int) -> "Dice":
+        return Dice(seed)
+
+    def __call__(self, group):
+        Dice.seen.append(self.seed)
+        return torch.rand(group.n_channels, generator=torch.Generator().manual_seed(self.seed), dtype=torch.float64)
+
+
+def test_a_new_seeded_criterion_follows_the_run_seed(compose_cfg, monkeypatch):
+    names, lookup = pruning.criteria.criterion_names, pruning.criteria.criterion_class
+    monkeypatch.setattr(pruning.criteria, "criterion_names", lambda: sorted([*names(), "dice"]))
+    monkeypatch.setattr(pruning.criteria, "criterion_class", lambda name: Dice if name == "dice" else lookup(name))
+    monkeypatch.setattr(Dice, "seen", [])
+    _, _, strategy = planned(compose_cfg, "strategy.criterion=dice", "seed=7")
+    assert Dice.seen and set(Dice.seen) == {7} and strategy.parts()["criterion"] == "dice"
+
+
 @pytest.mark.parametrize("criterion", pruning.criteria.criterion_names())
 def test_every_criterion_plans_from_the_command_line(compose_cfg, criterion):
     pruned, _, _ = planned(compose_cfg, f"strategy.criterion={criterion}")
