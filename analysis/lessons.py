@@ -69,9 +69,10 @@ def _truthy(value: Any) -> bool:
 
 
 def _uniform(arm: Arm) -> bool:
-    return ratio_value(arm.part("ratio")) == ratio_value(arm.part("ratio")) and arm.part("ratio_policy") in (
-        None,
-        "uniform",
+    return (
+        ratio_value(arm.part("ratio")) == ratio_value(arm.part("ratio"))
+        and arm.part("ratio_policy") in (None, "uniform")
+        and arm.part("scope") in (None, "group")
     )
 
 
@@ -142,6 +143,16 @@ LESSONS: tuple[Lesson, ...] = (
         ("ratio", "ratio_policy", "max_drop", "target_reduction", "target_resource", "match_uniform"),
         match="resource",
         hint="runs with ratio=sensitivity and uniform runs removing the same MACs (`study=sensitivity`)",
+    ),
+    Lesson(
+        "L2-global",
+        "global ranking > uniform",
+        lambda a: a.part("scope") == "global" and not _truthy(a.part("sparsity")),
+        _uniform,
+        ("strategy.scope", "strategy.max_ratio", "strategy.match"),
+        ("scope",),
+        match="resource_at_least",
+        hint="runs with strategy=l1_global (match: macs) and uniform runs of the same MACs (`study=sensitivity`)",
     ),
     Lesson(
         "L3",

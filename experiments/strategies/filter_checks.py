@@ -38,6 +38,9 @@ class FilterSettings(Strategy):
     ``skip_sensitive`` = k leaves the k groups the scan ranks most sensitive unpruned and
     prunes the others at the one ratio that removes at least the MACs of ``ratio`` everywhere.
     ``freeze_bn``: the BatchNorm statistics of frozen layers stay ``fixed`` or ``update``.
+    ``scope``: ``group`` (one ratio per group) or ``global`` (``ratio`` of all prunable channels,
+    ranked together by per-group normalised scores, no group losing more than ``max_ratio``;
+    ``match=macs``: the global ratio that removes the MACs of ``ratio`` in every group).
     """
 
     name: str = "filter"
@@ -55,6 +58,9 @@ class FilterSettings(Strategy):
     recalibrate_bn: int = 0
     scan: Scan | None = None
     calibration_batches: int = 4
+    scope: str = "group"
+    max_ratio: float = 0.9
+    match: str | None = None
     retrain: Retrain = field(default_factory=Retrain)
 
     def validate(self, model: nn.Module) -> None:
@@ -92,6 +98,20 @@ def check_filter_pruning(s: FilterSettings, model: nn.Module) -> None:
     check_choice("strategy.schedule", s.schedule, SCHEDULES)
     check_choice("strategy.order", s.order, ORDERS)
     check_choice("strategy.scoring", s.scoring, pruning.structured.SCORINGS)
+    check_choice("strategy.scope", s.scope, pruning.structured.SCOPES)
+    check_number("strategy.max_ratio", s.max_ratio, 0, 1, low_open=True, high_open=True)
+    check_choice("strategy.match", s.match, (None, "macs"))
+    if s.match is not None and s.scope != "global":
+        raise ConfigError(
+            f"strategy.match={s.match} matches a global ranking to the per-group ratio: needs strategy.scope=global"
+        )
+    if s.scope == "global" and (
+        isinstance(s.ratio, bool) or not isinstance(s.ratio, numbers.Real) or s.skip_sensitive or s.round_to == "auto"
+    ):
+        raise ConfigError(
+            f"strategy.scope=global takes one float strategy.ratio (not {s.ratio!r}), an integer strategy.round_to "
+            "and no strategy.skip_sensitive"
+        )
     check_number("strategy.rounds", s.rounds, 1, integer=True)
     if s.schedule != "iterative" and s.rounds > 1:
         raise ConfigError(

@@ -20,6 +20,7 @@ from torch import nn
 import pruning
 from experiments.checks import ConfigError
 from experiments.strategies.filter_checks import FilterSettings
+from experiments.strategies.global_scope import global_planned
 from experiments.strategies.parts import freeze_spec, optimizer_parts
 from experiments.strategies.plan import (
     Measure,
@@ -107,6 +108,15 @@ class FilterPruning(FilterSettings):
             return [], self.ratio(model)
         return [], dict(self.ratio) if isinstance(self.ratio, Mapping) else float(self.ratio)
 
+    def plan_channels(self, model: nn.Module, rt: Runtime, ratio: Any) -> dict[str, tuple[int, int]]:
+        """``{group: (channels, kept)}`` the steps cut to: per group, or by one global ranking."""
+        if self.scope == "global":
+            criterion = self.make_criterion(rt)
+            return global_planned(
+                model, rt.example, ratio, criterion, self.ignore, self.round_to, self.max_ratio, self.match
+            )
+        return pruning.planned_channels(model, rt.example, ratio, self.ignore, self.round_to)
+
     def _scan(self, model: nn.Module, rt: Runtime) -> ScanTable:
         if rt.scan is None:  # the dry run: a scan predicting no damage (shapes and feasibility are checked)
             rt.scan = placeholder_scan(pruning.group_channels(model, rt.example, self.ignore), list(self.scan.ratios))
@@ -166,7 +176,7 @@ class FilterPruning(FilterSettings):
         spared, ratio = self._resolved_ratio(model, rt)
         if isinstance(ratio, Mapping):
             ratio = {g: r for g, r in ratio.items() if r > 0}
-        planned = pruning.planned_channels(model, rt.example, ratio, self.ignore, self.round_to)
+        planned = self.plan_channels(model, rt, ratio)
         targets = {g: k for g, (c, k) in planned.items() if k < c}
         channels = {g: c for g, (c, _) in planned.items()}
         if not targets:
@@ -309,6 +319,7 @@ class FilterPruning(FilterSettings):
             "max_drop": policy.max_drop,
             "target_reduction": policy.reduction,
             "scoring": self.scoring,
+            "scope": self.scope,
             "retrain": self.retrain.mode,
             "freeze": f"most_sensitive:{k}" if k else ("list:" + ",".join(names) if names else "none"),
             "freeze_bn": self.freeze_bn if (names or k) else None,

@@ -290,6 +290,10 @@ class SparsityPruning(FilterPruning):
         before.append(RemovedShare("sparsity/share_after", self, targets, criterion))
         return before + steps
 
+    def plan_channels(self, model: nn.Module, rt: Runtime, ratio: Any) -> dict[str, tuple[int, int]]:
+        """Per group, whatever the scope: a global scope re-ranks the trained scores at the cut."""
+        return pruning.planned_channels(model, rt.example, ratio, self.ignore, self.round_to)
+
     def _groups(
         self, model: nn.Module, rt: Runtime, targets: dict[str, int]
     ) -> list[tuple[pruning.graph.ChannelGroup, int]]:

@@ -154,7 +154,8 @@ def test_an_lr_difference_outside_the_part_is_refused_with_the_key_named(tmp_pat
     assert line["outcome"] == "refused" and math.isnan(line["mean"])
     assert line["refused because"] == "differs outside the lesson's part: strategy.retrain.optimizer.lr: 0.01 vs 0.05"
     assert line["differs in (part)"] == "strategy.criterion: l1 vs random"  # threads and strategy.name ignored
-    assert "refused" in summary_lines(table)[3] and "strategy.retrain.optimizer.lr" in summary_lines(table)[3]
+    (summary,) = [s for s in summary_lines(table) if "l1 > other criteria, no retraining" in s]
+    assert "refused" in summary and "strategy.retrain.optimizer.lr" in summary
 
 
 def test_equal_configs_are_compared_and_measurement_keys_annotated(tmp_path):
@@ -273,7 +274,7 @@ def test_sensitivity_ratios_are_compared_at_equal_macs(tmp_path):
                 ratio_policy="target_macs",
                 target_reduction=0.5,
                 macs=0.50,
-                final_acc=0.91 + 0.001 * s,
+                final_acc=0.91 + 0.002 * s,
             )
         )
         rows.append(run_row(s, ratio="0.3", macs=0.70, final_acc=0.95))  # other MACs: not comparable
@@ -442,3 +443,25 @@ def test_methods_pair_at_equal_total_epochs_and_refuse_another_lr(tmp_path):
     )
     line = the_line(compare(tmp_path), "sparsity training > l1 one-shot")
     assert "strategy.retrain.optimizer.lr" in line["refused because"] and line["outcome"] != "better"
+
+
+def test_a_global_arm_is_compared_with_the_uniform_arm_it_matches_on_macs(tmp_path):
+    rows = [
+        run_row(s, final_acc=0.90 + 0.001 * s, macs=0.5, config=resolved_config(s, strategy__scope="group"))
+        for s in range(3)
+    ]
+    rows += [
+        run_row(
+            s,
+            final_acc=0.91 + 0.002 * s,
+            macs=0.49,
+            strategy="l1_global",
+            scope="global",
+            config=resolved_config(s, strategy__name="l1_global", strategy__scope="global", strategy__match="macs"),
+        )
+        for s in range(3)
+    ]
+    write_store(tmp_path, rows)
+    line = the_line(compare(tmp_path), "global ranking > uniform")
+    assert line["lesson"] == "L2-global" and line["n"] == 3 and line["refused because"] == ""
+    assert line["mean"] == pytest.approx(0.011) and line["outcome"] == "better"

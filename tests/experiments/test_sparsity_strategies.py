@@ -121,7 +121,10 @@ def test_a_new_sparsity_method_plans_through_the_declared_hooks(compose_cfg):
     [
         (["strategy=slimming", "strategy.sparsity.l1=-1"], r"strategy.sparsity.l1=-1: must be a number >= 0"),
         (["strategy=group_norm", "strategy.sparsity.reg=-0.5"], r"strategy.sparsity.reg=-0.5: must be a number >= 0"),
-        (["strategy=group_norm", "strategy.sparsity.ramp=1.5"], r"strategy.sparsity.ramp=1.5: must be a number in \[0, 1\]"),
+        (
+            ["strategy=group_norm", "strategy.sparsity.ramp=1.5"],
+            r"strategy.sparsity.ramp=1.5: must be a number in \[0, 1\]",
+        ),
         (["strategy=group_norm", "strategy.sparsity.bias=yes"], r"strategy.sparsity.bias='yes': must be true or false"),
         (["strategy=slimming", "strategy.sparsity.epochs=-1"], r"strategy.sparsity.epochs=-1: must be an integer >= 0"),
         (["strategy=sfp", "strategy.sparsity.lr_schedule=step"], r"strategy.sparsity.lr_schedule='step': allowed"),
