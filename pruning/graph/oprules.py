@@ -538,7 +538,10 @@ def functional_conv(tr, func, name, args, kwargs, ins, labs, out) -> None:
     n = w.dim() - 2
     axis = x.dim() - n - 1
     cin, groups = x.shape[axis], int(_arg(args, kwargs, 6, "groups", 1))
-    ids = tr.vector(lab, axis, cin, f"op {name!r} in {tr.where()}")
+    try:
+        ids = tr.vector(lab, axis, cin, f"op {name!r} in {tr.where()}")
+    except Exception as err:
+        raise tr.error(str(err)) from None
     if groups != cin or cin == 1:
         tr.freeze(ids, f"op {name!r} with a fixed weight sums over channels ({tr.where()})")
         return _set_all(tr, out, None)
