@@ -10,7 +10,8 @@ run: setup  ## the default study on Fashion-MNIST, offline
 test: setup lint  ## lint, then the whole test suite
 	WANDB_MODE=offline .venv/bin/python -m pytest $(ARGS)
 
-lint: setup  ## ruff (lint, formatting), import direction and import circles
+lint: setup  ## no tracked file over 1 MB outside docs/; ruff (lint, formatting); import direction and circles
+	bash scripts/check_large_files.sh
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/lint-imports --no-cache
@@ -21,9 +22,10 @@ quick: setup  ## the tests not marked slow (the edit loop)
 
 # `make study`: every lesson's primary comparison (conf/study/all.yaml) over STUDY_SEEDS seeds.
 # STUDY_SEEDS defaults to what the power analysis says the store in results/ needs
-# (`python -m analysis.power --store results --study all --max`: run `make study-pilot` first, 3 seeds,
-# 32 min measured), capped at STUDY_MAX_SEEDS = 12 (2 h 32 min measured with the pilot);
-# 3 when results/ has no pilot to plan from. `make study STUDY_SEEDS=8` sets it.
+# (`python -m analysis.power --store results --study all --max`: run `make study-pilot`, 3 seeds,
+# first), capped at STUDY_MAX_SEEDS; 3 when results/ has no pilot to plan from.
+# `make study STUDY_SEEDS=8` sets it. Wall times of both: docs/results.md, "The lesson study"
+# (3 seeds) and "The powered lesson study" (12 seeds).
 STUDY_MAX_SEEDS ?= 12
 STUDY_SEEDS ?= $(shell n=$$(.venv/bin/python -m analysis.power --store results --study all --max 2>/dev/null) \
 	&& [ "$$n" -ge 1 ] 2>/dev/null && echo $$(( n < 3 ? 3 : n )) || echo 3)
@@ -36,7 +38,7 @@ study: setup  ## every lesson on Fashion-MNIST, powered number of seeds, then th
 	WANDB_MODE=$${WANDB_MODE:-offline} .venv/bin/python run.py -m study=all seed=$$(seq -s, 0 $$((n - 1))) $(ARGS)
 	.venv/bin/python -m analysis.report
 
-study-pilot: setup  ## the same with 3 seeds (32 min measured): the pilot the power analysis plans from
+study-pilot: setup  ## the same with 3 seeds: the pilot the power analysis plans from
 	$(MAKE) study STUDY_SEEDS=3
 
 report: setup  ## figures, tables and verdicts from results/

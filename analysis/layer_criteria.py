@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 
 from analysis.criteria import MARKERS, criterion_rank
 from analysis.load import Store, StoreLike, load_runs, load_sensitivity, load_sensitivity_criteria
-from analysis.output import NoData, cli, context_title, footer, grid, keyed, over_seeds, save
-from analysis.sensitivity import CONTEXT, _percent, with_depth
+from analysis.output import NoData, cli, context_title, footer, grid, keyed, over_seeds, percent_scale, save
+from analysis.sensitivity import CONTEXT, with_depth
 
 HINT = (
     "no sensitivity scans of two or more criteria (scan entries with a `criterion`, or scans of runs with different "
@@ -75,7 +75,7 @@ def layer_criteria_figure(
     contexts = table[CONTEXT].drop_duplicates().to_dict("records")
     panels = [(ctx, g) for ctx in contexts for g in dict.fromkeys(_rows(table, ctx)["group"])]
     fig, axes = grid(len(panels), ncols=min(3, len(panels)), size=(4.2, 3.4))
-    scale = _percent(table["metric_mean"])
+    scale = percent_scale(table["metric_mean"])
     criteria = sorted(table["criterion"].unique(), key=criterion_rank)
     for ax, (ctx, group) in zip(axes, panels):
         sub = _rows(table, ctx)

@@ -61,6 +61,11 @@ def over_seeds(frame: pd.DataFrame, keys: Sequence[str], values: Sequence[str]) 
     return pd.DataFrame(rows)
 
 
+def percent_scale(values: pd.Series) -> float:
+    """100 if the values are fractions in [0, 1] (accuracy, drawn in percent), else 1 (already in their own units)."""
+    return 100.0 if values.dropna().between(0, 1).all() else 1.0
+
+
 def varying(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     """The columns among ``columns`` that take more than one value in ``frame``."""
     frame = keyed(frame, columns)

@@ -27,6 +27,7 @@ from analysis.output import (
     grid,
     keyed,
     over_seeds,
+    percent_scale,
     save,
 )
 
@@ -39,11 +40,6 @@ NORMS_HINT = (
     "no filter norms in the store (rows' tables.filter_norms): run any filter-pruning strategy with schema-2 rows"
 )
 CONTEXT = ["dataset", "model", "baseline_epochs"]
-
-
-def _percent(values: pd.Series) -> float:
-    """100 if the values are fractions in [0, 1] (accuracy), else 1 (already in their own units)."""
-    return 100.0 if values.dropna().between(0, 1).all() else 1.0
 
 
 def with_depth(sens: pd.DataFrame) -> pd.DataFrame:
@@ -91,7 +87,7 @@ def sensitivity_figure(store: StoreLike, out: str | Path | None = None) -> Figur
     table = sensitivity_table(sens)
     contexts = table[CONTEXT].drop_duplicates().to_dict("records")
     fig, axes = grid(len(contexts))
-    scale = _percent(table["metric_mean"])
+    scale = percent_scale(table["metric_mean"])
     for ax, ctx in zip(axes, contexts):
         sub = table.loc[(table[CONTEXT] == pd.Series(ctx)).all(axis=1)]
         groups = list(dict.fromkeys(sub["group"]))

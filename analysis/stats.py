@@ -1,8 +1,8 @@
-"""Small statistics without SciPy: Student t, paired t-test, TOST equivalence, exact sign test, Holm.
+"""The tests a verdict runs, on SciPy and statsmodels: paired t-test, TOST, exact sign test, Holm.
 
-The t CDF is computed through the regularized incomplete beta function (continued
-fraction, as in Numerical Recipes); the quantile inverts it by bisection. Accurate to
-~1e-10, far beyond what a handful of seeds needs.
+This module only fixes the conventions the verdicts rely on: the paired differences are
+tested, p-values are two-sided (TOST: the larger one-sided p), intervals are Student-t with
+n - 1 dof, NaN p-values stay out of a Holm family, and a verdict needs two seeds.
 
 Zero variance (every seed gave the same paired difference) has no t statistic: instead of
 reporting p = 0 the tests fall back to the exact sign test, whose smallest two-sided p with
@@ -16,77 +16,23 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-
-def _beta_cf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny, eps = 1e-300, 1e-15
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _beta_cf(a, b, x) / a
-    return 1.0 - front * _beta_cf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, dof: float) -> float:
-    """P(T <= t) for Student's t with ``dof`` degrees of freedom."""
-    if math.isinf(t):
-        return 1.0 if t > 0 else 0.0
-    tail = 0.5 * betainc(dof / 2.0, 0.5, dof / (dof + t * t))
-    return 1.0 - tail if t > 0 else tail
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.weightstats import DescrStatsW
 
 
 def t_quantile(p: float, dof: float) -> float:
-    """The t with ``P(T <= t) = p`` (e.g. ``t_quantile(0.975, 2) = 4.303``)."""
+    """The t with ``P(T <= t) = p`` for Student's t with ``dof`` degrees of freedom (``t_quantile(0.975, 2) = 4.303``)."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must be in (0, 1), got {p}")
     if dof <= 0:
         raise ValueError(f"degrees of freedom must be > 0, got {dof}")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, dof)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, dof) < p:
-        hi *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, dof) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
+    return float(stats.t.ppf(p, dof))
 
 
 @dataclass(frozen=True)
 class Paired:
-    """A paired t-test of differences d (mean, std, n, 95% CI, two-sided p)."""
+    """A paired t-test of differences d (mean, std, n, CI, two-sided p)."""
 
     mean: float
     std: float
@@ -119,12 +65,11 @@ def paired_t(diffs: Sequence[float], level: float = 0.95) -> Paired:
     if n < 2:
         return Paired(mean, float("nan"), n, float("nan"), float("nan"), float("nan"))
     std = _std(d, mean)
-    half = t_quantile(0.5 + level / 2.0, n - 1) * std / math.sqrt(n)
     if std == 0.0:
         return Paired(mean, std, n, mean, mean, sign_test(d), "sign")
-    t = mean / (std / math.sqrt(n))
-    p = min(1.0, 2.0 * (1.0 - t_cdf(abs(t), n - 1)))
-    return Paired(mean, std, n, mean - half, mean + half, p)
+    test = stats.ttest_1samp(d, 0.0)
+    low, high = test.confidence_interval(level)
+    return Paired(mean, std, n, float(low), float(high), float(test.pvalue))
 
 
 ZERO_SPREAD = 1e-9
@@ -144,16 +89,16 @@ def t_interval(mean: float, std: float, n: int, alpha: float) -> tuple[float, fl
     return mean - half, mean + half
 
 
-def _binom_tail(n: int, k: int) -> float:
-    """P(X >= k) for X ~ Binomial(n, 1/2)."""
-    return sum(math.comb(n, i) for i in range(max(k, 0), n + 1)) / 2.0**n
-
-
 def sign_test(diffs: Sequence[float]) -> float:
     """Exact two-sided sign test of median 0 (zero differences dropped); 1 when none is left."""
     pos, neg = sum(1 for x in diffs if x > 0), sum(1 for x in diffs if x < 0)
     n = pos + neg
-    return 1.0 if n == 0 else min(1.0, 2.0 * _binom_tail(n, max(pos, neg)))
+    return 1.0 if n == 0 else float(stats.binomtest(max(pos, neg), n).pvalue)
+
+
+def _sign_tail(k: int, n: int) -> float:
+    """One-sided exact sign test: P(X >= k) for X ~ Binomial(n, 1/2)."""
+    return float(stats.binomtest(k, n, alternative="greater").pvalue)
 
 
 @dataclass(frozen=True)
@@ -170,8 +115,9 @@ class Equivalence:
 def tost(diffs: Sequence[float], margin: float) -> Equivalence:
     """Two one-sided paired t-tests (Schuirmann 1987): equivalence within +-``margin`` when both reject.
 
-    ``p = max(p_lower, p_upper)``; equivalence at level alpha iff p < alpha, i.e. the
-    ``1 - 2 alpha`` t-interval lies inside (-margin, +margin). n < 2: NaN. Zero variance:
+    statsmodels' TOST of the mean of the paired differences (what ``ttost_paired`` runs on
+    x1 - x2). ``p = max(p_lower, p_upper)``; equivalence at level alpha iff p < alpha, i.e.
+    the ``1 - 2 alpha`` t-interval lies inside (-margin, +margin). n < 2: NaN. Zero variance:
     exact one-sided sign tests (every seed above -margin / below +margin: p = 1 / 2^n).
     """
     if margin <= 0:
@@ -180,30 +126,27 @@ def tost(diffs: Sequence[float], margin: float) -> Equivalence:
     n = len(d)
     if n < 2:
         return Equivalence(float("nan"), float("nan"), float("nan"), margin)
-    mean = sum(d) / n
-    std = _std(d, mean)
-    if std == 0.0:
-        low = _binom_tail(n, sum(1 for x in d if x > -margin))
-        high = _binom_tail(n, sum(1 for x in d if x < margin))
+    if _std(d, sum(d) / n) == 0.0:
+        low = _sign_tail(sum(1 for x in d if x > -margin), n)
+        high = _sign_tail(sum(1 for x in d if x < margin), n)
         return Equivalence(max(low, high), low, high, margin, "sign")
-    se = std / math.sqrt(n)
-    low = 1.0 - t_cdf((mean + margin) / se, n - 1)  # H0: mean <= -margin
-    high = t_cdf((mean - margin) / se, n - 1)  # H0: mean >= +margin
-    return Equivalence(max(low, high), low, high, margin)
+    p, (_, low, _), (_, high, _) = DescrStatsW(d).ttost_mean(-margin, margin)
+    return Equivalence(float(p), float(low), float(high), margin)
+
+
+def _tested(p_values: Sequence[float]) -> list[int]:
+    """Positions of the p-values a Holm family counts (not None, not NaN)."""
+    return [i for i, p in enumerate(p_values) if p is not None and not math.isnan(p)]
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values, in the input order (NaNs pass through and are not counted).
-
-    Sorted ascending, p_(i) becomes max_{j<=i} min(1, (m - j + 1) p_(j)).
-    """
-    indexed = [(p, i) for i, p in enumerate(p_values) if p is not None and not math.isnan(p)]
-    m = len(indexed)
+    """Holm-Bonferroni adjusted p-values (statsmodels), in the input order; NaNs pass through, not counted in m."""
     out = [float("nan")] * len(p_values)
-    running = 0.0
-    for rank, (p, i) in enumerate(sorted(indexed)):
-        running = max(running, min(1.0, (m - rank) * p))
-        out[i] = running
+    tested = _tested(p_values)
+    if tested:
+        adjusted = multipletests([p_values[i] for i in tested], method="holm")[1]
+        for i, p in zip(tested, adjusted):
+            out[i] = float(p)
     return out
 
 
@@ -214,11 +157,11 @@ def holm_levels(p_values: Sequence[float], alpha: float = 0.05) -> list[float]:
     stopped, so a ``1 - level`` interval excludes 0 exactly when Holm rejects (p < level).
     NaN p-values get NaN and are not counted in m.
     """
-    indexed = sorted((p, i) for i, p in enumerate(p_values) if p is not None and not math.isnan(p))
-    m = len(indexed)
+    ranked = sorted((p_values[i], i) for i in _tested(p_values))
+    m = len(ranked)
     out = [float("nan")] * len(p_values)
     stopped: float | None = None
-    for rank, (p, i) in enumerate(indexed):
+    for rank, (p, i) in enumerate(ranked):
         level = alpha / (m - rank)
         if stopped is None and p >= level:
             stopped = level

@@ -35,7 +35,7 @@ from analysis.lessons import ENDPOINT_NAMES, LESSONS, SECONDARY, Lesson
 from analysis.load import Store, StoreLike
 from analysis.output import MISSING, cli, markdown, write_tables
 from analysis.pairing import TOLERANCE, Pairing, describe_pairing, paired_values, pairings
-from analysis.power import plan
+from analysis.planning import plan
 from analysis.stats import holm, holm_levels, paired_t, t_interval, tost
 
 ALPHA = 0.05

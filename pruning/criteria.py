@@ -126,6 +126,11 @@ class Criterion:
         """An instance for calibration ``inputs``/``targets`` (criteria with ``needs_data``)."""
         return cls()
 
+    def seeded(self, seed: int) -> "Criterion":
+        """This criterion drawing from the run's ``seed``: a criterion with randomness returns a
+        seeded copy, the others return themselves, so a caller seeds any criterion the same way."""
+        return self
+
     def prepare(self, model: nn.Module, groups: Sequence[ChannelGroup]) -> None:
         """Called once by ``prune_filters`` before any group is scored."""
 
@@ -209,6 +214,9 @@ class Random(Criterion):
 
     def __init__(self, seed: int = 0):
         self.seed = seed
+
+    def seeded(self, seed: int) -> "Random":
+        return type(self)(seed=seed)
 
     def __call__(self, group: ChannelGroup) -> Tensor:
         key = group.members[0].name if group.members else str(group.index)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grimp
 
+ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pruning", "experiments", "analysis")
 
 
@@ -98,12 +99,13 @@ def private_uses(path: Path) -> list[str]:
 
 
 def main() -> int:
-    graph = grimp.build_graph(*PACKAGES)
+    sys.path.insert(0, str(ROOT))  # this checkout's packages, whatever is installed
+    graph = grimp.build_graph(*PACKAGES, cache_dir=None)
     cycles = import_cycles(graph)
     for component in cycles:
         print("import circle: " + " <-> ".join(component), file=sys.stderr)
     private = [
-        use for package in PACKAGES for path in sorted(Path(package).rglob("*.py")) for use in private_uses(path)
+        use for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py")) for use in private_uses(path)
     ]
     for use in private:
         print("private name used across modules: " + use, file=sys.stderr)

@@ -64,7 +64,7 @@ TEST_KWARGS = {
 VARIANTS = {
     "resnetblur18": "BlurPool2d: a fixed depthwise conv2d (anti-aliased downsampling)",
     "densenetblur121d": "BlurPool2d in a DenseNet stem",
-    "ecaresnet26t": "ECA: a Conv1d across channels (exact only with the ECA channels kept)",
+    "ecaresnet26t": "ECA: a Conv1d across channels (its channels kept unless approximate=('eca',))",
     "seresnext26t_32x4d": "squeeze-excitation gates and 32-group convs",
     "senet154": "64-group 3x3 convs with two inputs per group (cut to one, they look depthwise)",
     "gcresnext26ts": "GlobalContext: a softmax attention map applied with matmul",

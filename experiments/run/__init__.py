@@ -1,1 +1,1 @@
-"""One run: config validation, the baseline phase, the LightningModule, the pipeline, sweeps and DDP."""
+"""One run: config validation, settings read from the config, the baseline phase, the pipeline, the end-of-run latency comparison and deploy step, sweeps."""

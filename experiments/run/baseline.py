@@ -16,16 +16,17 @@ import inspect
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from experiments.checks import check_choice
 from experiments.models.checkpoint import file_sha256, load_weights
 from experiments.storage.cache import BaselineCache, config_key
-from experiments.training.context import Phase, RunContext, measure_model
+from experiments.training.context import BaselineRecipe, MeasureSettings, Phase, RunContext, measure_model
 from experiments.training.distributed import is_global_zero
 from experiments.training.module import Classifier
 
@@ -36,6 +37,59 @@ VOLATILE_DATASET_KEYS = (
     "root", "eval_batch_size", "device", "download", "fallback",
     "num_workers", "persistent_workers", "pin_memory", "cache_dir",
 )  # fmt: skip
+
+
+def baseline_key_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config's part of the cache key: dataset (less :data:`VOLATILE_DATASET_KEYS`), model
+    (an initialising ``model.weights`` file by its sha256), seed, baseline recipe and the
+    trainer's limits and precision, as JSON-able values."""
+    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+    for volatile in VOLATILE_DATASET_KEYS:
+        dataset.pop(volatile, None)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if model_cfg.get("weights"):  # the file's content decides the weights, not where it lies
+        model_cfg["weights"] = {"sha256": file_sha256(model_cfg["weights"])}
+    elif "weights" in model_cfg:  # unset: the same key as before the option existed
+        del model_cfg["weights"]
+    recipe = OmegaConf.to_container(cfg.baseline, resolve=True)
+    recipe.pop("checkpoint", None)  # a checkpoint baseline is never cached
+    return {
+        "dataset": dataset,
+        "model": model_cfg,
+        "seed": cfg.seed,
+        "baseline": recipe,
+        "trainer": {
+            k: v
+            for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+            if k.startswith("limit_") or k in ("precision", "max_steps")
+        },
+    }
+
+
+@dataclass(frozen=True)
+class BaselineSettings:
+    """Where the baseline comes from and how it trains: the ``recipe``, ``reuse`` of a cached
+    entry in ``cache_dir``, or a ``checkpoint`` file evaluated as it is; ``key_config`` is the
+    config's part of the cache key (:func:`baseline_key_config`)."""
+
+    recipe: BaselineRecipe
+    cache_dir: Path
+    key_config: Mapping[str, Any]
+    reuse: bool = True
+    checkpoint: str | None = None
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> BaselineSettings:
+        """Read and check ``baseline.*``; the weight files (``baseline.checkpoint``, ``model.weights``,
+        which the key hashes) are checked to exist first, by ``validate_config``."""
+        checkpoint = cfg.baseline.get("checkpoint")
+        return cls(
+            recipe=BaselineRecipe.from_config(cfg),
+            cache_dir=Path(cfg.paths.cache_dir),
+            key_config=baseline_key_config(cfg),
+            reuse=bool(check_choice("baseline.reuse", cfg.baseline.reuse, (True, False))),
+            checkpoint=str(checkpoint) if checkpoint else None,
+        )
 
 
 @dataclass
@@ -78,30 +132,10 @@ def architecture_fingerprint(model: nn.Module) -> str:
 
 
 def baseline_key_parts(
-    cfg: DictConfig, model: nn.Module | None = None, data_identity: dict[str, Any] | None = None
+    settings: BaselineSettings, model: nn.Module | None = None, data_identity: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The JSON-able description that :func:`baseline_key` hashes (kept beside the entry)."""
-    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
-    for volatile in VOLATILE_DATASET_KEYS:
-        dataset.pop(volatile, None)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    if model_cfg.get("weights"):  # the file's content decides the weights, not where it lies
-        model_cfg["weights"] = {"sha256": file_sha256(model_cfg["weights"])}
-    elif "weights" in model_cfg:  # unset: the same key as before the option existed
-        del model_cfg["weights"]
-    recipe = OmegaConf.to_container(cfg.baseline, resolve=True)
-    recipe.pop("checkpoint", None)  # a checkpoint baseline is never cached
-    parts: dict[str, Any] = {
-        "dataset": dataset,
-        "model": model_cfg,
-        "seed": cfg.seed,
-        "baseline": recipe,
-        "trainer": {
-            k: v
-            for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
-            if k.startswith("limit_") or k in ("precision", "max_steps")
-        },
-    }
+    parts: dict[str, Any] = dict(settings.key_config)
     if model is not None:
         parts["architecture"] = architecture_fingerprint(model)
     if data_identity is not None:
@@ -109,13 +143,21 @@ def baseline_key_parts(
     return parts
 
 
-def baseline_key(cfg: DictConfig, model: nn.Module | None = None, data_identity: dict[str, Any] | None = None) -> str:
+def baseline_key(
+    settings: BaselineSettings, model: nn.Module | None = None, data_identity: dict[str, Any] | None = None
+) -> str:
     """Everything that determines the baseline weights, hashed (see :func:`baseline_key_parts`)."""
-    return config_key(baseline_key_parts(cfg, model, data_identity))
+    return config_key(baseline_key_parts(settings, model, data_identity))
 
 
 def obtain_baseline(
-    cfg: DictConfig, model: nn.Module, ctx: RunContext, example: torch.Tensor, *, cache: BaselineCache | None = None
+    settings: BaselineSettings,
+    measure: MeasureSettings,
+    model: nn.Module,
+    ctx: RunContext,
+    example: torch.Tensor,
+    *,
+    cache: BaselineCache | None = None,
 ) -> BaselinePhase:
     """Train ``model`` in place (or load the verified cached weights) and measure it.
 
@@ -125,16 +167,17 @@ def obtain_baseline(
     datamodule = ctx.datamodule
     identity = datamodule.data_identity() if callable(getattr(datamodule, "data_identity", None)) else None
     source = getattr(datamodule, "data_source", None)
-    if cfg.baseline.get("checkpoint"):
-        return baseline_from_checkpoint(cfg, model, ctx, example, identity, source)
-    cache = cache if cache is not None else BaselineCache(cfg.paths.cache_dir)
-    parts = baseline_key_parts(cfg, model, identity)
+    if settings.checkpoint:
+        return baseline_from_checkpoint(settings, measure, model, ctx, example, identity, source)
+    cache = cache if cache is not None else BaselineCache(settings.cache_dir)
+    parts = baseline_key_parts(settings, model, identity)
     key = config_key(parts)
     log.info("baseline: key %s, data from %s", key, source or "the datamodule")
     like = {k: v.detach().clone() for k, v in model.state_dict().items()}  # the untrained weights, to restore
-    module = Classifier(model, instantiate(cfg.baseline.optimizer), cfg.baseline.lr_schedule)
+    recipe = settings.recipe
+    module = Classifier(model, recipe.optimizer, recipe.lr_schedule)
     start = time.perf_counter()
-    reuse = bool(cfg.baseline.reuse)
+    reuse = settings.reuse
     seen = cache.signature(key)
     cached = _load_into(model, cache, key, like) if reuse else None
     if cached is None:
@@ -144,7 +187,7 @@ def obtain_baseline(
             if reuse and (waited or cache.signature(key) != seen):  # stored by the process we waited for
                 cached = _load_into(model, cache, key, like)
             if cached is None:
-                wall = ctx.fit(module, "baseline", cfg.baseline.epochs)
+                wall = ctx.fit(module, "baseline", recipe.epochs)
                 if is_global_zero():
                     cache.store(key, model.state_dict(), {"train_wall_s": wall}, parts=parts)
                 log.info("baseline: trained in %.1fs, cached at %s", wall, cache.path(key))
@@ -155,7 +198,7 @@ def obtain_baseline(
         "baseline",
         {
             **ctx.test(module, "baseline"),
-            **measure_model(model, example, cfg),
+            **measure_model(model, example, measure),
             "wall_s": wall,
             "reused": cached is not None,
             "load_s": time.perf_counter() - start,
@@ -168,7 +211,8 @@ def obtain_baseline(
 
 
 def baseline_from_checkpoint(
-    cfg: DictConfig,
+    settings: BaselineSettings,
+    measure: MeasureSettings,
     model: nn.Module,
     ctx: RunContext,
     example: torch.Tensor,
@@ -178,17 +222,17 @@ def baseline_from_checkpoint(
     """Load ``baseline.checkpoint`` into ``model`` (strict, weights_only) and measure it;
     nothing trains, so the phase's ``wall_s`` is 0 and ``load_s`` the time to load it."""
     start = time.perf_counter()
-    info = load_weights(model, cfg.baseline.checkpoint, "baseline.checkpoint")
+    info = load_weights(model, settings.checkpoint, "baseline.checkpoint")
     loaded = time.perf_counter() - start
     log.info(
         "baseline: weights from %s (sha256 %s, %s), not trained", info["path"], info["sha256"][:16], info["format"]
     )
-    module = Classifier(model, instantiate(cfg.baseline.optimizer), cfg.baseline.lr_schedule)
+    module = Classifier(model, settings.recipe.optimizer, settings.recipe.lr_schedule)
     return BaselinePhase(
         "baseline",
         {
             **ctx.test(module, "baseline"),
-            **measure_model(model, example, cfg),
+            **measure_model(model, example, measure),
             "wall_s": 0.0,
             "reused": False,
             "load_s": loaded,

@@ -31,8 +31,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 import pruning
-from experiments.checks import ConfigError
+from experiments.checks import ConfigError, check_number
 from experiments.storage.files import atomic_write_bytes
+from experiments.training.context import MeasureSettings
 
 log = logging.getLogger(__name__)
 
@@ -72,32 +73,52 @@ class VerifiedOnnx:
     folded_bn: int
 
 
-def deploy_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The ``deploy`` block with defaults for keys it lacks (configs composed before it existed)."""
-    block = cfg.get("deploy") or {}
-    return {k: block.get(k, v) for k, v in DEFAULTS.items()}
+@dataclass(frozen=True)
+class DeploySettings:
+    """The deploy step: on or off (``deploy.onnx``), BatchNorm folded first (``fold_bn``), the
+    largest accepted |ONNX - PyTorch| of the logits (``max_abs_diff``), the ONNX ``opset`` (None:
+    the exporter's default); ONNX Runtime is timed at batch 1 and each of ``batch_sizes``
+    (``measure.latency_batch_sizes``), ``repeats`` times (``measure.latency_repeats``)."""
 
+    onnx: bool = True
+    fold_bn: bool = True
+    max_abs_diff: float = 1e-4
+    opset: int | None = None
+    batch_sizes: tuple[int, ...] = (1, 64)
+    repeats: int = 20
 
-def check_deploy_config(cfg: DictConfig) -> None:
-    """Reject bad ``deploy.*`` values before any training, naming the key."""
-    block = cfg.get("deploy")
-    if block is None:
-        return
-    unknown = sorted(set(block) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"deploy.{unknown[0]}: unknown key; the deploy keys are {', '.join(DEFAULTS)}")
-    settings = deploy_settings(cfg)
-    for key in ("onnx", "fold_bn"):
-        if not isinstance(settings[key], bool):
-            raise ConfigError(f"deploy.{key}={settings[key]!r}: must be true or false")
-    diff = settings["max_abs_diff"]
-    if isinstance(diff, bool) or not isinstance(diff, (int, float)) or not diff > 0 or diff != diff:
-        raise ConfigError(
-            f"deploy.max_abs_diff={diff!r}: must be a number > 0 (the largest accepted |ONNX - PyTorch| of the logits)"
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> DeploySettings:
+        """Read and check ``deploy.*``, naming the key; :data:`DEFAULTS` for keys a config lacks
+        (configs composed before the block existed)."""
+        block = cfg.get("deploy") or {}
+        unknown = sorted(set(block) - set(DEFAULTS))
+        if unknown:
+            raise ConfigError(f"deploy.{unknown[0]}: unknown key; the deploy keys are {', '.join(DEFAULTS)}")
+        values = {k: block.get(k, v) for k, v in DEFAULTS.items()}
+        for key in ("onnx", "fold_bn"):
+            if not isinstance(values[key], bool):
+                raise ConfigError(f"deploy.{key}={values[key]!r}: must be true or false")
+        diff = values["max_abs_diff"]
+        check_number(
+            "deploy.max_abs_diff",
+            diff,
+            0,
+            low_open=True,
+            suffix=" (the largest accepted |ONNX - PyTorch| of the logits)",
         )
-    opset = settings["opset"]
-    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 7):
-        raise ConfigError(f"deploy.opset={opset!r}: must be null (the exporter's default) or an integer >= 7")
+        opset = values["opset"]
+        if opset is not None:
+            check_number("deploy.opset", opset, 7, integer=True, suffix=", or null (the exporter's default)")
+        measure = MeasureSettings.from_config(cfg)
+        return cls(
+            onnx=values["onnx"],
+            fold_bn=values["fold_bn"],
+            max_abs_diff=float(diff),
+            opset=opset,
+            batch_sizes=measure.latency_batch_sizes,
+            repeats=measure.latency_repeats,
+        )
 
 
 def export_verified_onnx(
@@ -200,14 +221,13 @@ def ort_latency_ms(session: Any, example: torch.Tensor, batch_size: int, repeats
     return statistics.median(times) * 1e3
 
 
-def deploy(model: nn.Module, batch: torch.Tensor, cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+def deploy(model: nn.Module, batch: torch.Tensor, settings: DeploySettings, output_dir: Path) -> dict[str, Any]:
     """Run the deploy step on the final ``model``; returns the row's ``deploy/...`` fields.
 
     Never raises for a model that cannot be deployed: the reason is in ``deploy/status`` and
     ``deploy/error`` (and the log), and ``model.onnx`` is only written once verified.
     """
-    settings = deploy_settings(cfg)
-    if not settings["onnx"]:
+    if not settings.onnx:
         return {"deploy/status": "off"}
     start = time.perf_counter()
     path = Path(output_dir) / ONNX_FILE
@@ -217,9 +237,9 @@ def deploy(model: nn.Module, batch: torch.Tensor, cfg: DictConfig, output_dir: P
         shipped = export_verified_onnx(
             model,
             batch,
-            fold_bn=settings["fold_bn"],
-            max_abs_diff=float(settings["max_abs_diff"]),
-            opset=settings["opset"],
+            fold_bn=settings.fold_bn,
+            max_abs_diff=settings.max_abs_diff,
+            opset=settings.opset,
             threads=threads,
         )
         out.update(
@@ -230,9 +250,8 @@ def deploy(model: nn.Module, batch: torch.Tensor, cfg: DictConfig, output_dir: P
             }
         )
         session = ort_session(shipped.data, threads)
-        repeats = int(cfg.measure.latency_repeats)
-        for b in sorted({1, *cfg.measure.latency_batch_sizes}):
-            out[f"deploy/ort_latency_ms_b{b}"] = ort_latency_ms(session, batch, int(b), repeats)
+        for b in sorted({1, *settings.batch_sizes}):
+            out[f"deploy/ort_latency_ms_b{b}"] = ort_latency_ms(session, batch, int(b), settings.repeats)
         atomic_write_bytes(path, shipped.data)
         out["deploy/status"] = "ok"
     except Exception as err:  # noqa: BLE001 - a model that cannot ship must not lose the run's results

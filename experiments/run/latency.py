@@ -16,49 +16,73 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig
 from torch import nn
 
 import pruning
-from experiments.checks import ConfigError
-from experiments.training.context import Phase
+from experiments.checks import ConfigError, check_number
+from experiments.training.context import MeasureSettings, Phase
 
 log = logging.getLogger(__name__)
 
 DEFAULTS = {"compare_latency": True, "latency_ci": 0.03, "latency_max_time_s": 10.0}
 
 
-def settings(cfg: DictConfig) -> dict[str, Any]:
-    """The comparison's ``measure.*`` keys, with defaults for those a config lacks."""
-    return {k: cfg.measure.get(k, v) for k, v in DEFAULTS.items()}
+@dataclass(frozen=True)
+class LatencySettings:
+    """The end-of-run comparison: on or off (``measure.compare_latency``), timed until the ratio's
+    95% interval is within +-``ci`` (``measure.latency_ci``) or ``max_time_s`` passed per batch
+    size (``measure.latency_max_time_s``), at each of ``batch_sizes`` (``measure.latency_batch_sizes``)."""
 
+    compare: bool = True
+    ci: float = 0.03
+    max_time_s: float = 10.0
+    batch_sizes: tuple[int, ...] = (1, 64)
 
-def check_latency_config(cfg: DictConfig) -> None:
-    """Reject bad ``measure.compare_latency`` / ``latency_ci`` / ``latency_max_time_s`` before training."""
-    s = settings(cfg)
-    if not isinstance(s["compare_latency"], bool):
-        raise ConfigError(f"measure.compare_latency={s['compare_latency']!r}: must be true or false")
-    ci = s["latency_ci"]
-    if isinstance(ci, bool) or not isinstance(ci, (int, float)) or not 0 < ci < 1:
-        raise ConfigError(f"measure.latency_ci={ci!r}: the relative half-width of the 95% interval must be in (0, 1)")
-    cap = s["latency_max_time_s"]
-    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not cap > 0:
-        raise ConfigError(f"measure.latency_max_time_s={cap!r}: must be a number of seconds > 0")
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> LatencySettings:
+        """Read and check the keys, with :data:`DEFAULTS` for those a config lacks."""
+        s = {k: cfg.measure.get(k, v) for k, v in DEFAULTS.items()}
+        if not isinstance(s["compare_latency"], bool):
+            raise ConfigError(f"measure.compare_latency={s['compare_latency']!r}: must be true or false")
+        ci = s["latency_ci"]
+        check_number(
+            "measure.latency_ci",
+            ci,
+            0,
+            1,
+            low_open=True,
+            high_open=True,
+            suffix=" (the 95% interval's relative half-width)",
+        )
+        cap = s["latency_max_time_s"]
+        check_number("measure.latency_max_time_s", cap, 0, low_open=True, suffix=" (seconds)")
+        return cls(
+            compare=s["compare_latency"],
+            ci=float(ci),
+            max_time_s=float(cap),
+            batch_sizes=MeasureSettings.from_config(cfg).latency_batch_sizes,
+        )
 
 
 def compare_to_baseline(
-    baseline: nn.Module, final: nn.Module, example: Any, cfg: DictConfig, phases: dict[str, Phase], final_phase: str
+    baseline: nn.Module,
+    final: nn.Module,
+    example: Any,
+    settings: LatencySettings,
+    phases: dict[str, Phase],
+    final_phase: str,
 ) -> dict[str, Any]:
     """Time ``baseline`` against ``final`` at every configured batch size; return the row's fields and
     write the two medians into ``phases['baseline']`` and ``phases[final_phase]``."""
-    s = settings(cfg)
-    if not s["compare_latency"]:
+    if not settings.compare:
         return {}
     start = time.perf_counter()
     try:
-        return _compare(baseline, final, example, cfg, s, phases, final_phase) | {
+        return _compare(baseline, final, example, settings, phases, final_phase) | {
             "latency/wall_s": time.perf_counter() - start
         }
     except Exception as err:  # noqa: BLE001 - a failed measurement must not lose the run's results
@@ -70,23 +94,15 @@ def _compare(
     baseline: nn.Module,
     final: nn.Module,
     example: Any,
-    cfg: DictConfig,
-    s: dict[str, Any],
+    settings: LatencySettings,
     phases: dict[str, Phase],
     final_phase: str,
 ) -> dict[str, Any]:
     baseline = baseline.to(next(final.parameters()).device)
     out: dict[str, Any] = {}
     medians: list[tuple[str, int, float]] = []
-    for b in cfg.measure.latency_batch_sizes:
-        c = pruning.compare_latency(
-            baseline,
-            final,
-            example,
-            int(b),
-            ci=float(s["latency_ci"]),
-            max_time_s=float(s["latency_max_time_s"]),
-        )
+    for b in settings.batch_sizes:
+        c = pruning.compare_latency(baseline, final, example, int(b), ci=settings.ci, max_time_s=settings.max_time_s)
         out.update(
             {
                 f"ratio/latency_b{b}": c.ratio,

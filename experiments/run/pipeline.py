@@ -1,9 +1,12 @@
 """One run: build -> dry-run the strategy's plan -> baseline -> (scan) -> plan -> execute -> row.
 
-This is the only place (with run.py) that knows Hydra configs. The strategy is reached only
-through its protocol (``experiments.strategies.parts.Strategy``): the pipeline validates by a dry
-run of the plan before the first epoch, executes the planned steps, then writes one
-complete results row, a W&B run (offline by default), CSV curves and the model.
+This is the only place (with run.py) that knows Hydra configs: it reads the config once into
+each part's settings (:class:`RunSettings`, checked as they are built, before anything
+trains) and instantiates the dataset, model and strategy nodes; the parts below see only
+their settings. The strategy is reached only through its protocol
+(``experiments.strategies.parts.Strategy``): the pipeline validates by a dry run of the plan
+before the first epoch, executes the planned steps, then writes one complete results row,
+a W&B run (offline by default), CSV curves and the model.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +27,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import pruning
-from experiments.run.baseline import obtain_baseline
-from experiments.run.deploy import deploy, real_batch
-from experiments.run.latency import compare_to_baseline
+from experiments.run.baseline import BaselineSettings, obtain_baseline
+from experiments.run.deploy import DeploySettings, deploy, real_batch
+from experiments.run.latency import LatencySettings, compare_to_baseline
 from experiments.run.summary import format_summary
 from experiments.run.validation import validate_config
 from experiments.storage.files import atomic_write_bytes, claim_directory
 from experiments.storage.results import append_row, failure_fields, git_commit
 from experiments.strategies.plan import Runtime, dry_run, execute
-from experiments.training.context import Phase, RunContext
+from experiments.training.context import MeasureSettings, Phase, RunContext, TrainerSettings
 from experiments.training.distributed import is_global_zero
 
 log = logging.getLogger(__name__)
@@ -49,14 +53,39 @@ def save_model(model: nn.Module, strategy: Any, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """Each part's settings, read from the config once and checked as they are built, so a bad
+    value is refused before anything trains and no part below needs the config."""
+
+    seed: int
+    trainer: TrainerSettings
+    measure: MeasureSettings
+    baseline: BaselineSettings
+    latency: LatencySettings
+    deploy: DeploySettings
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> RunSettings:
+        return cls(
+            seed=int(cfg.seed),
+            trainer=TrainerSettings.from_config(cfg),
+            measure=MeasureSettings.from_config(cfg),
+            baseline=BaselineSettings.from_config(cfg),
+            latency=LatencySettings.from_config(cfg),
+            deploy=DeploySettings.from_config(cfg),
+        )
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured study once and return its results row."""
     validate_config(cfg)
+    settings = RunSettings.from_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     # a concurrent run into the same folder fails at once; in DDP only rank 0 claims it
     claim = claim_directory(output_dir) if is_global_zero() else contextlib.nullcontext()
     with claim:
-        return _run(cfg, output_dir)
+        return _run(cfg, settings, output_dir)
 
 
 def machine() -> str:
@@ -79,10 +108,10 @@ def experiment_name(group: str = "experiment") -> str | None:
         return None
 
 
-def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+def _run(cfg: DictConfig, settings: RunSettings, output_dir: Path) -> dict[str, Any]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    L.seed_everything(settings.seed, workers=True, verbose=False)
     started = time.perf_counter()
 
     datamodule = instantiate(cfg.dataset)
@@ -103,21 +132,23 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         return instantiate(cfg.strategy, _convert_="all")
 
     rt = Runtime(
-        cfg=cfg,
         example=example,
         build_model=build_model,
         strategy=make_strategy(),
+        seed=settings.seed,
+        baseline=settings.baseline.recipe,
+        measure=settings.measure,
         dense_counts=pruning.count(model, example),
     )
     dry_run(make_strategy, model, rt)  # every bad value or combination fails here, before the baseline trains
 
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    ctx = RunContext(cfg, datamodule, output_dir)
+    ctx = RunContext(settings.trainer, datamodule, output_dir)
     rt.ctx = ctx
     row: dict[str, Any] = {"run_id": run_id, "status": "failed"}
     rt.current = "baseline"
     try:
-        rt.phases["baseline"] = obtain_baseline(cfg, model, ctx, example)
+        rt.phases["baseline"] = obtain_baseline(settings.baseline, settings.measure, model, ctx, example)
         rt.remember_baseline(model)
         if getattr(rt.strategy, "scan", None) is not None:
             rt.current = "scan"
@@ -139,17 +170,19 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             atomic_write_bytes(output_dir / "pruning_records.json", json.dumps(rt.records, indent=1).encode())
             save_model(model, rt.strategy, output_dir / "model.pt")
             rt.current = "latency"  # baseline vs final, interleaved; its medians replace the phases'
-            finish.update(compare_to_baseline(rt.teacher(), model, example, cfg, rt.phases, headline_phase(rt.phases)))
+            final_phase = headline_phase(rt.phases)
+            finish.update(compare_to_baseline(rt.teacher(), model, example, settings.latency, rt.phases, final_phase))
             rt.current = "deploy"  # never raises for a model that cannot ship: the row says why
-            finish.update(deploy(model, real_batch(datamodule), cfg, output_dir))
-        row.update(_row(cfg, run_id, rt, tables, output_dir))
+            finish.update(deploy(model, real_batch(datamodule), settings.deploy, output_dir))
+        row.update(_row(cfg, settings, run_id, rt, tables, output_dir))
         row["metrics"].update(finish)
         row["wall_s"] = time.perf_counter() - started
         row["status"] = "ok"
         _log_summary(ctx, row, tables)
         if is_global_zero():
             measured = {
-                f"latency_b{b}_ms": row["metrics"].get(f"ratio/latency_b{b}") for b in cfg.measure.latency_batch_sizes
+                f"latency_b{b}_ms": row["metrics"].get(f"ratio/latency_b{b}")
+                for b in settings.measure.latency_batch_sizes
             }
             print(format_summary({k: v for k, v in rt.phases.items() if "/" not in k}, measured))
         return row
@@ -184,7 +217,9 @@ def headline_phase(phases: dict[str, Phase]) -> str:
     return [p for p in ("retrained", "quantized") if p in phases][-1]
 
 
-def _row(cfg: DictConfig, run_id: str, rt: Runtime, tables: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+def _row(
+    cfg: DictConfig, settings: RunSettings, run_id: str, rt: Runtime, tables: dict[str, Any], output_dir: Path
+) -> dict[str, Any]:
     phases = rt.phases
     flat = {f"{p}/{k}": v for p, phase in phases.items() for k, v in phase.metrics.items()}
     base, final = phases["baseline"].metrics, phases[headline_phase(phases)].metrics
@@ -197,7 +232,7 @@ def _row(cfg: DictConfig, run_id: str, rt: Runtime, tables: dict[str, Any], outp
         "ratio/nonzero_params": ratio("nonzero_params"),
         "ratio/compressed_bytes": final["compressed_bytes"] / base["dense_bytes"],
         "ratio/macs": ratio("macs"),
-        **{f"ratio/latency_b{b}": ratio(f"latency_b{b}_ms") for b in cfg.measure.latency_batch_sizes},
+        **{f"ratio/latency_b{b}": ratio(f"latency_b{b}_ms") for b in settings.measure.latency_batch_sizes},
         "delta/acc": final["acc"] - base["acc"],
         "final/acc": final["acc"],
         "retrain/epochs": rt.totals["retrain_epochs"],
@@ -210,7 +245,7 @@ def _row(cfg: DictConfig, run_id: str, rt: Runtime, tables: dict[str, Any], outp
     strategy_metrics = getattr(rt.strategy, "metrics", None)  # optional: numbers only the strategy knows
     if callable(strategy_metrics):  # e.g. latency/target, latency/b<N>/predicted_ratio of latency-aware pruning
         derived.update(strategy_metrics())
-    parts = {**rt.strategy.parts(), "baseline_epochs": int(cfg.baseline.epochs)}
+    parts = {**rt.strategy.parts(), "baseline_epochs": settings.baseline.recipe.epochs}
     if parts.get("epochs_budget") is None:
         parts["epochs_budget"] = rt.totals["retrain_epochs"]
     return {
@@ -249,4 +284,4 @@ def _log_summary(ctx: RunContext, row: dict[str, Any], tables: dict[str, Any]) -
             )
 
 
-__all__ = ["run", "save_model", "Phase"]
+__all__ = ["run", "save_model", "Phase", "RunSettings"]

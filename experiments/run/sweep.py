@@ -24,7 +24,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from experiments.checks import ConfigError
+from experiments.checks import ConfigError, check_number
 from experiments.storage.files import atomic_write_bytes, file_lock
 from experiments.storage.results import read_rows
 from experiments.training.distributed import is_global_zero
@@ -64,8 +64,8 @@ def joblib_workers(n_jobs: Any, cores: int) -> int:
     """How many jobs joblib runs at once for ``n_jobs`` (negative: cores + 1 + n_jobs)."""
     if n_jobs is None:
         return 1
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0:
-        raise ConfigError(f"hydra.launcher.n_jobs={n_jobs!r}: allowed values are integers >= 1, or -1 for one per core")
+    if check_number("hydra.launcher.n_jobs", n_jobs, integer=True, suffix=" other than 0") == 0:
+        raise ConfigError("hydra.launcher.n_jobs=0: allowed values are integers >= 1, or -1 for one per core")
     return n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
 
 

@@ -1,4 +1,8 @@
-"""Config checks that run before the first epoch, with messages naming the key."""
+"""Config checks that run before the first epoch, with messages naming the key.
+
+Here: the seed, threads, the dataset and the weight files (``model.weights``,
+``baseline.checkpoint``) exist. Each part checks its other keys where its settings are built
+(``from_config``), which the pipeline does right after these checks."""
 
 from __future__ import annotations
 
@@ -7,11 +11,8 @@ from pathlib import Path
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from experiments.checks import ConfigError, check_choice, check_nonnegative_int
+from experiments.checks import ConfigError, check_nonnegative_int
 from experiments.models.checkpoint import check_weights_path
-from experiments.run.deploy import check_deploy_config
-from experiments.run.latency import check_latency_config
-from experiments.training.module import LR_SCHEDULES
 
 
 def check_dataset_config(dataset: DictConfig) -> None:
@@ -32,8 +33,6 @@ def validate_config(cfg: DictConfig) -> None:
     check_nonnegative_int("seed", cfg.seed)
     if cfg.get("threads") is not None and check_nonnegative_int("threads", cfg.threads) < 1:
         raise ConfigError(f"threads={cfg.threads}: must be null or an integer >= 1")
-    check_nonnegative_int("baseline.epochs", cfg.baseline.epochs)
-    check_choice("baseline.lr_schedule", cfg.baseline.lr_schedule, LR_SCHEDULES)
     root = cfg.dataset.get("root")
     if root is not None and not Path(str(root)).is_dir() and not cfg.dataset.get("fallback", False):
         raise ConfigError(
@@ -46,8 +45,3 @@ def validate_config(cfg: DictConfig) -> None:
     check_dataset_config(cfg.dataset)
     check_weights_path("baseline.checkpoint", cfg.baseline.get("checkpoint"))
     check_weights_path("model.weights", cfg.model.get("weights"))
-    for batch in cfg.measure.latency_batch_sizes:
-        if not isinstance(batch, int) or batch < 1:
-            raise ConfigError(f"measure.latency_batch_sizes contains {batch!r}: batch sizes must be integers >= 1")
-    check_latency_config(cfg)
-    check_deploy_config(cfg)

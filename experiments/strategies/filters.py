@@ -18,9 +18,9 @@ from typing import Any, Callable, Mapping
 from torch import nn
 
 import pruning
-from experiments.checks import ConfigError, check_ratio
-from experiments.strategies.filter_checks import check_filter_pruning
-from experiments.strategies.parts import Retrain, Scan, Strategy, freeze_spec, optimizer_parts, output_layer_name
+from experiments.checks import ConfigError
+from experiments.strategies.filter_checks import FilterSettings
+from experiments.strategies.parts import freeze_spec, optimizer_parts
 from experiments.strategies.plan import (
     Measure,
     Prune,
@@ -31,77 +31,68 @@ from experiments.strategies.plan import (
     scratch_optimizer,
     split_budget,
 )
-from experiments.strategies.ratio_policy import ScanTable, as_scan, placeholder_scan
+from experiments.strategies.ratio_policy import RatioPolicy, ScanTable, as_scan, placeholder_scan
 from experiments.strategies.skip import most_sensitive, spare_most_sensitive
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class FilterPruning(Strategy):
-    """Structured (filter) pruning: score, remove channels physically, retrain.
+class FilterPlan:
+    """What a filter-pruning strategy decided for its run, read back by ``parts`` and ``tables``.
 
-    ``ratio``: a float for every prunable layer, ``{layer: ratio}``, a ratio policy
-    (``model -> {layer: ratio}``, see ``experiments.strategies.ratio_policy``) or a scan policy
-    (``SensitivityMaxDrop``, ``SensitivityTarget``). ``schedule`` reaches the planned kept
-    counts at once, in ``rounds`` geometric steps over all groups, or one group at a time in
-    ``order``; ``retrain.budget`` says whether ``retrain.epochs`` is split across the steps
-    (``total``) or given to each (``per_step``). ``recalibrate_bn`` > 0 re-estimates
-    BatchNorm statistics on that many training batches after each prune step.
-    ``skip_sensitive`` = k leaves the k groups the scan ranks most sensitive unpruned and
-    prunes the others at the one ratio that removes at least the MACs of ``ratio`` everywhere.
-    ``freeze_bn``: the BatchNorm statistics of frozen layers stay ``fixed`` or ``update``.
+    ``scans``: the sensitivity scan of each criterion (the strategy's own first), before planning;
+    then per group the ``channels`` before, the kept count the plan cuts to (``targets``: only the
+    groups that lose channels) and the ``ratios`` those counts are; the modules ``frozen`` while
+    fine-tuning; the groups ``spared`` (``skip_sensitive``); the number of prune ``steps`` (0:
+    not planned yet); the Scratch-E/B optimizer; the dense model's ``filter_norms``.
     """
 
-    name: str = "filter"
-    criterion: Any = "l1"
-    ratio: Any = 0.5
-    ignore: tuple[str, ...] = ()
-    round_to: int | str = 1  # or "auto": per group the channel multiple a latency table times fastest
-    schedule: str = "oneshot"
-    rounds: int = 1
-    order: str = "forward"
-    scoring: str = "independent"
-    freeze: Any = None
-    freeze_bn: str = "fixed"
-    skip_sensitive: int = 0
-    recalibrate_bn: int = 0
-    scan: Scan | None = None
-    calibration_batches: int = 4
-    retrain: Retrain = field(default_factory=Retrain)
+    scans: dict[str, ScanTable] = field(default_factory=dict)
+    channels: dict[str, int] = field(default_factory=dict)
+    targets: dict[str, int] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+    frozen: list[str] = field(default_factory=list)
+    spared: list[str] = field(default_factory=list)
+    steps: int = 0
+    scratch_optimizer: Any = None
+    filter_norms: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class FilterPruning(FilterSettings):
+    """Structured (filter) pruning: score, remove channels physically, retrain (the parts are
+    :class:`~experiments.strategies.filter_checks.FilterSettings`'s). ``plan`` keeps what it
+    decided in ``planned``; ``record`` is what the prune steps removed so far."""
+
     record: pruning.PruningRecord = field(default_factory=pruning.PruningRecord, init=False, repr=False)
+    planned: FilterPlan = field(default_factory=FilterPlan, init=False, repr=False)
 
-    # -- validation (static); the dry run of the plan checks the rest ----------------------
-    def validate(self, model: nn.Module) -> None:
-        check_filter_pruning(self, model)
+    @property
+    def targets(self) -> dict[str, int]:
+        """``planned.targets``: the kept count per group the plan cuts to."""
+        return self.planned.targets
 
-    def _ratios_by_layer(self, model: nn.Module) -> dict[str, float]:
-        last = output_layer_name(model)
-        prunable = [
-            n
-            for n, m in model.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and n != last and n not in self.ignore
-        ]
-        if isinstance(self.ratio, Mapping):
-            out = {}
-            for layer, ratio in self.ratio.items():
-                if layer not in prunable:
-                    raise ConfigError(
-                        f"strategy.ratio names layer {layer!r}, which is not a prunable layer; "
-                        f"prunable layers: {', '.join(prunable)}"
-                    )
-                out[layer] = check_ratio(f"strategy.ratio.{layer}", ratio)
-            return out
-        ratio = check_ratio("strategy.ratio", self.ratio)
-        return {n: ratio for n in prunable}
+    @property
+    def channels(self) -> dict[str, int]:
+        """``planned.channels``: each group's channels before pruning."""
+        return self.planned.channels
+
+    @property
+    def ratios_used(self) -> dict[str, float]:
+        """``planned.ratios``: each group's ratio as the planned kept count has it."""
+        return self.planned.ratios
+
+    @property
+    def spared(self) -> list[str]:
+        """``planned.spared``: the groups ``skip_sensitive`` left unpruned."""
+        return self.planned.spared
 
     # -- planning ---------------------------------------------------------------------------
-    def _needs_scan(self) -> bool:
-        return getattr(self.ratio, "needs_scan", False)
-
-    def _resolved_ratio(self, model: nn.Module, rt: Runtime) -> Any:
+    def _resolved_ratio(self, model: nn.Module, rt: Runtime) -> tuple[list[str], Any]:
+        """``(spared groups, ratio)``: the ratio as ``pruning.planned_channels`` takes it."""
         if self.skip_sensitive:
-            self.spared, ratios = spare_most_sensitive(
+            return spare_most_sensitive(
                 model,
                 rt.example,
                 self._scan(model, rt),
@@ -110,25 +101,26 @@ class FilterPruning(Strategy):
                 self.ignore,
                 self.round_to,
             )
-            return ratios
-        if self._needs_scan():
-            return self.ratio(model, rt.example, self._scan(model, rt))
+        if self.ratio_policy().needs_scan:
+            return [], self.ratio(model, rt.example, self._scan(model, rt))
         if callable(self.ratio):
-            return self.ratio(model)
-        return dict(self.ratio) if isinstance(self.ratio, Mapping) else float(self.ratio)
+            return [], self.ratio(model)
+        return [], dict(self.ratio) if isinstance(self.ratio, Mapping) else float(self.ratio)
 
     def _scan(self, model: nn.Module, rt: Runtime) -> ScanTable:
         if rt.scan is None:  # the dry run: a scan predicting no damage (shapes and feasibility are checked)
             rt.scan = placeholder_scan(pruning.group_channels(model, rt.example, self.ignore), list(self.scan.ratios))
         return rt.scan
 
-    def _criterion(self, rt: Runtime, name: str | None = None) -> Any:
+    def make_criterion(self, rt: Runtime, name: str | None = None) -> Any:
+        """The criterion ``name`` (default: the strategy's) for this run: an object given as the
+        criterion is used as is; a registered name is built from the run's calibration batches
+        if it needs data, and seeded by the run (``Criterion.seeded``)."""
         if name is None and not isinstance(self.criterion, str):
             return self.criterion
         cls = pruning.criteria.criterion_class(name or self.criterion)
-        if cls is pruning.criteria.Random:
-            return pruning.criteria.Random(seed=rt.seed)
-        return cls.from_data(*rt.calibration(self.calibration_batches)) if cls.needs_data else cls()
+        criterion = cls.from_data(*rt.calibration(self.calibration_batches)) if cls.needs_data else cls()
+        return criterion.seeded(rt.seed)
 
     def sensitivity_scan(self, model: nn.Module, rt: Runtime) -> ScanTable:
         """Each group pruned alone at ``scan.ratios`` with the strategy's criterion, evaluated
@@ -159,27 +151,28 @@ class FilterPruning(Strategy):
             out.rows = [{**row, "criterion": name} for row in out.rows]
             return out
 
-        own_name = self.parts()["criterion"]
-        self.criterion_scans = {own_name: scan(own_name, self._criterion(rt))}
+        own_name = criterion_name(self.criterion)
+        scans = {own_name: scan(own_name, self.make_criterion(rt))}
         for name in self.scan.criteria:
-            if name not in self.criterion_scans:
+            if name not in scans:
                 log.info("scan: criterion %s", name)
-                self.criterion_scans[name] = scan(name, self._criterion(rt, name))
-        return self.criterion_scans[own_name]
+                scans[name] = scan(name, self.make_criterion(rt, name))
+        self.planned = FilterPlan(scans=scans)
+        return scans[own_name]
 
     def plan(self, model: nn.Module, rt: Runtime) -> list[Step]:
+        """The steps of the run; what they cut to is kept in ``planned`` (a :class:`FilterPlan`)."""
         self.record = pruning.PruningRecord()
-        ratio = self._resolved_ratio(model, rt)
+        spared, ratio = self._resolved_ratio(model, rt)
         if isinstance(ratio, Mapping):
             ratio = {g: r for g, r in ratio.items() if r > 0}
         planned = pruning.planned_channels(model, rt.example, ratio, self.ignore, self.round_to)
-        self.targets = {g: k for g, (c, k) in planned.items() if k < c}
-        self.channels = {g: c for g, (c, _) in planned.items()}
-        self.ratios_used = {g: 1 - k / c for g, (c, k) in planned.items()}
-        if not self.targets:
+        targets = {g: k for g, (c, k) in planned.items() if k < c}
+        channels = {g: c for g, (c, _) in planned.items()}
+        if not targets:
             raise ConfigError(f"strategy.ratio={self.ratio!r} removes no channel from any group of this model")
-        self.filter_norms = None if rt.dry else filter_norms(model)
-        criterion = self._criterion(rt)
+        norms = None if rt.dry else filter_norms(model)
+        criterion = self.make_criterion(rt)
         frozen = self._frozen_modules(model, rt)
 
         def prune(counts: dict[str, int]) -> Callable[[nn.Module, Runtime], dict[str, Any]]:
@@ -191,28 +184,38 @@ class FilterPruning(Strategy):
             return apply
 
         if self.schedule == "oneshot":
-            stages = [("prune", dict(self.targets))]
+            stages = [("prune", dict(targets))]
         elif self.schedule == "iterative":
             stages = [
                 (
                     f"round{r}",
                     {
-                        g: pruning.schedules.channel_schedule(self.channels[g], k, r + 1, self.rounds)
-                        for g, k in self.targets.items()
+                        g: pruning.schedules.channel_schedule(channels[g], k, r + 1, self.rounds)
+                        for g, k in targets.items()
                     },
                 )
                 for r in range(self.rounds)
             ]
         else:
-            stages = [(f"layer{i}", {g: self.targets[g]}) for i, g in enumerate(self._order(model, rt))]
+            order = self._order(model, rt, [g for g in channels if g in targets])
+            stages = [(f"layer{i}", {g: targets[g]}) for i, g in enumerate(order)]
         mode = self.retrain.mode
         per_epoch = self.retrain.epochs * rt.steps_per_epoch() if mode == "finetune" else 0
         if self.retrain.budget == "per_step":
             shares = [per_epoch] * len(stages)
         else:
             shares = split_budget(per_epoch, len(stages))
-        self.n_steps = len(stages)
-        self.scratch_opt = scratch_optimizer(rt.cfg) if mode.startswith("scratch") else None
+        self.planned = FilterPlan(
+            scans=self.planned.scans,
+            channels=channels,
+            targets=targets,
+            ratios={g: 1 - k / c for g, (c, k) in planned.items()},
+            frozen=frozen,
+            spared=spared,
+            steps=len(stages),
+            scratch_optimizer=scratch_optimizer(rt.baseline) if mode.startswith("scratch") else None,
+            filter_norms=norms,
+        )
         steps: list[Step] = []
         for i, ((label, counts), share) in enumerate(zip(stages, shares)):
             last = i == len(stages) - 1
@@ -242,8 +245,8 @@ class FilterPruning(Strategy):
                     self.retrain,
                     epochs=self._scratch_epochs,
                     init="reinit",
-                    optimizer=self.scratch_opt,
-                    lr_schedule=rt.cfg.baseline.lr_schedule,
+                    optimizer=self.planned.scratch_optimizer,
+                    lr_schedule=rt.baseline.lr_schedule,
                 )
             )
         steps.append(Measure("retrained"))
@@ -251,7 +254,7 @@ class FilterPruning(Strategy):
 
     def _scratch_epochs(self, model: nn.Module, rt: Runtime) -> int:
         """Scratch-E: the baseline's epochs; Scratch-B: scaled by the MACs saved, capped."""
-        epochs = int(rt.cfg.baseline.epochs)
+        epochs = int(rt.baseline.epochs)
         if self.retrain.mode == "scratch_b":
             dense = (
                 rt.dense_counts.macs
@@ -264,8 +267,8 @@ class FilterPruning(Strategy):
             epochs = matched if cap is None else min(int(epochs * cap), matched)
         return epochs
 
-    def _order(self, model: nn.Module, rt: Runtime) -> list[str]:
-        groups = [g for g in self.channels if g in self.targets]
+    def _order(self, model: nn.Module, rt: Runtime, groups: list[str]) -> list[str]:
+        """The pruned ``groups`` (in forward order) in the order ``layerwise`` prunes them."""
         if self.order == "backward":
             return groups[::-1]
         if self.order == "least_sensitive_first":
@@ -279,7 +282,6 @@ class FilterPruning(Strategy):
             ranked = most_sensitive(self._scan(model, rt), k)
             members = pruning.structured.group_members(model, rt.example, self.ignore)
             names = [n for g in ranked for n in members.get(g, [g])]
-        self.frozen = names
         return names
 
     # -- what the run stores ------------------------------------------------------------------
@@ -287,39 +289,33 @@ class FilterPruning(Strategy):
         """Named columns of the row. ``optimizer`` and ``retrain_lr`` are those of the
         retraining that ran (the baseline's for Scratch-E/B); ``epochs_budget`` is the
         planned fine-tuning epochs in all (``per_step``: steps x ``retrain.epochs``)."""
-        policy = policy_name(self.ratio)
+        policy = self.ratio_policy()
+        name = policy_name(self.ratio)
         finetune = self.retrain.mode == "finetune"
-        steps = getattr(self, "n_steps", None) or (self.rounds if self.schedule == "iterative" else 1)
-        scratch = getattr(self, "scratch_opt", None)
+        steps = self.planned.steps or (self.rounds if self.schedule == "iterative" else 1)
+        scratch = self.planned.scratch_optimizer
         optimizer, lr = optimizer_parts(scratch if scratch is not None else self.retrain.optimizer)
         if self.retrain.mode == "none":
             optimizer, lr = None, None
         names, k = freeze_spec(self.freeze)
-        crit = (
-            self.criterion
-            if isinstance(self.criterion, str)
-            else getattr(self.criterion, "name", type(self.criterion).__name__)
-        )
         return {
             "kind": "filter",
-            "criterion": crit,
+            "criterion": criterion_name(self.criterion),
             "schedule": self.schedule,
             "rounds": self.rounds,
             "order": self.order if self.schedule == "layerwise" else None,
-            "ratio": str(float(self.ratio))
-            if policy == "uniform"
-            else ("sensitivity" if self._needs_scan() else policy),
-            "ratio_policy": policy,
-            "max_drop": getattr(self.ratio, "max_drop", None),
-            "target_reduction": getattr(self.ratio, "reduction", None),
+            "ratio": str(float(self.ratio)) if name == "uniform" else ("sensitivity" if policy.needs_scan else name),
+            "ratio_policy": name,
+            "max_drop": policy.max_drop,
+            "target_reduction": policy.reduction,
             "scoring": self.scoring,
             "retrain": self.retrain.mode,
             "freeze": f"most_sensitive:{k}" if k else ("list:" + ",".join(names) if names else "none"),
             "freeze_bn": self.freeze_bn if (names or k) else None,
             "skip_sensitive": self.skip_sensitive,
             "recalibrate_bn": self.recalibrate_bn,
-            "target_resource": getattr(self.ratio, "resource", None) if self._needs_scan() else None,
-            "match_uniform": getattr(self.ratio, "match_uniform", None),
+            "target_resource": policy.resource if policy.needs_scan else None,
+            "match_uniform": policy.match_uniform,
             "budget": self.retrain.budget if finetune else None,
             "retrain_epochs": self.retrain.epochs if finetune else None,
             "epochs_budget": self.retrain.epochs * (steps if self.retrain.budget == "per_step" else 1)
@@ -331,25 +327,25 @@ class FilterPruning(Strategy):
         }
 
     def tables(self, model: nn.Module) -> dict[str, Any]:
+        plan = self.planned
         after = self.record.channels()
         layers = []
-        for g, c in self.channels.items():
+        for g, c in plan.channels.items():
             kept = after[g][0] if g in after else c
             layers.append(
                 {"name": g, "kind": "filter", "channels_before": c, "channels_after": kept, "kept_fraction": kept / c}
             )
-        out: dict[str, Any] = {"layers": layers, "ratios": self.ratios_used}
-        if self.filter_norms:
-            out["filter_norms"] = self.filter_norms
-        if getattr(self, "frozen", None):
-            out["frozen"] = list(self.frozen)
-        if getattr(self, "spared", None):
-            out["spared"] = list(self.spared)
-        scans = getattr(self, "criterion_scans", None)
-        if scans and self.scan is not None and self.scan.criteria:
+        out: dict[str, Any] = {"layers": layers, "ratios": plan.ratios}
+        if plan.filter_norms:
+            out["filter_norms"] = plan.filter_norms
+        if plan.frozen:
+            out["frozen"] = list(plan.frozen)
+        if plan.spared:
+            out["spared"] = list(plan.spared)
+        if plan.scans and self.scan is not None and self.scan.criteria:
             out["sensitivity_criteria"] = [
                 {**row, "criterion": name, "base_metric": table.base}
-                for name, table in scans.items()
+                for name, table in plan.scans.items()
                 for row in table.rows
             ]
         return out
@@ -359,8 +355,7 @@ class FilterPruning(Strategy):
 
     def metrics(self) -> dict[str, float]:
         """Numbers only the ratio policy knows (a latency target's prediction), for the results row."""
-        policy_metrics = getattr(self.ratio, "metrics", None)
-        return policy_metrics() if callable(policy_metrics) else {}
+        return self.ratio_policy().metrics()
 
 
 def policy_name(ratio: Any) -> str:
@@ -369,7 +364,17 @@ def policy_name(ratio: Any) -> str:
         return "uniform"
     if isinstance(ratio, Mapping):
         return "per_layer"
-    return getattr(ratio, "policy_name", "policy")
+    return ratio.policy_name if isinstance(ratio, RatioPolicy) else RatioPolicy.policy_name
+
+
+def criterion_name(criterion: Any) -> str:
+    """The criterion as the results row names it: its registered name; a plain callable's
+    ``name`` attribute if it has one, else its type's name."""
+    if isinstance(criterion, str):
+        return criterion
+    if isinstance(criterion, pruning.criteria.Criterion):
+        return criterion.name
+    return getattr(criterion, "name", type(criterion).__name__)
 
 
 def filter_norms(model: nn.Module) -> list[dict[str, Any]]:

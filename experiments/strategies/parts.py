@@ -2,9 +2,10 @@
 
 The pipeline knows one protocol (:class:`Strategy`): ``validate`` static values, say
 whether a sensitivity ``scan`` is wanted, ``plan`` the steps (see ``experiments.strategies.plan``),
-and report ``parts`` (named columns of the results row), ``tables`` (per-layer data),
-``storage_options`` and the ``structure_record``. :class:`Retrain` and :class:`Scan` are the
-retraining and sensitivity-scan parts; ``freeze_spec`` reads a freeze policy.
+and report ``parts`` (named columns of the results row), ``metrics`` (numbers only the strategy
+knows), ``tables`` (per-layer data), ``storage_options`` and the ``structure_record``.
+:class:`Retrain` and :class:`Scan` are the retraining and sensitivity-scan parts; ``freeze_spec``
+reads a freeze policy.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 import pruning
-from experiments.checks import ConfigError, check_choice, check_nonnegative_int, check_ratio
+from experiments.checks import ConfigError, check_choice, check_nonnegative_int, check_number, check_ratio
 from experiments.strategies.plan import Runtime, Step
 from experiments.training.module import LR_SCHEDULES
 
@@ -57,26 +58,13 @@ class Retrain:
         check_nonnegative_int(f"{key}.epochs", self.epochs)
         check_choice(f"{key}.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice(f"{key}.mode", self.mode, RETRAIN_MODES)
-        if isinstance(self.distill, bool) or not isinstance(self.distill, (int, float)) or not 0 <= self.distill <= 1:
-            raise ConfigError(f"{key}.distill={self.distill!r}: must be a number in [0, 1] (0: no distillation)")
-        if (
-            isinstance(self.temperature, bool)
-            or not isinstance(self.temperature, (int, float))
-            or self.temperature <= 0
-        ):
-            raise ConfigError(f"{key}.temperature={self.temperature!r}: must be a number > 0")
+        check_number(f"{key}.distill", self.distill, 0, 1, suffix=" (0: no distillation)")
+        check_number(f"{key}.temperature", self.temperature, 0, low_open=True)
         check_choice(f"{key}.select", self.select, SELECT_CHOICES)
-        if (
-            isinstance(self.label_smoothing, bool)
-            or not isinstance(self.label_smoothing, (int, float))
-            or not 0 <= self.label_smoothing < 1
-        ):
-            raise ConfigError(f"{key}.label_smoothing={self.label_smoothing!r}: must be a number in [0, 1) (0: off)")
+        check_number(f"{key}.label_smoothing", self.label_smoothing, 0, 1, high_open=True, suffix=" (0: off)")
         check_choice(f"{key}.budget", self.budget, BUDGETS)
-        if self.scratch_cap is not None and (
-            isinstance(self.scratch_cap, bool) or not isinstance(self.scratch_cap, (int, float)) or self.scratch_cap < 1
-        ):
-            raise ConfigError(f"{key}.scratch_cap={self.scratch_cap!r}: must be a number >= 1, or null (uncapped)")
+        if self.scratch_cap is not None:
+            check_number(f"{key}.scratch_cap", self.scratch_cap, 1, suffix=", or null (uncapped)")
         if self.epochs > 0 and self.mode == "finetune" and self.optimizer is None:
             raise ConfigError(f"{key}.optimizer is missing: give a _partial_ optimizer, e.g. torch.optim.SGD")
 
@@ -131,6 +119,10 @@ class Strategy:
         """The strategy's parts as named columns of the results row."""
         return {}
 
+    def metrics(self) -> dict[str, float]:
+        """Numbers only the strategy knows (e.g. a latency search's prediction), for the results row."""
+        return {}
+
     def tables(self, model: nn.Module) -> dict[str, Any]:
         """Per-layer tables of the final model (JSON-able lists of rows)."""
         return {}
@@ -166,8 +158,7 @@ def freeze_spec(freeze: Any) -> tuple[list[str], int]:
                 "{most_sensitive: k}"
             )
         k = freeze.get("most_sensitive")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigError(f"strategy.freeze.most_sensitive={k!r}: must be an integer >= 1")
+        check_number("strategy.freeze.most_sensitive", k, 1, integer=True)
         return [], k
     if isinstance(freeze, (list, tuple)) and all(isinstance(n, str) for n in freeze):
         return list(freeze), 0

@@ -21,14 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 from torch import nn
 
 import pruning
 from experiments.checks import ConfigError
 from experiments.models.registry import reinitialize_like
-from experiments.training.context import Phase, RunContext, measure_model, seed_phase
+from experiments.training.context import BaselineRecipe, MeasureSettings, Phase, RunContext, measure_model, seed_phase
 from experiments.training.module import Classifier
 
 log = logging.getLogger(__name__)
@@ -36,12 +34,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Runtime:
-    """What the steps of one run share. ``dry`` marks the validation pass (no data, no training)."""
+    """What the steps of one run share. ``dry`` marks the validation pass (no data, no training).
+    ``baseline`` is the baseline's training recipe, which training from scratch reuses (None:
+    no step trains from scratch); ``measure`` says how the headline phases are timed."""
 
-    cfg: DictConfig
     example: torch.Tensor
     build_model: Callable[[], nn.Module]
     strategy: Any
+    seed: int
+    baseline: BaselineRecipe | None = None
+    measure: MeasureSettings = field(default_factory=MeasureSettings)
     ctx: RunContext | None = None
     dry: bool = False
     scan: Any = None
@@ -55,10 +57,6 @@ class Runtime:
     _teacher: nn.Module | None = None
     _calibration: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     _baseline_state: dict[str, torch.Tensor] | None = None
-
-    @property
-    def seed(self) -> int:
-        return int(self.cfg.seed)
 
     def remember_baseline(self, model: nn.Module) -> None:
         """Keep the dense baseline's weights (for a distillation teacher made on demand)."""
@@ -88,7 +86,7 @@ class Runtime:
             n = max(2, len(self.example))
             x = self.example[:1].expand(n, *self.example.shape[1:]).clone()
             return x, torch.zeros(n, dtype=torch.long)
-        seed_phase(self.cfg, self.ctx.datamodule, "calibration")
+        seed_phase(self.seed, self.ctx.datamodule, "calibration")
         xs, ys = [], []
         for i, (x, y) in enumerate(self.ctx.datamodule.train_dataloader()):
             if i >= batches:
@@ -219,7 +217,7 @@ class Measure(Step):
             return
         metrics = rt.ctx.test(Classifier(model, None), self.label.replace("/", "-"))
         if self.full:
-            metrics.update(measure_model(model, rt.example, rt.cfg, rt.strategy))
+            metrics.update(measure_model(model, rt.example, rt.measure, rt.strategy))
         else:
             counts = pruning.count(model, rt.example)
             metrics.update(params=counts.params, macs=counts.macs, nonzero_params=counts.nonzero_params)
@@ -243,10 +241,12 @@ def dry_run(make_strategy: Callable[[], Any], model: nn.Module, rt: Runtime) -> 
     strategy.validate(model)
     trial = copy.deepcopy(model)
     dry = Runtime(
-        cfg=rt.cfg,
         example=rt.example,
         build_model=rt.build_model,
         strategy=strategy,
+        seed=rt.seed,
+        baseline=rt.baseline,
+        measure=rt.measure,
         dry=True,
         dense_counts=rt.dense_counts,
     )
@@ -349,6 +349,6 @@ def split_budget(total: int, parts: int) -> list[int]:
     return [base + (1 if i >= parts - extra else 0) for i in range(parts)]
 
 
-def scratch_optimizer(cfg: DictConfig) -> Any:
+def scratch_optimizer(baseline: BaselineRecipe) -> Any:
     """The baseline's optimizer, for training the pruned architecture from scratch."""
-    return instantiate(cfg.baseline.optimizer)
+    return baseline.optimizer

@@ -20,8 +20,29 @@ from experiments.models.registry import conv_layers
 log = logging.getLogger(__name__)
 
 
+class RatioPolicy:
+    """What the strategy and the results row read of a ratio policy, declared with defaults that a
+    policy overrides: whether it needs a sensitivity scan (then it is called ``(model, example,
+    scan)``, else ``(model)``), its name in the row, the targets it was given, its static checks
+    and numbers only it knows after it ran."""
+
+    needs_scan: bool = False
+    policy_name: str = "policy"
+    max_drop: float | None = None
+    reduction: float | None = None
+    resource: str | None = None
+    match_uniform: float | None = None
+
+    def validate(self) -> None:
+        """Static checks of the policy's settings."""
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers only the policy knows (e.g. a latency search's prediction), for the results row."""
+        return {}
+
+
 @dataclass
-class ConvIndexRatios:
+class ConvIndexRatios(RatioPolicy):
     """{conv layer number (1 = first conv): ratio}; other layers keep their channels."""
 
     ratios: Mapping[int, float]
@@ -39,7 +60,7 @@ class ConvIndexRatios:
 
 
 @dataclass
-class ResNetStageRatios:
+class ResNetStageRatios(RatioPolicy):
     """Li et al.'s ResNet rule: prune only the first conv of each residual block, at one
     ratio per stage, skipping the listed (sensitive) layer numbers."""
 
@@ -126,7 +147,7 @@ def placeholder_scan(groups: dict[str, tuple[int, int]], ratios: list[float]) ->
     )
 
 
-class ScanPolicy:
+class ScanPolicy(RatioPolicy):
     """A ratio policy that needs a sensitivity scan: ``policy(model, example, scan)``."""
 
     needs_scan = True

@@ -24,45 +24,45 @@ spends fine-tuning for 2. The pipeline is unchanged: these are planned steps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
 import pruning
-from experiments.checks import ConfigError, check_choice
+from experiments.checks import ConfigError, check_choice, check_number
 from experiments.strategies.filters import FilterPruning
 from experiments.strategies.parts import Retrain
 from experiments.strategies.plan import Measure, Prune, Runtime, Step, Train
 
 SCOPES = ("group", "global")
 Hooks = tuple[Callable[[nn.Module], torch.Tensor] | None, list[Callable[[nn.Module], None]]]
-
-
-def check_number(key: str, value: Any, low: float = 0.0, high: float | None = None) -> float:
-    """``value`` as a float in ``[low, high]``, or a ConfigError naming ``key``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ConfigError(f"{key}={value!r}: must be a number >= {low}")
-    if value < low:
-        raise ConfigError(f"{key}={value!r}: must be >= {low:g}")
-    if high is not None and value > high:
-        raise ConfigError(f"{key}={value!r}: must be in [{low:g}, {high:g}]")
-    return float(value)
+PrunedGroups = Callable[[nn.Module, Runtime], list[tuple[pruning.graph.ChannelGroup, int]]]  # each with its kept
 
 
 @dataclass
 class SparsityTraining:
     """What every sparsity part shares: ``epochs`` of training with ``optimizer`` (a partial)
-    and ``lr_schedule``, starting from the trained baseline."""
+    and ``lr_schedule``, starting from the trained baseline. A method overrides the hooks it
+    needs (``hooks``, ``needs_norm``, ``check``, ``steps_before``, ``strength``, ``parts``);
+    :class:`SparsityPruning` calls only these."""
 
     epochs: int = 1
     optimizer: Any = None
     lr_schedule: str = "cosine"
-    name = "sparsity"
+    name: ClassVar[str] = "sparsity"
+    needs_norm: ClassVar[bool] = False  # it penalises normalisation scales: a pruned group must have one
 
     def validate(self) -> None:
         self.training().validate("strategy.sparsity")
+
+    def check(self, criterion: Any, scope: str) -> None:
+        """Reject the strategy's ``criterion`` or ``scope`` if the method cannot work with it."""
+
+    def steps_before(self, groups: PrunedGroups, criterion: Any) -> list[Step]:
+        """Steps the method adds before its training (after the ``share_before`` measurement)."""
+        return []
 
     def training(self) -> Retrain:
         """The training settings as the ``Train`` step reads them (no distillation, last weights)."""
@@ -71,6 +71,15 @@ class SparsityTraining:
     def strength(self) -> float | None:
         """The coefficient of the term (the results row's ``sparsity_strength``)."""
         return None
+
+    def parts(self) -> dict[str, Any]:
+        """The method's columns of the results row."""
+        return {
+            "sparsity": self.name,
+            "sparsity_strength": self.strength(),
+            "sparsity_epochs": self.epochs,
+            "sparsity_ramp": None,
+        }
 
     def hooks(
         self, groups: list[pruning.graph.ChannelGroup], keep: dict[int, int], rt: Runtime, criterion: Any
@@ -87,9 +96,10 @@ class BatchNormL1(SparsityTraining):
 
     l1: float = 1e-4
     name = "bn_l1"
+    needs_norm = True
 
     def validate(self) -> None:
-        check_number("strategy.sparsity.l1", self.l1)
+        check_number("strategy.sparsity.l1", self.l1, 0)
         super().validate()
 
     def strength(self) -> float:
@@ -117,14 +127,17 @@ class GroupNormSparsity(SparsityTraining):
     name = "group_lasso"
 
     def validate(self) -> None:
-        check_number("strategy.sparsity.reg", self.reg)
-        check_number("strategy.sparsity.ramp", self.ramp, 0.0, 1.0)
+        check_number("strategy.sparsity.reg", self.reg, 0)
+        check_number("strategy.sparsity.ramp", self.ramp, 0, 1)
         if not isinstance(self.bias, bool):
             raise ConfigError(f"strategy.sparsity.bias={self.bias!r}: must be true or false")
         super().validate()
 
     def strength(self) -> float:
         return float(self.reg)
+
+    def parts(self) -> dict[str, Any]:
+        return {**super().parts(), "sparsity_ramp": self.ramp}
 
     def coefficient(self, step: int, total: int) -> float:
         """The coefficient at optimizer step ``step`` (0-based) of ``total``."""
@@ -158,6 +171,27 @@ class SoftFilterPruning(SparsityTraining):
     zeroed instead. The cut then removes the filters zeroed last."""
 
     name = "soft_filter"
+    criteria: ClassVar[tuple[str, ...]] = ("l1", "l2")  # only a filter norm makes the cut remove the zeroed ones
+
+    def check(self, criterion: Any, scope: str) -> None:
+        if criterion not in self.criteria:
+            raise ConfigError(
+                f"strategy.criterion={criterion!r} with soft filter pruning: the cut must remove "
+                f"the zeroed filters, which only a filter norm guarantees; allowed values are {self.criteria}"
+            )
+        if scope != "group":
+            raise ConfigError("strategy.scope=global with soft filter pruning: it zeroes per group, use scope=group")
+
+    def steps_before(self, groups: PrunedGroups, criterion: Any) -> list[Step]:
+        """Zero the filters once before the first epoch."""
+
+        def apply(model: nn.Module, rt: Runtime) -> dict[str, Any]:
+            pruned = groups(model, rt)
+            zeroed = pruning.structured.soft_prune_([g for g, _ in pruned], {g.index: k for g, k in pruned}, criterion)
+            names = {g.index: pruning.structured.group_name(g) for g, _ in pruned}
+            return {"kind": "soft", "zeroed": {names[i]: c.tolist() for i, c in zeroed.items()}}
+
+        return [Prune("soft_prune", apply)]
 
     def hooks(
         self, groups: list[pruning.graph.ChannelGroup], keep: dict[int, int], rt: Runtime, criterion: Any
@@ -174,9 +208,6 @@ class SoftFilterPruning(SparsityTraining):
         return None, [at_epoch_end]
 
 
-SOFT_CRITERIA = ("l1", "l2")
-
-
 @dataclass
 class RemovedShare(Step):
     """How much of the criterion's score the channels the cut will remove hold, before and
@@ -184,7 +215,7 @@ class RemovedShare(Step):
     ``sparse`` phase's ``removed_share_before`` / ``removed_share``). Skipped in the dry run."""
 
     label: str
-    strategy: Any
+    strategy: SparsityPruning
     targets: dict[str, int]
     criterion: Any
 
@@ -213,6 +244,8 @@ class SparsityPruning(FilterPruning):
     name: str = "sparsity"
     sparsity: Any = None
     scope: str = "group"
+    shares: dict[str, dict[str, float]] = field(default_factory=dict, init=False, repr=False)
+    global_kept: dict[str, int] | None = field(default=None, init=False, repr=False)
 
     def validate(self, model: nn.Module) -> None:
         super().validate(model)
@@ -228,40 +261,30 @@ class SparsityPruning(FilterPruning):
                 f"strategy.scope=global with strategy.schedule={self.schedule}: a global ranking "
                 "plans one cut, use strategy.schedule=oneshot"
             )
-        if isinstance(self.sparsity, SoftFilterPruning):
-            if self.criterion not in SOFT_CRITERIA:
-                raise ConfigError(
-                    f"strategy.criterion={self.criterion!r} with soft filter pruning: the cut must remove "
-                    f"the zeroed filters, which only a filter norm guarantees; allowed values are {SOFT_CRITERIA}"
-                )
-            if self.scope != "group":
-                raise ConfigError(
-                    "strategy.scope=global with soft filter pruning: it zeroes per group, use scope=group"
-                )
+        self.sparsity.check(self.criterion, self.scope)
 
     # -- planning ---------------------------------------------------------------------------
     def plan(self, model: nn.Module, rt: Runtime) -> list[Step]:
         steps = super().plan(model, rt)
-        criterion = self._criterion(rt)
-        targets = dict(self.targets)
+        criterion = self.make_criterion(rt)
+        targets = dict(self.planned.targets)
         pruned = self._groups(model, rt, targets)
-        if isinstance(self.sparsity, BatchNormL1) and not any(m.role == "norm" for g, _ in pruned for m in g.members):
+        if self.sparsity.needs_norm and not any(m.role == "norm" for g, _ in pruned for m in g.members):
             raise ConfigError(
                 f"strategy={self.name}: no pruned group of this model has a BatchNorm/LayerNorm scale "
                 "to penalise and rank (bn_gamma); use a model with BatchNorm or strategy=group_norm"
             )
         if self.scope == "global":
             steps = [Prune(s.label, self._global_prune(criterion)) if isinstance(s, Prune) else s for s in steps]
-        self.global_kept: dict[str, int] | None = None
+        self.global_kept = None
 
         def hooks() -> Hooks:
             groups = self._groups(model, rt, targets)  # traced again: the weights are the trained ones
             return self.sparsity.hooks([g for g, _ in groups], {g.index: k for g, k in groups}, rt, criterion)
 
-        self.shares: dict[str, dict[str, float]] = {}
+        self.shares = {}
         before: list[Step] = [RemovedShare("sparsity/share_before", self, targets, criterion)]
-        if isinstance(self.sparsity, SoftFilterPruning):
-            before.append(Prune("soft_prune", self._soft_prune(targets, criterion)))
+        before += self.sparsity.steps_before(lambda m, r: self._groups(m, r, targets), criterion)
         before.append(Train("sparsity", self.sparsity.training(), epochs=self.sparsity.epochs, hooks=hooks))
         before.append(Measure("sparse", full=False))
         before.append(RemovedShare("sparsity/share_after", self, targets, criterion))
@@ -279,18 +302,9 @@ class SparsityPruning(FilterPruning):
                 out.append((g, targets[name] - (g.n_channels - g.n_prunable)))
         return out
 
-    def _soft_prune(self, targets: dict[str, int], criterion: Any) -> Callable[[nn.Module, Runtime], dict[str, Any]]:
-        def apply(model: nn.Module, rt: Runtime) -> dict[str, Any]:
-            groups = self._groups(model, rt, targets)
-            zeroed = pruning.structured.soft_prune_([g for g, _ in groups], {g.index: k for g, k in groups}, criterion)
-            names = {g.index: pruning.structured.group_name(g) for g, _ in groups}
-            return {"kind": "soft", "zeroed": {names[i]: c.tolist() for i, c in zeroed.items()}}
-
-        return apply
-
     def _global_prune(self, criterion: Any) -> Callable[[nn.Module, Runtime], dict[str, Any]]:
         def apply(model: nn.Module, rt: Runtime) -> dict[str, Any]:
-            counts = global_counts(model, rt.example, self.targets, criterion, self.ignore)
+            counts = global_counts(model, rt.example, self.planned.targets, criterion, self.ignore)
             self.global_kept = counts
             record = pruning.prune_to(model, rt.example, counts, criterion, self.ignore, self.scoring)
             self.record = self.record + record
@@ -317,13 +331,7 @@ class SparsityPruning(FilterPruning):
         out = super().parts()
         if out.get("epochs_budget") is not None:
             out["epochs_budget"] += self.sparsity.epochs
-        out.update(
-            sparsity=self.sparsity.name,
-            sparsity_strength=self.sparsity.strength(),
-            sparsity_epochs=self.sparsity.epochs,
-            sparsity_ramp=getattr(self.sparsity, "ramp", None),
-            scope=self.scope,
-        )
+        out.update(self.sparsity.parts(), scope=self.scope)
         return out
 
     def tables(self, model: nn.Module) -> dict[str, Any]:
@@ -335,7 +343,7 @@ class SparsityPruning(FilterPruning):
                 for g in dict.fromkeys([*before, *after])
             ]
         if self.scope == "global":
-            out["ratios"] = {g: 1 - k / self.channels[g] for g, k in (self.global_kept or {}).items()}
+            out["ratios"] = {g: 1 - k / self.planned.channels[g] for g, k in (self.global_kept or {}).items()}
         return out
 
 

@@ -477,7 +477,7 @@ class Quantize(Step):
             self.label,
             {
                 **ctx.test(Classifier(model, None), "quantized"),
-                **measure_model(model, example, rt.cfg),
+                **measure_model(model, example, rt.measure),
                 "compressed_bytes": report.file_bytes,
                 "storage_pruned_bytes": total.pruned,
                 "storage_quantized_bytes": total.quantized,

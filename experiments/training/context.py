@@ -1,4 +1,9 @@
-"""What every phase of a run shares: data, trainers and loggers, seeds, measurement."""
+"""What every phase of a run shares: data, trainers and loggers, seeds, measurement.
+
+The pipeline reads the config once into the settings here (:class:`TrainerSettings`,
+:class:`MeasureSettings`, :class:`BaselineRecipe`); the code below sees only those, so each
+signature says what it depends on and a test builds them directly instead of a whole config.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,20 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import pruning
+from experiments.checks import ConfigError, check_choice, check_nonnegative_int, check_number
 from experiments.storage.tracking import check_wandb_online
-from experiments.training.module import Classifier
+from experiments.training.module import LR_SCHEDULES, Classifier
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +46,93 @@ def phase_seed(seed: int, phase: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def seed_phase(cfg: DictConfig, datamodule: L.LightningDataModule, phase: str) -> int:
-    """Seed torch/numpy/python and the datamodule's loaders for ``phase``; returns the seed."""
-    seed = phase_seed(cfg.seed, phase)
+def seed_phase(run_seed: int, datamodule: L.LightningDataModule, phase: str) -> int:
+    """Seed torch/numpy/python and the datamodule's loaders for ``phase`` of the run seeded
+    ``run_seed``; returns the phase's seed."""
+    seed = phase_seed(run_seed, phase)
     L.seed_everything(seed, workers=True, verbose=False)
     reseed = getattr(datamodule, "reseed", None)
     if reseed is not None:
         reseed(seed)
     return seed
+
+
+def _resolved(node: Any) -> dict[str, Any] | None:
+    """A config node as a plain resolved dict (None for a missing or empty node)."""
+    return OmegaConf.to_container(node, resolve=True) if node else None
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """What the phases' trainers and loggers are built from.
+
+    ``trainer`` is the ``lightning.Trainer`` node (``_target_`` and its arguments), ``csv`` and
+    ``wandb`` the logger nodes (None: that logger is off), ``hyperparams`` the run's whole
+    resolved config, which the W&B run records. All are plain resolved dicts, instantiated per phase.
+    """
+
+    seed: int
+    trainer: Mapping[str, Any]
+    csv: Mapping[str, Any] | None = None
+    wandb: Mapping[str, Any] | None = None
+    hyperparams: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> TrainerSettings:
+        loggers = cfg.get("logger") or {}
+        return cls(
+            seed=check_nonnegative_int("seed", cfg.seed),
+            trainer=_resolved(cfg.trainer) or {},
+            csv=_resolved(loggers.get("csv")),
+            wandb=_resolved(loggers.get("wandb")),
+            hyperparams=OmegaConf.to_container(cfg, resolve=True),
+        )
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How a model is timed: the batch sizes (each a ``latency_b<N>_ms`` metric) and the
+    repeats per timing (``measure.latency_batch_sizes``, ``measure.latency_repeats``)."""
+
+    latency_batch_sizes: tuple[int, ...] = (1, 64)
+    latency_repeats: int = 20
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> MeasureSettings:
+        sizes = cfg.measure.latency_batch_sizes
+        if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+            raise ConfigError(f"measure.latency_batch_sizes={sizes!r}: must be a list of integers >= 1")
+        sizes = tuple(sizes)
+        for i, batch in enumerate(sizes):
+            check_number(f"measure.latency_batch_sizes[{i}]", batch, 1, integer=True)
+        repeats = check_number("measure.latency_repeats", cfg.measure.latency_repeats, 1, integer=True)
+        return cls(latency_batch_sizes=sizes, latency_repeats=repeats)
+
+
+@dataclass(frozen=True)
+class BaselineRecipe:
+    """How the dense baseline trains (``baseline.epochs``, ``lr_schedule``, ``optimizer``);
+    training the pruned architecture from scratch (Scratch-E/B) reuses it.
+    ``optimizer`` is the instantiated partial: parameters -> optimizer."""
+
+    epochs: int
+    lr_schedule: str
+    optimizer: Callable[..., torch.optim.Optimizer]
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> BaselineRecipe:
+        epochs = check_nonnegative_int("baseline.epochs", cfg.baseline.epochs)
+        lr_schedule = check_choice("baseline.lr_schedule", cfg.baseline.lr_schedule, LR_SCHEDULES)
+        try:
+            optimizer = instantiate(cfg.baseline.optimizer)
+        except InstantiationException as err:  # an unknown _target_ or a bad argument
+            raise ConfigError(f"baseline.optimizer cannot be instantiated: {err}") from err
+        if not callable(optimizer):
+            raise ConfigError(
+                "baseline.optimizer must be an optimizer node with _target_ and _partial_: true "
+                f"(parameters -> optimizer), not {type(optimizer).__name__}"
+            )
+        return cls(epochs=epochs, lr_schedule=lr_schedule, optimizer=optimizer)
 
 
 class PhaseWandbLogger(WandbLogger):
@@ -72,17 +158,16 @@ class PhaseWandbLogger(WandbLogger):
 class RunContext:
     """Builds trainers and loggers for the phases of one run."""
 
-    def __init__(self, cfg: DictConfig, datamodule: L.LightningDataModule, output_dir: Path) -> None:
-        self.cfg = cfg
+    def __init__(self, settings: TrainerSettings, datamodule: L.LightningDataModule, output_dir: Path) -> None:
+        self.settings = settings
         self.datamodule = datamodule
         self.output_dir = output_dir
         self.wandb_logger = self._make_wandb()
 
     def _make_wandb(self):
-        wandb_cfg = self.cfg.logger.get("wandb") if self.cfg.get("logger") else None
-        if not wandb_cfg:
+        if not self.settings.wandb:
             return None
-        settings = OmegaConf.to_container(wandb_cfg, resolve=True)
+        settings = dict(self.settings.wandb)  # a copy: the options below are popped and set
         fallback = bool(settings.pop("fallback_offline", False))
         mode = "offline" if settings.get("offline", True) else "online"
         if mode == "online":  # a clear error within seconds, not a wandb traceback after minutes
@@ -92,14 +177,13 @@ class RunContext:
         os.environ.setdefault("WANDB_SILENT", "true")
         (self.output_dir / "wandb").mkdir(parents=True, exist_ok=True)
         logger = instantiate(settings, save_dir=str(self.output_dir))
-        logger.log_hyperparams(OmegaConf.to_container(self.cfg, resolve=True))
+        logger.log_hyperparams(dict(self.settings.hyperparams))
         return logger
 
     def loggers(self, phase: str) -> list:
         out = []
-        csv_cfg = self.cfg.logger.get("csv") if self.cfg.get("logger") else None
-        if csv_cfg:
-            out.append(instantiate(csv_cfg, save_dir=str(self.output_dir), version=phase))
+        if self.settings.csv:
+            out.append(instantiate(dict(self.settings.csv), save_dir=str(self.output_dir), version=phase))
         if self.wandb_logger is not None:
             if isinstance(self.wandb_logger, PhaseWandbLogger):
                 self.wandb_logger.start_phase(phase)
@@ -107,12 +191,14 @@ class RunContext:
         return out or False
 
     def trainer(self, phase: str, epochs: int, max_steps: int = -1) -> L.Trainer:
-        return instantiate(self.cfg.trainer, max_epochs=epochs, max_steps=max_steps, logger=self.loggers(phase))
+        return instantiate(
+            dict(self.settings.trainer), max_epochs=epochs, max_steps=max_steps, logger=self.loggers(phase)
+        )
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps in one training epoch (after the trainer's ``limit_train_batches``)."""
         n = len(self.datamodule.train_dataloader())
-        limit = self.cfg.trainer.get("limit_train_batches")
+        limit = self.settings.trainer.get("limit_train_batches")
         if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1:
             return min(n, limit)
         if isinstance(limit, float):
@@ -128,7 +214,7 @@ class RunContext:
             steps, unit, amount = -1, "epoch", epochs
         if amount > 0:
             log.info("%s: training %d %s(s)", phase, amount, unit)
-            seed_phase(self.cfg, self.datamodule, phase)
+            seed_phase(self.settings.seed, self.datamodule, phase)
             self.trainer(phase, epochs, max_steps=steps).fit(module, datamodule=self.datamodule)
         return time.perf_counter() - start
 
@@ -144,7 +230,9 @@ class RunContext:
             wandb.finish()
 
 
-def measure_model(model: nn.Module, example_inputs: torch.Tensor, cfg: DictConfig, strategy=None) -> dict[str, float]:
+def measure_model(
+    model: nn.Module, example_inputs: torch.Tensor, measure: MeasureSettings, strategy: Any = None
+) -> dict[str, float]:
     """Size, compute and latency of ``model`` (paper counts and totals kept apart).
 
     ``compressed_bytes`` is the real size of the model in our compact format with the
@@ -159,7 +247,7 @@ def measure_model(model: nn.Module, example_inputs: torch.Tensor, cfg: DictConfi
     if options.get("values") == "codebook":  # not quantized yet: measure the lossless size
         options["values"] = "fp32"
     out["compressed_bytes"] = pruning.compress.compression_report(model, **options).file_bytes
-    for batch in cfg.measure.latency_batch_sizes:
-        seconds = pruning.measure_latency(model, example_inputs, batch_size=batch, repeats=cfg.measure.latency_repeats)
+    for batch in measure.latency_batch_sizes:
+        seconds = pruning.measure_latency(model, example_inputs, batch_size=batch, repeats=measure.latency_repeats)
         out[f"latency_b{batch}_ms"] = seconds * 1e3
     return out

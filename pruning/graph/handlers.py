@@ -10,7 +10,8 @@ Two kinds of handler exist, and the graph tracer treats them differently:
   input channels of their group); input channels are consumed. ``prune_out`` and
   ``prune_in`` cut the two sides independently.
 * :class:`ChannelwiseHandler` (BatchNorm, LayerNorm, PReLU): output channel ``i`` is
-  input channel ``i``; ``prune_out`` cuts the per-channel parameters.
+  input channel ``i``; ``prune_out`` cuts the per-channel parameters. torchvision's
+  FrozenBatchNorm2d is known by name (pruning does not import torchvision).
 
 Register your own with :func:`register_handler`; an unknown type that owns parameters
 makes the tracer raise an error that names the module and points here.
@@ -334,6 +335,18 @@ class BatchNormHandler(ChannelwiseHandler):
         return t.reshape(-1, 1)
 
 
+class FrozenBatchNormHandler(BatchNormHandler):
+    """BatchNorm whose affine parameters and statistics are fixed buffers, without
+    ``num_features`` (torchvision's FrozenBatchNorm2d, in every pretrained detector)."""
+
+    def channels(self, module: nn.Module) -> int:
+        return module.weight.shape[0]
+
+    def prune_out(self, module: nn.Module, keep: Tensor) -> None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            cut_tensor(module, name, keep, 0)
+
+
 class LayerNormHandler(ChannelwiseHandler):
     """nn.LayerNorm over one (channel) dim, wherever the channels are.
 
@@ -404,6 +417,8 @@ class PReLUHandler(ChannelwiseHandler):
 Handler = FilterHandler | ChannelwiseHandler
 
 _HANDLERS: dict[type, Handler] = {}
+# types of other libraries, by qualified name, so that pruning imports none of them
+_BY_NAME: dict[str, Handler] = {"torchvision.ops.misc.FrozenBatchNorm2d": FrozenBatchNormHandler()}
 
 
 def register_handler(module_type: type, handler: Handler, *, replace: bool = False) -> None:
@@ -423,14 +438,10 @@ def register_handler(module_type: type, handler: Handler, *, replace: bool = Fal
     _HANDLERS[module_type] = handler
 
 
-# handlers of other libraries' layers, by qualified class name (nothing of theirs is imported)
-_NAMED_HANDLERS: dict[str, Handler] = {}
-
-
 def get_handler(module: nn.Module) -> Handler | None:
     """The handler for ``module``'s type (nearest registered base class), or None."""
     for cls in type(module).__mro__:
-        handler = _HANDLERS.get(cls) or _NAMED_HANDLERS.get(f"{cls.__module__}.{cls.__qualname__}")
+        handler = _HANDLERS.get(cls) or _BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
         if handler is not None:
             return handler
         if cls is nn.Module:
@@ -463,8 +474,8 @@ def _register_builtins(register: Callable[[type, Handler], None]) -> None:
     register(nn.GroupNorm, GroupNormHandler())
     register(nn.PReLU, PReLUHandler())
     for name in ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame"):
-        _NAMED_HANDLERS[f"timm.layers.std_conv.{name}"] = StdConvHandler()
-    _NAMED_HANDLERS["timm.layers.blur_pool.BlurPool2d"] = BlurPoolHandler()
+        _BY_NAME[f"timm.layers.std_conv.{name}"] = StdConvHandler()
+    _BY_NAME["timm.layers.blur_pool.BlurPool2d"] = BlurPoolHandler()
 
 
 _register_builtins(register_handler)

@@ -264,6 +264,22 @@ def _fixed_size(tr, name: str, args: tuple, kwargs: dict, new: Tensor, dims: lis
     return any(requested[d] != -1 and new.shape[d] in numbers for d in dims)
 
 
+def _empty(tr, name: str, x: Tensor, lab: Tensor, out: Any) -> bool:
+    """An op that returned an empty tensor (no detection, an empty pyramid level): there
+    are no labels to run the op on, so the output keeps ``x``'s channels where they stay
+    in place, and they are frozen otherwise. False if the output is not empty."""
+    outs = _outs(out)
+    if not outs or outs[0].numel():
+        return False
+    o = outs[0]
+    if o.dim() == x.dim() and all(o.shape[d] == x.shape[d] for d in _varying(lab)):
+        _set_all(tr, out, lab, compressed=True)
+    else:
+        tr.freeze(lab, f"op {name!r} leaves no element of the channels ({tr.where()})")
+        _set_all(tr, out, None)
+    return True
+
+
 def reshape(tr, func, name, args, kwargs, ins, labs, out) -> None:
     """Views, permutes, flatten and friends: run the op on the labels. A view that splits
     channels into groups of a size the module holds as a number (heads of ``self.head_dim``
@@ -271,6 +287,8 @@ def reshape(tr, func, name, args, kwargs, ins, labs, out) -> None:
     x, lab = args[0], labs[0] if ins and ins[0] is args[0] else None
     if lab is None:
         return _set_all(tr, out, None)
+    if _empty(tr, name, x, lab, out):
+        return
     new = func(_full(tr, x), *args[1:], **kwargs)
     if name in ("view", "reshape", "unflatten", "view_as", "reshape_as"):
         inner = _split_unions(tr, name, lab, new)
@@ -308,6 +326,8 @@ def positional(tr, func, name, args, kwargs, ins, labs, out) -> None:
     x, lab = args[0], labs[0] if ins and ins[0] is args[0] else None
     if lab is None:
         return _set_all(tr, out, None)
+    if _empty(tr, name, x, lab, out):
+        return
     for d in _varying(lab):
         shape = [1] * x.dim()
         shape[d] = x.shape[d]
@@ -323,6 +343,87 @@ def positional(tr, func, name, args, kwargs, ins, labs, out) -> None:
     new = func(_full(tr, x), *args[1:], **kwargs)
     for o, n in zip(_outs(out), _outs(new)):
         tr.set_label(o, n)
+
+
+_TO_NUMBERS = {"nonzero", "argwhere", "where", "nms", "unique", "unique_consecutive", "bincount", "histc"}
+
+
+def indices(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """Ops that return positions or counts (``nonzero``, ``where(cond)``, ``nms``, ``unique``,
+    ``topk``/``sort`` indices): a position along a channel dim is a channel number (a class
+    or anchor id in a detector's post-processing), so the channels there are frozen; the
+    results carry no channels (``topk``/``sort`` values keep theirs, in their new order)."""
+    if name == "where" and len(args) + len(kwargs) > 1:
+        return elementwise(tr, func, name, args, kwargs, ins, labs, out)
+    if name in _TO_NUMBERS:
+        for lab in labs:
+            tr.freeze(lab, f"op {name!r} turns channel positions or values into numbers ({tr.where()})")
+        return _set_all(tr, out, None)
+    x, lab = args[0], labs[0] if ins and ins[0] is args[0] else None
+    if lab is None:
+        return _set_all(tr, out, None)
+    dim = _arg(args, kwargs, 2 if name in ("topk", "kthvalue") else 1, "dim", -1)
+    dim = (0 if name == "msort" else dim) % max(x.dim(), 1)
+    if lab.shape[dim] > 1:
+        tr.freeze(lab, f"op {name!r} picks channels by value ({tr.where()})")
+    outs = _outs(out)
+    if name == "argsort":
+        return _set_all(tr, out, None)
+    values = outs[0]
+    if lab.shape[dim] == 1:  # sorted along a dim without channels: they stay where they are
+        new = lab if values.dim() == x.dim() else lab.squeeze(dim)
+    elif len(outs) > 1 and values.dim() == x.dim():
+        new = _full(tr, x).gather(dim, outs[1])
+    else:
+        new = None
+    tr.set_label(values, new)
+    for o in outs[1:]:
+        tr.set_label(o, None)
+
+
+def setitem(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """``x[index] = v``: a write along dims without channels (rows of a buffer filled per
+    pyramid level) gives ``x`` the channels of ``v``, united with those already there; any
+    other write (at fixed channel positions, or one that drops dims) freezes both."""
+    x, index, v = args[0], args[1], args[2]
+    lx = tr.label(x)
+    lv = tr.label(v) if isinstance(v, Tensor) else None
+    part = x[index]
+    merged = lx
+    if lv is not None:
+        lv = _align(lv, part.dim())
+        picked = [d for d in range(x.dim()) if part.dim() != x.dim() or part.shape[d] != x.shape[d]]
+        if part.dim() != x.dim() or lv.dim() != x.dim() or any(lv.shape[d] > 1 for d in picked):
+            why = f"op {name!r} writes channels where they cannot be followed ({tr.where()})"
+            tr.freeze(lv, why)
+            tr.freeze(lx, why)
+            return
+        merged = lv
+        if lx is not None:
+            a, b = torch.broadcast_tensors(lx, lv)
+            tr.union(a, b, f"op {name!r}")
+            merged = compress(torch.maximum(a, b))
+    if merged is None:
+        return
+    for d in _varying(merged) if part.numel() else ():  # the write must cover every channel position, in order
+        shape = [1] * x.dim()
+        shape[d] = x.shape[d]
+        res = compress(torch.arange(x.shape[d]).view(shape).expand(x.shape)[index])
+        if _varying(res) != [d] or not torch.equal(res.reshape(-1), torch.arange(x.shape[d])):
+            tr.freeze(merged, f"op {name!r} writes channels at fixed positions ({tr.where()})")
+            break
+    tr.set_label(x, merged)
+
+
+def roi_pool(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """``roi_align``/``roi_pool``: one output per box, channels kept; the boxes' coordinates
+    are values (their channels are frozen)."""
+    lab = labs[0] if ins and ins[0] is args[0] else None
+    for other in labs[1:]:
+        tr.freeze(other, f"op {name!r} reads box coordinates ({tr.where()})")
+    if lab is not None and any(d != 1 for d in _varying(lab)):
+        raise tr.error(f"op {name!r} in {tr.where()} pools over dims that carry channels")
+    _set_all(tr, out, lab)
 
 
 def pad(tr, func, name, args, kwargs, ins, labs, out) -> None:
@@ -349,7 +450,8 @@ def cat(tr, func, name, args, kwargs, ins, labs, out) -> None:
     """Concatenation: along channels the ids are concatenated (offsets); along
     other dims the inputs share channels."""
     tensors = list(_arg(args, kwargs, 0, "tensors"))
-    dim = _arg(args, kwargs, 1, "dim", 0) % tensors[0].dim()
+    nd = tensors[0].dim() + (name == "stack")  # stack may insert the new dim after the last one
+    dim = _arg(args, kwargs, 1, "dim", 0) % nd
     tlabs = [tr.label(t) for t in tensors]
     known = [lab for lab in tlabs if lab is not None]
     if name == "stack" or all(lab.shape[dim] == 1 for lab in known):
@@ -591,7 +693,7 @@ def register_op_rule(
 
 
 _ELEMENTWISE = """add sub rsub mul div true_divide floor_divide truediv floordiv mod remainder fmod pow
-maximum minimum fmax fmin where masked_fill addcmul addcdiv lerp clamp clip clamp_min clamp_max
+maximum minimum fmax fmin masked_fill addcmul addcdiv lerp clamp clip clamp_min clamp_max
 eq ne lt le gt ge and or xor logical_and logical_or logical_xor atan2 hypot copysign copy
 relu relu6 hardtanh leaky_relu elu selu celu gelu silu mish sigmoid hardsigmoid hardswish tanh
 softplus softsign tanhshrink logsigmoid hardshrink softshrink threshold rrelu exp expm1 log log1p
@@ -623,6 +725,10 @@ register_op_rule(tuple(_RESHAPE), reshape, params_ok=True)
 register_op_rule(("chunk", "split", "tensor_split", "unbind"), chunk)
 register_op_rule(tuple(_POSITIONAL), positional)
 register_op_rule("pad", pad)
+register_op_rule(tuple(sorted(_TO_NUMBERS - {"where"})) + ("topk", "sort", "argsort", "msort", "kthvalue"), indices)
+register_op_rule("where", indices, params_ok=True)
+register_op_rule("setitem", setitem, params_ok=True)
+register_op_rule(("roi_align", "roi_pool"), roi_pool)
 register_op_rule(("channel_shuffle", "native_channel_shuffle"), shuffle)
 register_op_rule(("pixel_shuffle", "pixel_unshuffle"), pixel_shuffle)
 register_op_rule(("cat", "concat", "concatenate", "stack"), cat)

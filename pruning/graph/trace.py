@@ -120,6 +120,7 @@ class _Tracer:
         self.params: dict[int, tuple[str, str, nn.Module]] = {}
         self.seen: dict[tuple[str, int, int], Member] = {}
         self.out_ids: dict[str, Tensor] = {}
+        self.reached: set[int] = set()  # ids of the modules run (or whose parameters were read)
 
     def add_params(self, mname: str, module: nn.Module) -> None:
         for store in (module._parameters, module._buffers):
@@ -231,17 +232,19 @@ class _Tracer:
         return m.ids
 
     def vector(self, lab: Tensor | None, axis: int, size: int, what: str) -> Tensor | None:
-        """The ids along ``axis`` (length ``size``) of a label; None if untracked."""
+        """The ids along ``axis`` (length ``size``) of a label; None if untracked. Where the ids
+        also vary along other dims (a layer reading the bins of four box sides as one channel),
+        the ids at one position of ``axis`` are the same channel: they are united."""
         if lab is None:
             return None
         shape = lab.shape
         axis = axis % len(shape)
-        mixed = [d for d in range(len(shape)) if d != axis and shape[d] != 1]
-        if mixed or shape[axis] not in (1, size):
-            raise ChannelMappingError(
-                f"{what}: its channels (dim {axis}) are mixed with dims {mixed} of the input; "
-                f"this layout cannot be cut channel by channel"
-            )
+        if shape[axis] not in (1, size):
+            raise ChannelMappingError(f"{what}: its input has {shape[axis]} channels along dim {axis}, not {size}")
+        if any(shape[d] != 1 for d in range(len(shape)) if d != axis):
+            rows = lab.movedim(axis, -1).reshape(-1, shape[axis])
+            self.union(rows[:1].expand(len(rows) - 1, -1), rows[1:], f"{what} reading several ids as one channel")
+            lab = rows.max(0).values
         v = lab.reshape(-1)
         return v.expand(size) if v.numel() == 1 and size != 1 else v
 
@@ -253,24 +256,19 @@ class _Tracer:
             if _ignored(name, self.ignore) or self.in_ignored():
                 self.freeze(lab, f"{what} is in ignore")
                 return None
-            hint = ""
-            if any(d > axis % lab.dim() for d in range(lab.dim()) if lab.shape[d] > 1):
-                hint = (
-                    " (it slides along the channels, like ECA's attention: approximate=('eca',) cuts through it "
-                    "approximately)"
-                )
             raise ChannelMappingError(
-                f"{err}{hint}. Pass ignore={modules_like(self.model, name)} to leave its channels alone"
+                f"{err}. Pass ignore={modules_like(self.model, name)} to leave its channels alone"
             ) from None
 
     def slides_over_channels(
         self, name: str, module: nn.Module, handler: Any, lab: Tensor, axis: int, out: Tensor
-    ) -> bool:
-        """With ``approximate`` holding "eca": a conv with one input and one output channel that
-        slides along the channels (ECA's ``Conv1d`` over the pooled channels) keeps every channel at
-        its position. Cutting a channel changes its neighbours' outputs: the ids are marked inexact."""
-        if "eca" not in self.approximate or not isinstance(handler, FilterHandler):
-            return False
+    ) -> str | None:
+        """A conv with one input and one output channel that slides along the channels (ECA's
+        ``Conv1d`` over the pooled channels): cutting a channel changes its neighbours' outputs.
+        With ``approximate`` holding "eca" every channel keeps its position, marked inexact
+        (returns "cut"); else the channels are frozen, the reason naming the option ("frozen")."""
+        if not isinstance(handler, FilterHandler):
+            return None
         axis %= lab.dim()
         spatial = [d for d in range(lab.dim()) if lab.shape[d] > 1]
         if (
@@ -282,10 +280,16 @@ class _Tracer:
             or out.dim() != lab.dim()
             or any(out.shape[d] != lab.shape[d] for d in spatial)
         ):
-            return False
+            return None
+        if "eca" not in self.approximate:
+            self.freeze(
+                lab,
+                f"module {name!r} ({type(module).__name__}) slides along the channels (ECA); approximate=('eca',) cuts them",
+            )
+            return "frozen"
         self.result.inexact.append(lab.reshape(-1))
         self.set_label(out, lab, compressed=True)
-        return True
+        return "cut"
 
     # ---- modules ----------------------------------------------------------------
     def on_module(self, name: str, module: nn.Module, handler: Any, args: tuple, kwargs: dict, out: Any) -> None:
@@ -296,8 +300,11 @@ class _Tracer:
         lab = self.label(x)
         axis = handler.channel_axis(module, x)
         what = f"module {name!r} ({type(module).__name__})"
-        if lab is not None and self.slides_over_channels(name, module, handler, lab, axis, out):
+        slide = self.slides_over_channels(name, module, handler, lab, axis, out) if lab is not None else None
+        if slide == "cut":
             return
+        if slide == "frozen":
+            lab = None
         if isinstance(handler, ChannelwiseHandler):
             c, g = handler.channels(module), handler.groups(module)
             ids = self.vector_or_freeze(name, lab, axis, c, what)
@@ -341,7 +348,7 @@ class _Tracer:
     # ---- functional ops ------------------------------------------------------------
     def on_op(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         outs = tensors_in(out)
-        if not outs:
+        if not outs and getattr(func, "__name__", "") != "__setitem__":  # x[i] = v returns None
             return
         ins = tensors_in(args)
         if kwargs:
@@ -349,6 +356,8 @@ class _Tracer:
         labels, params = self.labels, self.params
         labs = [labels.get(id(t)) for t in ins]
         foreign = [params[id(t)] for t in ins if id(t) in params and isinstance(t, nn.Parameter)]
+        for _, _, module in foreign:
+            self.reached.add(id(module))
         if not foreign and all(lab is None for lab in labs):
             for t in outs:
                 if id(t) in labels:
@@ -425,9 +434,13 @@ def trace_channels(
 ) -> ChannelTrace:
     """Run ``model`` once on ``example_inputs`` and record how channels flow.
 
-    The model runs in training mode (so train-only branches such as auxiliary heads
-    are seen) with every handled layer in eval mode (so BatchNorm statistics are not
-    touched); all modes are restored afterwards. Handled layers compute only their
+    The model runs in the mode it is in (a detector in eval mode runs its inference
+    path); only the handled layers are switched to eval mode (so BatchNorm statistics
+    are not touched), and every mode is restored afterwards, also on error. Layers with
+    weights that this forward never ran (train-only branches such as auxiliary heads)
+    are traced by a second forward in training mode, merged into the same trace; if
+    that forward fails (a detector wants targets), the unreached layers are an error
+    that names them (see :func:`_unreached_error`). Handled layers compute only their
     output shapes (zeros come out) unless ``values`` is True; a model that reads
     activation values (data-dependent control flow, ``.item()``, tensor indices) is
     traced again with real values automatically. ``approximate`` names the approximate cuts
@@ -441,6 +454,23 @@ def trace_channels(
     return _trace(model, example_inputs, tuple(ignore), False, approximate)
 
 
+def _unreached_error(
+    names: list[str], mods: dict[str, nn.Module], training: bool, failure: BaseException
+) -> ChannelMappingError:
+    shown = ", ".join(f"{n!r} ({type(mods[n]).__name__})" for n in names[:8])
+    more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+    parents = sorted({n.rpartition(".")[0] or n for n in names})
+    parents = [p for p in parents if not any(p.startswith(q + ".") for q in parents)]
+    return ChannelMappingError(
+        f"the model's forward (in {'training' if training else 'eval'} mode) never ran {shown}{more}, layers "
+        f"with weights (a train-only branch?), and a second forward in training mode to trace them failed "
+        f"({type(failure).__name__}: {str(failure)[:200]}). What they read is unknown, so pruning could break "
+        f"them. Give example inputs that run them (the tuple of forward's arguments, targets included), or pass "
+        f"ignore={parents!r} to leave them uncut: they are then not pruned, but no longer fit their inputs if "
+        f"those lose channels"
+    )
+
+
 def _trace(
     model: nn.Module, example_inputs: Any, ignore: tuple[str, ...], shapes_only: bool, approximate: tuple[str, ...]
 ) -> ChannelTrace:
@@ -449,25 +479,14 @@ def _trace(
     patched: list[tuple[nn.Module, Any]] = []
     handlers: dict[type, Any] = {}
     mods: dict[int, tuple[str, nn.Module, Any]] = {}
-    modes = []
-    for name, module in model.named_modules():
-        kind = type(module)
-        if kind not in handlers:
-            handlers[kind] = get_handler(module)
-        handler = handlers[kind]
-        mods[id(module)] = (name, module, handler)
-        tracer.add_params(name, module)
-        modes.append((module, module.training))
-        module.__dict__["training"] = handler is None
-        if shapes_only and handler is not None and handler.leaf:
-            patched.append((module, module.__dict__.get("forward")))
-            module.__dict__["forward"] = dryrun.shapes_only(module, module.forward, tracer)
+    modes: list[tuple[nn.Module, bool]] = []  # every module's mode, restored at the end
     disable: list[Any] = []
 
     def pre(module: nn.Module, args: tuple) -> None:
         info = mods.get(id(module))
         if info is None:
             return
+        tracer.reached.add(id(module))
         if tracer.leaf_depth:  # inside a handled layer: nothing to record
             tracer.leaf_depth += 1
             return
@@ -494,25 +513,74 @@ def _trace(
             finally:
                 disable.pop().__exit__(None, None, None)
 
+    def forward() -> None:
+        try:
+            with torch.no_grad(), _Mode(tracer):
+                out = model(*_as_tuple(example_inputs))
+            tracer.busy = True
+            for t in tensors_in(out):
+                tracer.freeze(tracer.label(t), "model output")
+        finally:
+            while disable:
+                disable.pop().__exit__(None, None, None)
+            tracer.busy, tracer.leaf_depth = False, 0
+            tracer.stack.clear()
+
+    def unreached() -> list[str]:
+        """Layers with weights the trace has not run (nor a handled layer around them)."""
+        names, inside = [], ()
+        for name, module, handler in mods.values():
+            if id(module) in tracer.reached:
+                if handler is not None and handler.leaf and name:
+                    inside += (name + ".",)
+                continue
+            if name.startswith(inside) or _ignored(name, ignore):
+                continue
+            if handler is not None or any(p is not None for p in module._parameters.values()):
+                names.append(name)
+        return names
+
     from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
-    handles = [register_module_forward_pre_hook(pre), register_module_forward_hook(post, with_kwargs=True)]
+    handles = []
     try:
-        with torch.no_grad(), _Mode(tracer):
-            out = model(*_as_tuple(example_inputs))
-        tracer.busy = True
-        for t in tensors_in(out):
-            tracer.freeze(tracer.label(t), "model output")
+        for name, module in model.named_modules():
+            kind = type(module)
+            if kind not in handlers:
+                handlers[kind] = get_handler(module)
+            handler = handlers[kind]
+            mods[id(module)] = (name, module, handler)
+            tracer.add_params(name, module)
+            modes.append((module, module.training))
+            if handler is not None:
+                module.__dict__["training"] = False
+            if shapes_only and handler is not None and handler.leaf:
+                patched.append((module, module.__dict__.get("forward")))
+                module.__dict__["forward"] = dryrun.shapes_only(module, module.forward, tracer)
+        handles = [register_module_forward_pre_hook(pre), register_module_forward_hook(post, with_kwargs=True)]
+        forward()
+        missed = unreached()
+        if missed and any(not mode for m, mode in modes if mods[id(m)][2] is None):
+            # train-only branches: run the model again in training mode into the same trace
+            # (a layer seen twice keeps its ids). A forward that fails half-way cannot be
+            # used: the outputs it did not return were never frozen.
+            for m, _ in modes:
+                if mods[id(m)][2] is None:
+                    m.__dict__["training"] = True
+            try:
+                forward()
+            except (dryrun.NeedsValues, ChannelMappingError):
+                raise
+            except Exception as e:
+                raise _unreached_error(missed, {n: m for n, m, _ in mods.values()}, modes[0][1], e) from e
     finally:
         for h in handles:
             h.remove()
-        while disable:
-            disable.pop().__exit__(None, None, None)
         for m, mode in modes:
             m.__dict__["training"] = mode
-        for m, forward in patched:
-            if forward is None:
+        for m, forward_ in patched:
+            if forward_ is None:
                 del m.__dict__["forward"]
             else:
-                m.__dict__["forward"] = forward
+                m.__dict__["forward"] = forward_
     return tracer.result

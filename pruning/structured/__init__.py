@@ -4,7 +4,9 @@ groups cheap to remove.
 """
 
 from pruning.structured.cut import (
+    SCOPES,
     SCORINGS,
+    global_channels,
     group_channels,
     group_members,
     group_name,
@@ -28,6 +30,7 @@ from pruning.structured.scan import SensitivityTable, sensitivity
 
 __all__ = [
     "apply_record",
+    "global_channels",
     "group_channels",
     "group_members",
     "group_name",
@@ -46,6 +49,7 @@ __all__ = [
     "RecordMismatchError",
     "register_rounding",
     "save_pruned",
+    "SCOPES",
     "SCORINGS",
     "sensitivity",
     "SensitivityTable",

@@ -23,6 +23,7 @@ from pruning.graph import ChannelMappingError
 from pruning.graph.groups import ChannelGraph, ChannelGroup, build_graph
 from pruning.graph.handlers import cut_tensor
 from pruning.graph.trace import check_approximate, modules_like
+from pruning.structured.ranking import global_keeps
 from pruning.structured.record import PruningRecord, RecordEntry
 
 Ratio = float | Mapping[str, float]
@@ -348,12 +349,17 @@ def prune_filters(
     criterion: str | Criterion = "l1",
     ignore: tuple[str, ...] | list[str] = (),
     round_to: int | str = 1,
+    scope: str = "group",
+    max_ratio: float = 0.9,
     approximate: tuple[str, ...] | list[str] = (),
 ) -> PruningRecord:
     """Remove filters from ``model`` in place; return the record of what was removed.
 
     ratio: a float for every prunable group, or ``{module_name: ratio}`` for the groups
         of the named layers (others keep their channels).
+    scope: ``group`` removes ``ratio`` of every group's channels; ``global`` removes ``ratio``
+        of all prunable channels, ranked together by per-group normalised scores
+        (:mod:`pruning.structured.ranking`), no group losing more than ``max_ratio``.
     criterion: a registered name (``pruning.criteria.criterion_names()``) or a criterion object.
     ignore: module names (or prefixes) whose output channels are never pruned.
     round_to: keep a multiple of this many channels per group, or the name of a registered
@@ -380,8 +386,15 @@ def prune_filters(
     unknown = [i for i in ignore if i not in names]
     if unknown:
         raise ValueError(f"ignore names {unknown}, which are not modules of the model")
+    if scope not in SCOPES:
+        raise ValueError(f"scope={scope!r}: choose one of {', '.join(SCOPES)}")
     approximate = check_approximate(approximate)
     graph = build_graph(model, example_inputs, tuple(ignore), approximate)
+    if scope == "global":
+        if isinstance(ratio, Mapping) or isinstance(round_to, str):
+            raise ValueError("scope='global' takes one ratio for the whole model and an integer round_to")
+        removed = removal_for_keep(graph, global_keeps(graph, ratio, crit, round_to, max_ratio), crit)
+        return cut_checked(model, graph, removed, example_inputs, compare=bool(approximate))
     ratios = _group_ratios(model, graph.groups, ratio)
     if isinstance(round_to, str):
         planned = planned_channels(model, example_inputs, ratio, ignore, round_to)
@@ -389,6 +402,26 @@ def prune_filters(
         return prune_to(model, example_inputs, channels, crit, ignore, approximate=approximate)
     removed = plan_removal(graph, ratios, crit, round_to)
     return cut_checked(model, graph, removed, example_inputs, compare=bool(approximate))
+
+
+def global_channels(
+    model: nn.Module,
+    example_inputs: Any,
+    ratio: float,
+    criterion: str | Criterion = "l1",
+    ignore: tuple[str, ...] | list[str] = (),
+    round_to: int = 1,
+    max_ratio: float = 0.9,
+) -> dict[str, tuple[int, int]]:
+    """``{group name: (channels, channels kept)}`` that ``prune_filters(scope="global")`` with
+    these arguments would leave, without cutting anything (it scores the groups to decide)."""
+    graph = build_graph(model, example_inputs, (ignore,) if isinstance(ignore, str) else tuple(ignore))
+    keeps = global_keeps(graph, ratio, get_criterion(criterion), round_to, max_ratio)
+    return {
+        group_name(g): (g.n_channels, g.n_channels - g.n_prunable + keeps.get(g.index, g.n_prunable))
+        for g in graph.groups
+        if g.n_prunable > 0
+    }
 
 
 def group_name(group: ChannelGroup) -> str:
@@ -434,6 +467,7 @@ def planned_channels(
 
 
 SCORINGS = ("independent", "greedy")
+SCOPES = ("group", "global")
 
 
 def prune_to(

@@ -3,28 +3,30 @@ import math
 import pytest
 
 from analysis.lessons import LESSONS
-from analysis.power import (
-    CONF,
-    chi2_quantile,
-    main,
-    nct_sf,
+from analysis.planning import (
     normal_approximation,
     plan,
     power_difference,
     power_equivalence,
-    power_table,
     sd_upper,
     seeds_for_difference,
-    study_arms,
 )
-from analysis.stats import t_cdf, t_quantile
+from analysis.power import CONF, main, power_table, study_arms
 from tests.analysis.helpers import run_row, write_store
 
 
-def test_noncentral_t_matches_r():
-    # R: power.t.test(n = 20, delta = 1) -> power = 0.8689528 (two-sample, upper tail: df 38, ncp sqrt(10))
-    assert nct_sf(t_quantile(0.975, 38), 38, math.sqrt(10)) == pytest.approx(0.8689528, abs=1e-6)
-    assert nct_sf(1.3, 7, 0.0) == pytest.approx(1 - t_cdf(1.3, 7), abs=1e-7)  # central: Student t
+def test_power_is_alpha_at_no_effect_and_grows_with_the_seeds():
+    # no true difference: the two-sided test rejects with probability alpha, whatever n and sd
+    for n in (2, 3, 10, 200):
+        assert power_difference(n, 0.0, 0.3) == pytest.approx(0.05, abs=1e-12)
+        assert power_difference(n, 0.0, 0.3, 0.01) == pytest.approx(0.01, abs=1e-12)
+    # finite and nondecreasing over the range the seed search visits (statsmodels' TTestPower,
+    # 1 - nctdtr, is NaN at 50 seeds here: effect / sd = 1.25, noncentrality 8.8)
+    powers = [power_difference(n, 0.25, 0.2) for n in range(2, 400)]
+    assert all(0.0 <= a <= b <= 1.0 for a, b in zip(powers, powers[1:]))
+    assert power_difference(50, 0.25, 0.2) == pytest.approx(1.0, abs=1e-9)
+    tost_powers = [power_equivalence(n, 0.25, 0.2, 0.0125) for n in range(2, 400)]
+    assert all(0.0 <= a <= b <= 1.0 for a, b in zip(tost_powers, tost_powers[1:]))
 
 
 def test_seeds_for_a_paired_difference_by_hand():
@@ -40,7 +42,7 @@ def test_seeds_for_a_paired_difference_by_hand():
 
 
 def test_a_pilot_sd_is_planned_at_its_upper_limit():
-    assert chi2_quantile(0.2, 2) == pytest.approx(-2 * math.log(0.8), rel=1e-9)  # chi2(2) is exponential
+    # chi2(2) is exponential: its 20% quantile is -2 log 0.8
     assert sd_upper(1.0, 2) == pytest.approx(math.sqrt(2 / (-2 * math.log(0.8))), rel=1e-9)  # 2.117
     declared, pilot = plan(0.2, 0.25), plan(0.2, 0.25, dof=2)
     assert declared.seeds == max(declared.difference, declared.equivalence) and declared.difference == 8

@@ -20,9 +20,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from experiments.run.baseline import architecture_fingerprint, baseline_key, obtain_baseline
+from experiments.run.baseline import BaselineSettings, architecture_fingerprint, baseline_key, obtain_baseline
 from experiments.storage.cache import BaselineCache
-from experiments.training.context import RunContext
+from experiments.training.context import MeasureSettings, RunContext, TrainerSettings
 from tests.experiments.conftest import FAST
 
 LOG = "experiments.storage.cache"
@@ -39,12 +39,21 @@ def build(cfg):
         in_channels=datamodule.in_channels,
         input_size=datamodule.input_size,
     )
-    ctx = RunContext(cfg, datamodule, Path(cfg.paths.output_dir))
+    ctx = RunContext(TrainerSettings.from_config(cfg), datamodule, Path(cfg.paths.output_dir))
     return datamodule, model, datamodule.example_inputs(2).cpu(), ctx
 
 
 def baseline_cfg(compose_cfg):
     return compose_cfg(*FAST, "logger=none", "measure.latency_batch_sizes=[1]")
+
+
+def baseline(cfg, model, ctx, example):
+    """The baseline phase as the pipeline obtains it, from the settings it reads out of ``cfg``."""
+    return obtain_baseline(BaselineSettings.from_config(cfg), MeasureSettings.from_config(cfg), model, ctx, example)
+
+
+def key_of(cfg, model, identity) -> str:
+    return baseline_key(BaselineSettings.from_config(cfg), model, identity)
 
 
 def flip_bit(path: Path, mask: int = 0x40) -> str:
@@ -66,7 +75,7 @@ def flip_bit(path: Path, mask: int = 0x40) -> str:
 def test_a_flipped_bit_is_caught_named_and_retrained(compose_cfg, caplog):
     cfg = baseline_cfg(compose_cfg)
     _, model, example, ctx = build(cfg)
-    first = obtain_baseline(cfg, model, ctx, example)
+    first = baseline(cfg, model, ctx, example)
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     assert first.metrics["reused"] is False
     cache = BaselineCache(cfg.paths.cache_dir)
@@ -78,7 +87,7 @@ def test_a_flipped_bit_is_caught_named_and_retrained(compose_cfg, caplog):
     assert max(float(v.abs().max()) for v in entry["state_dict"].values() if v.is_floating_point()) > 1e30
     _, model, example, ctx = build(cfg)
     with caplog.at_level(logging.WARNING, logger=LOG):
-        second = obtain_baseline(cfg, model, ctx, example)
+        second = baseline(cfg, model, ctx, example)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(str(path) in w and "fails its checksum" in w and "retraining" in w for w in warnings), warnings
     assert second.metrics["reused"] is False
@@ -87,19 +96,19 @@ def test_a_flipped_bit_is_caught_named_and_retrained(compose_cfg, caplog):
     assert all(torch.equal(trained[k], v) for k, v in model.state_dict().items())
     # the rewritten entry verifies again and is reused
     _, model, example, ctx = build(cfg)
-    assert obtain_baseline(cfg, model, ctx, example).metrics["reused"] is True
+    assert baseline(cfg, model, ctx, example).metrics["reused"] is True
 
 
 def test_a_foreign_entry_under_the_key_is_named_and_retrained(compose_cfg, caplog):
     cfg = baseline_cfg(compose_cfg)
     datamodule, model, example, ctx = build(cfg)
-    key = baseline_key(cfg, model, datamodule.data_identity())
+    key = key_of(cfg, model, datamodule.data_identity())
     cache = BaselineCache(cfg.paths.cache_dir)
     foreign = {k: torch.zeros(*v.shape[:-1], v.shape[-1] + 1) if v.dim() else v for k, v in model.state_dict().items()}
     cache.store(key, foreign, {"train_wall_s": 1.0})  # a valid checksum, but not this model's shapes
     assert cache.load(key) is not None
     with caplog.at_level(logging.WARNING, logger=LOG):
-        phase = obtain_baseline(cfg, model, ctx, example)
+        phase = baseline(cfg, model, ctx, example)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(str(cache.path(key)) in w and "does not fit the model" in w and "has shape" in w for w in warnings)
     assert phase.key == key and phase.metrics["reused"] is False
@@ -128,8 +137,8 @@ def test_the_key_follows_the_built_model_and_the_data(compose_cfg):
     cfg = baseline_cfg(compose_cfg)
     datamodule, model, _, _ = build(cfg)
     identity = datamodule.data_identity()
-    key = baseline_key(cfg, model, identity)
-    assert baseline_key(cfg, build(cfg)[1], identity) == key  # rebuilt: the same key
+    key = key_of(cfg, model, identity)
+    assert key_of(cfg, build(cfg)[1], identity) == key  # rebuilt: the same key
     changed = build(cfg)[1]
     first = next(name for name, m in changed.named_modules() if isinstance(m, nn.Conv2d))
     conv = changed.get_submodule(first)
@@ -140,18 +149,66 @@ def test_the_key_follows_the_built_model_and_the_data(compose_cfg):
         nn.Conv2d(conv.in_channels, conv.out_channels + 1, conv.kernel_size),
     )
     assert architecture_fingerprint(changed) != architecture_fingerprint(model)
-    assert baseline_key(cfg, changed, identity) != key  # same config, another architecture
+    assert key_of(cfg, changed, identity) != key  # same config, another architecture
     swapped = build(cfg)[1]
     relu = next(name for name, m in swapped.named_modules() if isinstance(m, nn.ReLU))
     parent, _, attr = relu.rpartition(".")
     setattr(swapped.get_submodule(parent) if parent else swapped, attr, nn.GELU())  # no weights change
-    assert baseline_key(cfg, swapped, identity) != key
-    assert baseline_key(cfg, model, {**identity, "sha256": "0" * 64}) != key  # other data
-    assert baseline_key(cfg, model, identity) == baseline_key(
+    assert key_of(cfg, swapped, identity) != key
+    assert key_of(cfg, model, {**identity, "sha256": "0" * 64}) != key  # other data
+    assert key_of(cfg, model, identity) == key_of(
         compose_cfg(*FAST, "logger=none", "measure.latency_batch_sizes=[1]", "dataset.eval_batch_size=32"),
         model,
         identity,
     )  # evaluation settings do not determine the baseline
+
+
+def pinned_config(cache_dir: Path, weights: str | None = None):
+    return OmegaConf.create(
+        {
+            "seed": 3,
+            "dataset": {
+                "_target_": "experiments.data.SyntheticDataModule",
+                "name": "synthetic",
+                "n_train": 256,
+                "batch_size": 64,
+                "root": "/data",  # volatile keys: not in the key
+                "num_workers": 2,
+                "eval_batch_size": 128,
+                "input_size": "${model.size}",  # resolved
+            },
+            "model": {"_target_": "experiments.models.lenet5", "name": "lenet5", "size": 16, "weights": weights},
+            "baseline": {
+                "epochs": 2,
+                "reuse": True,
+                "checkpoint": None,
+                "lr_schedule": "cosine",
+                "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05, "momentum": 0.9},
+            },
+            "trainer": {
+                "_target_": "lightning.Trainer",
+                "accelerator": "cpu",
+                "devices": 1,
+                "limit_train_batches": 2,
+                "precision": "32-true",
+                "enable_progress_bar": False,
+            },
+            "paths": {"cache_dir": str(cache_dir)},
+        }
+    )
+
+
+def test_the_key_of_a_config_is_the_key_it_always_had(tmp_path):
+    """Cached baselines stay findable only while a config keeps its key: a change here orphans
+    every cached baseline, so change these values only to invalidate the cache on purpose."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 10))
+    identity = {"sha256": "ab" * 32, "images": 256}
+    (tmp_path / "w.pt").write_bytes(b"pinned weights")  # model.weights enters by content, not path
+    settings = BaselineSettings.from_config(pinned_config(tmp_path))
+    assert baseline_key(settings) == "0cea31619e44aa02"
+    assert baseline_key(settings, model, identity) == "58fc88615b974c9a"
+    weighted = BaselineSettings.from_config(pinned_config(tmp_path, str(tmp_path / "w.pt")))
+    assert baseline_key(weighted, model, identity) == "23c181312830ddf6"
 
 
 # -- concurrent runs --------------------------------------------------------------------------
@@ -180,8 +237,8 @@ def _worker(cfg: dict, role: str, workdir: str, training, go) -> None:
         in_channels=datamodule.in_channels,
         input_size=datamodule.input_size,
     )
-    ctx = CountingContext(cfg, datamodule, Path(workdir) / role)
-    phase = obtain_baseline(cfg, model, ctx, datamodule.example_inputs(2).cpu())
+    ctx = CountingContext(TrainerSettings.from_config(cfg), datamodule, Path(workdir) / role)
+    phase = baseline(cfg, model, ctx, datamodule.example_inputs(2).cpu())
     torch.save(
         {"state_dict": model.state_dict(), "reused": phase.metrics["reused"]}, os.path.join(workdir, f"{role}.pt")
     )

@@ -93,18 +93,18 @@ def test_tv_model_weights_load_strictly_and_key_the_cache_by_content(tmp_path, c
     assert same_weights(built, source)
     with pytest.raises(CheckpointError, match=r"model.weights=.*classifier 'fc' has 4 outputs but the dataset has 10"):
         torchvision_model(num_classes=10, in_channels=3, input_size=32, weights=str(tmp_path / "r18.pth"))
-    from experiments.run.baseline import baseline_key_parts
+    from experiments.run.baseline import BaselineSettings, baseline_key_parts
 
     (tmp_path / "copy").mkdir()
     (tmp_path / "copy" / "same.pth").write_bytes((tmp_path / "r18.pth").read_bytes())
     keys = [
-        baseline_key_parts(compose_cfg("model=tv", f"model.weights={path}"))["model"]
+        baseline_key_parts(BaselineSettings.from_config(compose_cfg("model=tv", f"model.weights={path}")))["model"]
         for path in (tmp_path / "r18.pth", tmp_path / "copy" / "same.pth")
     ]
     assert keys[0] == keys[1] == {"name": "resnet18", "weights": {"sha256": hashlib.sha256(
         (tmp_path / "r18.pth").read_bytes()).hexdigest()}, "_target_": "experiments.models.torchvision_model"}  # fmt: skip
     # unset options leave the key as it was before they existed
-    plain = baseline_key_parts(compose_cfg("model=tv"))
+    plain = baseline_key_parts(BaselineSettings.from_config(compose_cfg("model=tv")))
     assert "weights" not in plain["model"] and "checkpoint" not in plain["baseline"]
 
 

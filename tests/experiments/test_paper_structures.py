@@ -25,7 +25,7 @@ def test_pruned_structure_matches_table1(compose_cfg, preset):
     strategy.validate(model)
     x = torch.randn(1, 3, 32, 32)
     before = pruning.count(model, x)
-    rt = Runtime(cfg=cfg, example=x, build_model=lambda: None, strategy=strategy, dry=True)
+    rt = Runtime(example=x, build_model=lambda: None, strategy=strategy, seed=cfg.seed, dry=True)
     execute(strategy.plan(model, rt), model, rt)  # the preset's plan, cutting for real, no training
     after = pruning.count(model, x)
     macs0, mac_red, params0, param_red = TABLE1[preset]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,13 @@ import pruning
 from experiments.checks import ConfigError
 from experiments.run.pipeline import run
 from experiments.strategies.plan import Prune, Train
-from experiments.strategies.sparsity import BatchNormL1, GroupNormSparsity, SoftFilterPruning, global_counts
+from experiments.strategies.sparsity import (
+    BatchNormL1,
+    GroupNormSparsity,
+    SoftFilterPruning,
+    SparsityTraining,
+    global_counts,
+)
 from tests.experiments.conftest import FAST
 from tests.experiments.test_strategies import planned, shapes
 
@@ -62,12 +69,59 @@ def test_parts_name_the_method_and_count_its_epochs_in_the_budget(compose_cfg):
         assert parts["scope"] == "group" and parts["kind"] == "filter"
 
 
+@dataclass
+class Shrink(SparsityTraining):
+    """A sparsity method no strategy knows of: a step of its own before its training, a term, its
+    own checks and columns, and it needs normalisation scales."""
+
+    decay: float = 0.5
+    ran: list[list[str]] = field(default_factory=list, init=False)
+    name = "shrink"
+    needs_norm = True
+
+    def check(self, criterion, scope):
+        if scope != "group":
+            raise ConfigError("strategy.scope: shrink works per group")
+
+    def steps_before(self, groups, criterion):
+        def apply(model, rt):
+            self.ran.append([pruning.structured.group_name(g) for g, _ in groups(model, rt)])
+            return {"kind": "shrink"}
+
+        return [Prune("shrink", apply)]
+
+    def strength(self):
+        return self.decay
+
+    def hooks(self, groups, keep, rt, criterion):
+        return (lambda model: self.decay * pruning.structured.l1_penalty(pruning.structured.norm_scales(groups))), []
+
+
+def test_a_new_sparsity_method_plans_through_the_declared_hooks(compose_cfg):
+    shrink = [
+        "strategy=slimming",
+        f"strategy.sparsity._target_={__name__}.Shrink",
+        "~strategy.sparsity.l1",
+        "+strategy.sparsity.decay=0.25",
+    ]
+    _, steps, strategy = planned(compose_cfg, *shrink, "strategy.ratio=0.4")
+    labels = [s.label for s in steps]
+    assert labels[:6] == ["sparsity/share_before", "shrink", "sparsity", "sparse", "sparsity/share_after", "prune"]
+    assert strategy.sparsity.ran == [list(strategy.targets)]  # the dry run cut the groups the plan prunes
+    parts = strategy.parts()
+    assert (parts["sparsity"], parts["sparsity_strength"], parts["sparsity_ramp"]) == ("shrink", 0.25, None)
+    with pytest.raises(ConfigError, match="shrink works per group"):
+        planned(compose_cfg, *shrink, "strategy.scope=global")
+    with pytest.raises(ConfigError, match="no pruned group of this model has a BatchNorm"):
+        planned(compose_cfg, *shrink, model="lenet5")
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["strategy=slimming", "strategy.sparsity.l1=-1"], r"strategy.sparsity.l1=-1: must be >= 0"),
-        (["strategy=group_norm", "strategy.sparsity.reg=-0.5"], r"strategy.sparsity.reg=-0.5: must be >= 0"),
-        (["strategy=group_norm", "strategy.sparsity.ramp=1.5"], r"strategy.sparsity.ramp=1.5: must be in \[0, 1\]"),
+        (["strategy=slimming", "strategy.sparsity.l1=-1"], r"strategy.sparsity.l1=-1: must be a number >= 0"),
+        (["strategy=group_norm", "strategy.sparsity.reg=-0.5"], r"strategy.sparsity.reg=-0.5: must be a number >= 0"),
+        (["strategy=group_norm", "strategy.sparsity.ramp=1.5"], r"strategy.sparsity.ramp=1.5: must be a number in \[0, 1\]"),
         (["strategy=group_norm", "strategy.sparsity.bias=yes"], r"strategy.sparsity.bias='yes': must be true or false"),
         (["strategy=slimming", "strategy.sparsity.epochs=-1"], r"strategy.sparsity.epochs=-1: must be an integer >= 0"),
         (["strategy=sfp", "strategy.sparsity.lr_schedule=step"], r"strategy.sparsity.lr_schedule='step': allowed"),

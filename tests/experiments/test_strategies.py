@@ -10,6 +10,7 @@ from experiments.run.pipeline import run
 from experiments.storage.results import read_rows
 from experiments.strategies.plan import Runtime, Train, execute, split_budget
 from experiments.strategies.ratio_policy import ScanTable, SensitivityMaxDrop, SensitivityTarget
+from experiments.training.context import BaselineRecipe
 from tests.experiments.conftest import FAST
 
 
@@ -27,7 +28,13 @@ def planned(compose_cfg, *overrides, model="vgg_small", size=16, channels=1):
     x = torch.randn(2, channels, size, size)
     strategy = instantiate(cfg.strategy, _convert_="all")
     rt = Runtime(
-        cfg=cfg, example=x, build_model=build, strategy=strategy, dry=True, dense_counts=pruning.count(model_, x)
+        example=x,
+        build_model=build,
+        strategy=strategy,
+        seed=cfg.seed,
+        baseline=BaselineRecipe.from_config(cfg),
+        dry=True,
+        dense_counts=pruning.count(model_, x),
     )
     strategy.validate(model_)
     steps = strategy.plan(model_, rt)
@@ -98,7 +105,14 @@ def test_scratch_b_epochs_scale_with_macs_and_are_capped(compose_cfg):
     pruned = instantiate(cfg.model, num_classes=10, in_channels=1, input_size=16)
     pruning.prune_filters(pruned, x, 0.3)
     ratio = pruning.count(dense, x).macs / pruning.count(pruned, x).macs
-    rt = Runtime(cfg=cfg, example=x, build_model=lambda: dense, strategy=strategy, dense_counts=pruning.count(dense, x))
+    rt = Runtime(
+        example=x,
+        build_model=lambda: dense,
+        strategy=strategy,
+        seed=cfg.seed,
+        baseline=BaselineRecipe.from_config(cfg),  # baseline.epochs=10
+        dense_counts=pruning.count(dense, x),
+    )
     assert strategy._scratch_epochs(pruned, rt) == min(20, int(10 * ratio))
     assert 10 < int(10 * ratio)  # 0.3 of the filters removes more than half of the MACs ...
     strategy.retrain.scratch_cap = 1.5
@@ -136,6 +150,31 @@ def test_random_criterion_follows_the_run_seed(compose_cfg):
         _, _, strategy = planned(compose_cfg, "strategy=random_oneshot", f"seed={seed}")
         kept.append(strategy.record.to_dict()["entries"][0]["keep"])
     assert kept[0] != kept[1]
+
+
+class Dice(pruning.criteria.Criterion):
+    """A criterion with its own randomness that no strategy knows of: the run seeds it through ``seeded``."""
+
+    seen: list[int] = []
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def seeded(self, seed: int) -> "Dice":
+        return Dice(seed)
+
+    def __call__(self, group):
+        Dice.seen.append(self.seed)
+        return torch.rand(group.n_channels, generator=torch.Generator().manual_seed(self.seed), dtype=torch.float64)
+
+
+def test_a_new_seeded_criterion_follows_the_run_seed(compose_cfg, monkeypatch):
+    names, lookup = pruning.criteria.criterion_names, pruning.criteria.criterion_class
+    monkeypatch.setattr(pruning.criteria, "criterion_names", lambda: sorted([*names(), "dice"]))
+    monkeypatch.setattr(pruning.criteria, "criterion_class", lambda name: Dice if name == "dice" else lookup(name))
+    monkeypatch.setattr(Dice, "seen", [])
+    _, _, strategy = planned(compose_cfg, "strategy.criterion=dice", "seed=7")
+    assert Dice.seen and set(Dice.seen) == {7} and strategy.parts()["criterion"] == "dice"
 
 
 @pytest.mark.parametrize("criterion", pruning.criteria.criterion_names())

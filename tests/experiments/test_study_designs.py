@@ -14,6 +14,7 @@ from experiments.storage.results import read_rows
 from experiments.strategies.plan import Runtime, Train, execute, recalibrate_batchnorm
 from experiments.strategies.ratio_policy import ScanTable
 from experiments.strategies.skip import macs_removed
+from experiments.training.context import BaselineRecipe
 from tests.experiments.conftest import FAST
 from tests.experiments.test_strategies import planned, shapes
 
@@ -121,7 +122,7 @@ def test_skip_sensitive_spares_k_groups_and_matches_uniform_macs(compose_cfg, k)
     strategy = instantiate(cfg.strategy, _convert_="all")
     strategy.validate(model)
     dense = pruning.count(model, x)
-    rt = Runtime(cfg=cfg, example=x, build_model=build, strategy=strategy, dry=True, dense_counts=dense)
+    rt = Runtime(example=x, build_model=build, strategy=strategy, seed=cfg.seed, dry=True, dense_counts=dense)
     rt.scan = _known_scan(groups, sensitive)
     uniform = macs_removed(model, x, 0.5)
     execute(strategy.plan(model, rt), model, rt)
@@ -211,9 +212,16 @@ def test_uncapped_scratch_b_trains_the_mac_matched_epochs(compose_cfg):
     dense = instantiate(cfg.model, num_classes=10, in_channels=1, input_size=16)
     pruned = instantiate(cfg.model, num_classes=10, in_channels=1, input_size=16)
     pruning.prune_filters(pruned, x, 0.5)
-    rt = Runtime(cfg=cfg, example=x, build_model=lambda: dense, strategy=strategy, dense_counts=pruning.count(dense, x))
+    rt = Runtime(
+        example=x,
+        build_model=lambda: dense,
+        strategy=strategy,
+        seed=cfg.seed,
+        baseline=BaselineRecipe.from_config(cfg),  # baseline.epochs=10
+        dense_counts=pruning.count(dense, x),
+    )
     matched = int(10 * pruning.count(dense, x).macs / pruning.count(pruned, x).macs)
-    assert matched > 20 and strategy._scratch_epochs(pruned, rt) == matched  # more than the old 2x cap
+    assert matched > 20 and strategy._scratch_epochs(pruned, rt) == matched  # more than l1_scratch_b's 2x cap
     assert strategy.parts()["scratch_cap"] is None
 
 

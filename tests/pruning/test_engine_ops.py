@@ -207,14 +207,13 @@ class Eca(nn.Module):
         return x * y.sigmoid().view(x.shape[0], -1, 1, 1)
 
 
-def test_eca_is_refused_unless_approximate_and_the_difference_is_reported():
+def test_eca_channels_stay_unless_approximate_and_the_difference_is_reported():
     model = randomize_bn(Net(Eca())).double().eval()
     x = X.double()
     dense = copy.deepcopy(model)
-    with pytest.raises(pruning.ChannelMappingError, match=r"'block\.conv'.*approximate=\('eca',\).*ignore="):
-        pruning.prune_filters(model, x, 0.5)
-    pruning.prune_filters(copy.deepcopy(dense), x, 0.5, ignore=["block.conv"])  # the suggested ignore
-    assert pruning.dependency_groups(dense, x, approximate=("eca",))[0].exact is False
+    stream = group_of(pruning.dependency_groups(dense, x), "stem")
+    assert stream.n_prunable == 0 and "approximate=('eca',)" in stream.reasons[0]  # exact by default: kept
+    assert group_of(pruning.dependency_groups(dense, x, approximate=("eca",)), "stem").exact is False
     with pytest.warns(UserWarning, match="approximate cut"):
         record = pruning.prune_filters(model, x, 0.5, approximate=("eca",))
     assert model.stem.out_channels == 4

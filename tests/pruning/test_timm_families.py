@@ -111,8 +111,9 @@ def test_family_prunes_exactly(entry):
 def test_eca_cuts_approximately_when_asked():
     model, x = build(ENTRIES["ecaresnet26t"])
     dense = copy.deepcopy(model)
-    with pytest.raises(pruning.ChannelMappingError, match=r"'layer1\.0\.se\.conv' \(Conv1d\).*approximate=\('eca',\)"):
-        pruning.prune_filters(model, x, RATIO)  # exact by default
+    groups = pruning.dependency_groups(dense, x)
+    stream = next(g for g in groups if any(m.name == "layer1.0.conv3" and m.dim == 0 for m in g.members))
+    assert stream.n_prunable == 0 and "approximate=('eca',)" in " ".join(stream.reasons)  # exact by default: kept
     with pytest.warns(UserWarning, match="approximate cut"):
         record = pruning.prune_filters(model, x, RATIO, approximate=("eca",))
     measured = (outputs(model, x) - outputs(zeroed_reference(dense, record), x)).abs().max().item()
