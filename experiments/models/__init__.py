@@ -2,7 +2,7 @@
 input_size=, **options) -> nn.Module``; ``build_model(name, ...)`` is the Hydra target.
 """
 
-from experiments.models import lenet, mobilenet_cifar, resnet_cifar, torchvision_models, vgg
+from experiments.models import lenet, mobilenet_cifar, resnet_cifar, timm_models, torchvision_models, vgg
 from experiments.models.registry import (
     MODELS,
     UnknownModelError,
@@ -12,6 +12,7 @@ from experiments.models.registry import (
     register_model,
 )
 from experiments.models.resnet_cifar import PadShortcut
+from experiments.models.timm_models import timm_model
 from experiments.models.torchvision_models import torchvision_model
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "mobilenet_cifar",
     "register_model",
     "resnet_cifar",
+    "timm_model",
+    "timm_models",
     "torchvision_model",
     "torchvision_models",
     "vgg",

@@ -1,14 +1,17 @@
-"""Trained weights from a file: a plain state dict, a Lightning checkpoint or a torchvision weights file.
+"""Trained weights from a file: a plain state dict, a Lightning checkpoint, a torchvision weights
+file, a timm training checkpoint or a ``.safetensors`` file.
 
 Used by ``baseline.checkpoint=PATH`` (start from trained weights instead of training) and
-``model=tv model.weights=PATH`` (initialise a torchvision architecture). Always
-``torch.load(..., weights_only=True)`` and ``load_state_dict(strict=True)``; a file that is
+``model=tv|timm model.weights=PATH`` (initialise a torchvision or timm architecture). Always
+``torch.load(..., weights_only=True)`` (a timm checkpoint's ``argparse.Namespace`` of training
+arguments is the one extra type allowed) and ``load_state_dict(strict=True)``; a file that is
 missing, unreadable or does not fit the model is an error naming the config key, the path
 and the missing, unexpected and mis-shaped keys.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 from pathlib import Path
 from typing import Any, Mapping
@@ -69,7 +72,13 @@ def read_state_dict(path: str | Path, key: str) -> tuple[dict[str, torch.Tensor]
     """
     check_weights_path(key, path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return _strip_prefix(load_file(str(path), device="cpu")), "safetensors"
+        # timm's train.py stores its argparse.Namespace beside the weights: allowed, nothing else
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zips, pickles of objects, random bytes: all unusable
         raise CheckpointError(
             f"{key}={str(path)!r}: cannot be loaded with torch.load(weights_only=True) ({type(err).__name__}: "
@@ -83,7 +92,8 @@ def read_state_dict(path: str | Path, key: str) -> tuple[dict[str, torch.Tensor]
         inner = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
         state = inner or state
     elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        fmt, state = "wrapped state_dict", dict(obj["state_dict"])
+        fmt = "timm checkpoint" if "arch" in obj else "wrapped state_dict"
+        state = dict(obj["state_dict"])
     elif isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         fmt, state = "wrapped state_dict", dict(obj["model"])
     elif isinstance(obj, Mapping):

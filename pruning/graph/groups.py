@@ -252,13 +252,21 @@ class ChannelGraph:
         return removed[self.member_comps[index]]
 
 
-def build_graph(model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] | list[str] = ()) -> ChannelGraph:
-    """Trace ``model`` once and build its channel groups."""
-    return ChannelGraph(model, trace_channels(model, example_inputs, ignore))
+def build_graph(
+    model: nn.Module,
+    example_inputs: Any,
+    ignore: tuple[str, ...] | list[str] = (),
+    approximate: tuple[str, ...] | list[str] = (),
+) -> ChannelGraph:
+    """Trace ``model`` once and build its channel groups (``approximate``: see ``trace_channels``)."""
+    return ChannelGraph(model, trace_channels(model, example_inputs, ignore, approximate=tuple(approximate)))
 
 
 def dependency_groups(
-    model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] | list[str] = ()
+    model: nn.Module,
+    example_inputs: Any,
+    ignore: tuple[str, ...] | list[str] = (),
+    approximate: tuple[str, ...] | list[str] = (),
 ) -> list[ChannelGroup]:
     """The coupled channel groups of ``model`` (printable: ``print(*groups, sep="\\n")``)."""
-    return build_graph(model, example_inputs, ignore).groups
+    return build_graph(model, example_inputs, ignore, approximate).groups

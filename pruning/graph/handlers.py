@@ -57,6 +57,7 @@ class FilterHandler:
     kind = "filter"
     leaf = True
     exact = True
+    exact_in = True  # False: cutting input channels changes what the kept filters compute
 
     def in_channels(self, module: nn.Module) -> int:
         raise NotImplementedError
@@ -121,6 +122,9 @@ class ChannelwiseHandler:
     in_view = out_view
 
 
+_CONV_FORWARD = {1: nn.Conv1d.forward, 2: nn.Conv2d.forward, 3: nn.Conv3d.forward}
+
+
 class ConvHandler(FilterHandler):
     """Conv1d/2d/3d, including depthwise and grouped convolutions.
 
@@ -144,6 +148,8 @@ class ConvHandler(FilterHandler):
 
     def output_shape(self, module: nn.Module, x: Tensor) -> tuple[int, ...] | None:
         n = len(module.kernel_size)
+        if type(module).forward is not _CONV_FORWARD.get(n):
+            return None  # a subclass with its own forward (timm's Conv2dSame pads in it): run it on meta
         if isinstance(module.padding, str) or x.dim() < n + 1:
             return None if module.padding != "same" else (*x.shape[: -n - 1], module.out_channels, *x.shape[-n:])
         sizes = [
@@ -161,11 +167,17 @@ class ConvHandler(FilterHandler):
         keep = keep.to(torch.long)
         g = module.groups
         if self._depthwise(module):
+            # one input channel per group: cut whole groups (input channel and its outputs), or the
+            # same number of outputs in every group (a grouped conv whose inputs were cut to one per group)
             mult = module.out_channels // module.in_channels
-            kept_in = keep[::mult] // mult
-            if not torch.equal(kept_in.repeat_interleave(mult) * mult + torch.arange(mult).repeat(len(kept_in)), keep):
-                raise ValueError("depthwise conv: output channels of one input channel must be kept or cut together")
-            module.in_channels = module.groups = len(kept_in)
+            counts = torch.bincount(keep // mult, minlength=g)
+            if bool(((counts == 0) | (counts == mult)).all()):
+                module.in_channels = module.groups = int((counts > 0).sum())
+            elif not bool((counts == counts[0]).all()):
+                raise ValueError(
+                    f"depthwise conv (groups={g}, {mult} outputs per input): cut every output of an input "
+                    "channel, or the same number of outputs of every input channel"
+                )
         elif g > 1:
             per = module.out_channels // g
             counts = torch.bincount(keep // per, minlength=g)
@@ -206,6 +218,40 @@ class ConvHandler(FilterHandler):
         out, per = w.shape[0], w.shape[1]
         # [g, out/g, per, k] -> [g, per, out/g, k] -> one row per input channel
         return w.reshape(g, out // g, per, -1).transpose(1, 2).reshape(g * per, -1)
+
+
+class StdConvHandler(ConvHandler):
+    """Weight-standardised convs (timm's ``StdConv2d``, ``ScaledStdConv2d`` and their ``Same``
+    variants): a conv whose filters are normalised over their inputs before use, with an
+    optional per-filter ``gain``. Filters are cut with their gain (exact); cutting inputs
+    changes every remaining weight's standardisation (inexact)."""
+
+    exact_in = False
+
+    def prune_out(self, module: nn.Module, keep: Tensor) -> None:
+        super().prune_out(module, keep)
+        gain = getattr(module, "gain", None)
+        if isinstance(gain, Tensor) and gain.dim() and gain.shape[0] > 1:
+            cut_tensor(module, "gain", keep.to(torch.long), 0)
+
+
+class BlurPoolHandler(ChannelwiseHandler):
+    """timm's ``BlurPool2d``: one fixed blur filter per channel (buffer ``filt``, ``channels`` of
+    them) applied depthwise. Not a leaf: the tracer follows its ``F.conv2d``, whose op rule
+    links the filter to this handler; with ``channels=None`` the filter is shared and nothing is cut."""
+
+    leaf = False
+
+    def channels(self, module: nn.Module) -> int:
+        return module.channels or 1
+
+    def prune_out(self, module: nn.Module, keep: Tensor) -> None:
+        cut_tensor(module, "filt", keep.to(torch.long), 0)
+        module.channels = len(keep)
+
+    def out_view(self, module: nn.Module, t: Tensor | None = None) -> Tensor:
+        f = module.filt if t is None else t
+        return f.reshape(f.shape[0], -1)
 
 
 class ConvTransposeHandler(FilterHandler):
@@ -427,6 +473,9 @@ def _register_builtins(register: Callable[[type, Handler], None]) -> None:
     register(nn.LayerNorm, LayerNormHandler())
     register(nn.GroupNorm, GroupNormHandler())
     register(nn.PReLU, PReLUHandler())
+    for name in ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame"):
+        _BY_NAME[f"timm.layers.std_conv.{name}"] = StdConvHandler()
+    _BY_NAME["timm.layers.blur_pool.BlurPool2d"] = BlurPoolHandler()
 
 
 _register_builtins(register_handler)

@@ -225,15 +225,43 @@ def layer_norm(tr, func, name, args, kwargs, ins, labs, out) -> None:
     _set_all(tr, out, lab)
 
 
-def _split_unions(tr, name: str, lab_in: Tensor, new: Tensor) -> None:
+def _split_unions(tr, name: str, lab_in: Tensor, new: Tensor) -> int | None:
     """A view that factorises a channel dim (e.g. ``(C,) -> (g, C/g)``): keep the outer
-    factors' sizes fixed by cutting the same inner offset in every outer slice."""
+    factors' sizes fixed by cutting the same inner offset in every outer slice. Returns the
+    dim of the inner factor (None: no split)."""
     new = compress(new)
     vin, vout = _varying(compress(lab_in)), _varying(new)
     if len(vout) > len(vin):
         grid = new.reshape([new.shape[d] for d in vout])
         rows = grid.reshape(-1, grid.shape[-1])
         tr.union(rows[:1].expand(rows.shape[0] - 1, -1), rows[1:], f"op {name!r} splits channels into groups")
+        return vout[-1]
+    return None
+
+
+def _requested(name: str, args: tuple, kwargs: dict, nd: int) -> list[int] | None:
+    """The sizes a ``view``/``reshape``/``unflatten`` asked for, one per output dim (-1 kept)."""
+    if name in ("view", "reshape"):
+        shape = kwargs.get("shape", kwargs.get("size", args[1:]))
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = shape[0]
+        return [int(v) for v in shape] if len(shape) == nd else None
+    if name == "unflatten":
+        dim, sizes = _arg(args, kwargs, 1, "dim"), list(_arg(args, kwargs, 2, "sizes"))
+        dim %= nd - len(sizes) + 1
+        return [0] * dim + [int(v) for v in sizes] + [0] * (nd - dim - len(sizes))
+    return None
+
+
+def _fixed_size(tr, name: str, args: tuple, kwargs: dict, new: Tensor, dims: list[int]) -> bool:
+    """Does the view size one of ``dims`` (channel factors it splits off or merges) by a number
+    the calling module holds (``self.head_dim``, ``self.dh``)? Then a cut would not fit it;
+    ``-1`` (or any other number) is taken to follow the channels."""
+    requested = _requested(name, args, kwargs, new.dim())
+    if requested is None or not tr.stack:
+        return False
+    numbers = {v for v in vars(tr.stack[-1][1]).values() if type(v) is int and v > 1}
+    return any(requested[d] != -1 and new.shape[d] in numbers for d in dims)
 
 
 def _empty(tr, name: str, x: Tensor, lab: Tensor, out: Any) -> bool:
@@ -253,7 +281,9 @@ def _empty(tr, name: str, x: Tensor, lab: Tensor, out: Any) -> bool:
 
 
 def reshape(tr, func, name, args, kwargs, ins, labs, out) -> None:
-    """Views, permutes, flatten and friends: run the op on the labels."""
+    """Views, permutes, flatten and friends: run the op on the labels. A view that splits
+    channels into groups of a size the module holds as a number (heads of ``self.head_dim``
+    channels) freezes them: cutting would not fit that fixed size."""
     x, lab = args[0], labs[0] if ins and ins[0] is args[0] else None
     if lab is None:
         return _set_all(tr, out, None)
@@ -261,7 +291,11 @@ def reshape(tr, func, name, args, kwargs, ins, labs, out) -> None:
         return
     new = func(_full(tr, x), *args[1:], **kwargs)
     if name in ("view", "reshape", "unflatten", "view_as", "reshape_as"):
-        _split_unions(tr, name, lab, new)
+        inner = _split_unions(tr, name, lab, new)
+        vin, vout = _varying(compress(lab)), _varying(compress(new))
+        dims = [inner] if inner is not None else vout if len(vout) < len(vin) else []
+        if dims and _fixed_size(tr, name, args, kwargs, new, dims):
+            tr.freeze(lab, f"op {name!r} groups channels by a fixed size ({tr.where()})")
     for o, n in zip(_outs(out), _outs(new)):
         tr.set_label(o, n)
 
@@ -475,8 +509,175 @@ def pixel_shuffle(tr, func, name, args, kwargs, ins, labs, out) -> None:
     _set_all(tr, out, ids.view(shape), compressed=True)
 
 
+def _lab(tr, t: Tensor) -> Tensor:
+    """``t``'s compressed label with ``t.dim()`` dims; all ``-1`` (one position) if untracked."""
+    lab = tr.label(t)
+    return torch.full((1,) * t.dim(), -1, dtype=torch.long) if lab is None else _align(lab, t.dim())
+
+
+def contract(tr, name: str, a_shape: tuple, A: Tensor, b_shape: tuple, B: Tensor) -> Tensor:
+    """The label of ``a @ b`` (``a: [..., n, k]``, ``b: [..., k, m]``, ``A``/``B`` their labels).
+
+    Channels along ``k`` are summed over: frozen. An output position belongs to the channel
+    of its row of ``a`` (if ``a``'s rows carry channels) or else of its column of ``b``: a
+    channel-preserving map (an attention map applied to values, a global-context pooling)
+    keeps the channels of the side that carries them, and the other side, mixed into every
+    output, is frozen. Where neither side carries channels of its own, the sides meet
+    position by position along the batch dims, as in an elementwise op. Batch slices of the
+    kept side stay non-empty (one channel each frozen) where the other side has them too.
+    """
+    where = tr.where()
+    if A.shape[-1] > 1:
+        tr.freeze(A, f"op {name!r} sums over channels ({where})")
+    if B.shape[-2] > 1:
+        tr.freeze(B, f"op {name!r} sums over channels ({where})")
+    a, b = A[..., :, :1], B[..., :1, :]
+    nd = max(a.dim(), b.dim())
+    a, b = _align(a, nd), _align(b, nd)
+    real_a = (1,) * (nd - len(a_shape)) + tuple(a_shape[:-2])
+    real_b = (1,) * (nd - len(b_shape)) + tuple(b_shape[:-2])
+    if a.shape[-2] == 1 and b.shape[-1] == 1:
+        x, y = torch.broadcast_tensors(a, b)
+        both = (x >= 0) & (y >= 0)
+        if bool(both.any()):
+            tr.union(x[both], y[both], f"op {name!r}")
+        out = compress(torch.where(x >= 0, x, y))
+        for lab, real_other in ((a, real_b), (b, real_a)):
+            if bool((lab < 0).all()) and any(real_other[d] > 1 and out.shape[d] > 1 for d in range(nd - 2)):
+                tr.freeze(out, f"a fixed-size tensor meets the channels in op {name!r} ({where})")
+        return out
+    sides = [(a, b, real_b), (b, a, real_a)] if a.shape[-2] > 1 else [(b, a, real_a), (a, b, real_b)]
+    if _frozen(tr, sides[0][0]) and not _frozen(tr, sides[1][0]):
+        sides.reverse()  # keep the channels that can still be cut
+    elif a.shape[-2] > 1 and b.shape[-1] > 1 and not _frozen(tr, b):
+        # channels x channels (cross-covariance attention, a Gram matrix): which side's channels
+        # the code keeps downstream is not known here, so neither is cut
+        tr.freeze(a, f"op {name!r} maps channels onto channels ({where})")
+    out, other, real_other = sides[0]
+    tr.freeze(other, f"op {name!r} mixes one operand into every channel of the other ({where})")
+    if any(out.shape[d] > 1 and real_other[d] > 1 for d in range(nd - 2)):
+        tr.freeze(out[..., :1, :1], f"op {name!r} pairs the operands' batch slices ({where})")
+    if _frozen(tr, out):
+        return torch.full((1,) * nd, -1, dtype=torch.long)  # nothing to cut: a fixed tensor from here on
+    return out
+
+
+def _frozen(tr, lab: Tensor) -> bool:
+    """Are all of ``lab``'s channels frozen already (directly, not through unions)? True if it has none."""
+    ids = lab[lab >= 0].unique()
+    if not ids.numel():
+        return True
+    frozen = tr.result.frozen
+    if not frozen:
+        return False
+    return bool(torch.isin(ids, torch.cat([f for f, _ in frozen])).all())
+
+
+def _check_params(tr, name: str, tensors: list) -> None:
+    """A parameter of a handled layer may be cut with that layer: it cannot serve as a fixed operand."""
+    for t in tensors:
+        owner = tr.params.get(id(t)) if isinstance(t, torch.nn.Parameter) else None
+        if owner is not None and get_handler(owner[2]) is not None:
+            mname, pname, module = owner
+            raise tr.error(
+                f"parameter {pname!r} of {type(module).__name__} {mname!r} is used outside that module, by op "
+                f"{name!r} in {tr.where()}; the engine cannot follow it there"
+            )
+
+
+def matmul(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """``matmul``/``mm``/``bmm`` (see :func:`contract`); 1-D operands as in ``torch.matmul``."""
+    a, b = args[0], args[1]
+    if getattr(func, "__name__", "") == "__rmatmul__":
+        a, b = b, a
+    _check_params(tr, name, [a, b])
+    A, B = _lab(tr, a), _lab(tr, b)
+    a_shape, b_shape = tuple(a.shape), tuple(b.shape)
+    if a.dim() == 1:
+        A, a_shape = A.unsqueeze(0), (1, *a_shape)
+    if b.dim() == 1:
+        B, b_shape = B.unsqueeze(-1), (*b_shape, 1)
+    lab = contract(tr, name, a_shape, A, b_shape, B)
+    if a.dim() == 1:
+        lab = lab.squeeze(-2)
+    if b.dim() == 1:
+        lab = lab.squeeze(-1)
+    _set_all(tr, out, lab)
+
+
+def attention(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """``scaled_dot_product_attention``: ``softmax(q @ k^T) @ v`` (see :func:`contract`); the
+    channels of ``q`` and ``k`` are summed over (frozen), those of ``v`` pass through."""
+    q, k, v = (_arg(args, kwargs, i, key) for i, key in enumerate(("query", "key", "value")))
+    Q, K, V = _lab(tr, q), _lab(tr, k), _lab(tr, v)
+    mask = _arg(args, kwargs, 3, "attn_mask")
+    if isinstance(mask, Tensor) and tr.label(mask) is not None:
+        tr.freeze(tr.label(mask), f"an attention mask carries channels ({tr.where()})")
+    if _arg(args, kwargs, 7, "enable_gqa", False):
+        for lab in (Q, K, V):
+            tr.freeze(lab, f"op {name!r} with grouped query heads ({tr.where()})")
+        return _set_all(tr, out, None)
+    kt_shape = (*k.shape[:-2], k.shape[-1], k.shape[-2])
+    scores = contract(tr, name, tuple(q.shape), Q, kt_shape, K.transpose(-2, -1))
+    if scores.shape[-1] > 1:
+        tr.freeze(scores, f"op {name!r} takes a softmax over channels ({tr.where()})")
+    s_shape = (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), q.shape[-2], k.shape[-2])
+    _set_all(tr, out, contract(tr, name, s_shape, scores, tuple(v.shape), V))
+
+
+def functional_conv(tr, func, name, args, kwargs, ins, labs, out) -> None:
+    """``F.conv1d/2d/3d`` with a fixed weight (a buffer or a computed tensor, e.g. a blur
+    filter): depthwise, it maps channel ``i`` to outputs ``i*m .. i*m+m-1`` and a per-channel
+    weight buffer is cut with them (through the module's handler if it has one); any other
+    fixed weight sums over its input channels (frozen) into outputs of fixed count."""
+    x, w = args[0], _arg(args, kwargs, 1, "weight")
+    _check_params(tr, name, [w])
+    lab = tr.label(x)
+    if lab is None:
+        return _set_all(tr, out, None)
+    if tr.label(w) is not None:
+        raise tr.error(f"op {name!r} in {tr.where()} computes its weight from the channels")
+    n = w.dim() - 2
+    axis = x.dim() - n - 1
+    cin, groups = x.shape[axis], int(_arg(args, kwargs, 6, "groups", 1))
+    try:
+        ids = tr.vector(lab, axis, cin, f"op {name!r} in {tr.where()}")
+    except Exception as err:
+        raise tr.error(str(err)) from None
+    if groups != cin or cin == 1:
+        tr.freeze(ids, f"op {name!r} with a fixed weight sums over channels ({tr.where()})")
+        return _set_all(tr, out, None)
+    out_ids = ids.repeat_interleave(w.shape[0] // cin)
+    owner = tr.params.get(id(w))
+    if owner is not None:
+        mname, pname, module = owner
+        handler = get_handler(module)
+        if isinstance(handler, ChannelwiseHandler):
+            tr.member(mname, "module", 0, "norm", out_ids, module, handler, axis=axis)
+        else:
+            tr.member(mname, "param", 0, "scale", out_ids, module, param=pname, axis=axis)
+    shape = [1] * out.dim()
+    shape[axis] = out_ids.numel()
+    _set_all(tr, out, out_ids.view(shape), compressed=bool((out_ids >= 0).any()))
+
+
+def unfold(tr, func, name, args, kwargs, ins, labs, out) -> Any:
+    """``Tensor.unfold`` (sliding windows over a dim): exact off the channel dims; windows
+    over channels freeze them. ``F.unfold`` (im2col) is not mapped."""
+    if func is not Tensor.unfold:
+        return NotImplemented
+    lab = labs[0]
+    if lab is not None and lab.shape[_arg(args, kwargs, 1, "dimension") % lab.dim()] > 1:
+        tr.freeze(lab, f"op 'unfold' slides over channels ({tr.where()})")
+    return reshape(tr, func, name, args, kwargs, ins, labs, out)
+
+
 RULES: dict[str, Callable] = {}
 PARAM_OK: set[str] = set()
+# A parameter of a module without a handler is never cut: every op but these reads it as a fixed
+# tensor (position bias tables, attention weights). A conv with its own weight is a layer that
+# needs a handler.
+NO_FIXED_PARAMS = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
 
 
 def register_op_rule(
@@ -532,3 +733,7 @@ register_op_rule(("channel_shuffle", "native_channel_shuffle"), shuffle)
 register_op_rule(("pixel_shuffle", "pixel_unshuffle"), pixel_shuffle)
 register_op_rule(("cat", "concat", "concatenate", "stack"), cat)
 register_op_rule("layer_norm", layer_norm, params_ok=True)
+register_op_rule(("matmul", "mm", "bmm"), matmul, params_ok=True)
+register_op_rule("scaled_dot_product_attention", attention)
+register_op_rule(("conv1d", "conv2d", "conv3d"), functional_conv)
+register_op_rule("unfold", unfold)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from pruning.graph import dryrun, oprules
-from pruning.graph.handlers import ChannelwiseHandler, get_handler
+from pruning.graph.handlers import ChannelwiseHandler, FilterHandler, get_handler
 from pruning.graph.oprules import tensors_in
 
 
@@ -73,6 +73,17 @@ def _ignored(name: str, ignore: tuple[str, ...]) -> bool:
     return any(name == i or name.startswith(i + ".") for i in ignore)
 
 
+def modules_like(model: nn.Module, name: str) -> list[str]:
+    """``name`` and every other module of ``model`` of its type (outermost ones only): what an
+    ``ignore`` must list to leave all copies of a block alone."""
+    kind = type(model.get_submodule(name))
+    out: list[str] = []
+    for n, m in model.named_modules():
+        if type(m) is kind and n and not _ignored(n, tuple(out)):
+            out.append(n)
+    return out if name in out else [name]
+
+
 class _Mode(TorchFunctionMode):
     def __init__(self, tracer: "_Tracer"):
         super().__init__()
@@ -95,9 +106,10 @@ class _Mode(TorchFunctionMode):
 
 
 class _Tracer:
-    def __init__(self, model: nn.Module, ignore: tuple[str, ...]):
+    def __init__(self, model: nn.Module, ignore: tuple[str, ...], approximate: tuple[str, ...] = ()):
         self.model = model
         self.ignore = ignore
+        self.approximate = approximate
         self.result = ChannelTrace()
         self.labels: dict[int, Tensor | None] = {}
         self.alive: list[Tensor] = []
@@ -170,6 +182,10 @@ class _Tracer:
         )
 
     def error(self, message: str) -> ChannelMappingError:
+        """An error for the op being traced, with the ``ignore`` that leaves its channels alone."""
+        where = self.stack[-1][0] if self.stack and self.stack[-1][0] else None
+        if where is not None and "ignore=" not in message:
+            message += f". Pass ignore={modules_like(self.model, where)} to leave its channels alone"
         return ChannelMappingError(message)
 
     def in_ignored(self) -> bool:
@@ -209,7 +225,7 @@ class _Tracer:
         )
         self.seen[key] = m
         self.result.members.append(m)
-        if handler is not None and not handler.exact:
+        if handler is not None and (not handler.exact or (role == "in" and not getattr(handler, "exact_in", True))):
             self.result.inexact.append(m.ids)
         if dim == 0 and _ignored(name, self.ignore):
             self.freeze(m.ids, f"{name!r} is in ignore")
@@ -232,6 +248,49 @@ class _Tracer:
         v = lab.reshape(-1)
         return v.expand(size) if v.numel() == 1 and size != 1 else v
 
+    def vector_or_freeze(self, name: str, lab: Tensor | None, axis: int, size: int, what: str) -> Tensor | None:
+        """:meth:`vector`; a layout it cannot map in an ignored module freezes the input instead."""
+        try:
+            return self.vector(lab, axis, size, what)
+        except ChannelMappingError as err:
+            if _ignored(name, self.ignore) or self.in_ignored():
+                self.freeze(lab, f"{what} is in ignore")
+                return None
+            raise ChannelMappingError(
+                f"{err}. Pass ignore={modules_like(self.model, name)} to leave its channels alone"
+            ) from None
+
+    def slides_over_channels(
+        self, name: str, module: nn.Module, handler: Any, lab: Tensor, axis: int, out: Tensor
+    ) -> str | None:
+        """A conv with one input and one output channel that slides along the channels (ECA's
+        ``Conv1d`` over the pooled channels): cutting a channel changes its neighbours' outputs.
+        With ``approximate`` holding "eca" every channel keeps its position, marked inexact
+        (returns "cut"); else the channels are frozen, the reason naming the option ("frozen")."""
+        if not isinstance(handler, FilterHandler):
+            return None
+        axis %= lab.dim()
+        spatial = [d for d in range(lab.dim()) if lab.shape[d] > 1]
+        if (
+            lab.shape[axis] != 1
+            or not spatial
+            or any(d <= axis for d in spatial)
+            or handler.in_channels(module) != 1
+            or handler.out_channels(module) != 1
+            or out.dim() != lab.dim()
+            or any(out.shape[d] != lab.shape[d] for d in spatial)
+        ):
+            return None
+        if "eca" not in self.approximate:
+            self.freeze(
+                lab,
+                f"module {name!r} ({type(module).__name__}) slides along the channels (ECA); approximate=('eca',) cuts them",
+            )
+            return "frozen"
+        self.result.inexact.append(lab.reshape(-1))
+        self.set_label(out, lab, compressed=True)
+        return "cut"
+
     # ---- modules ----------------------------------------------------------------
     def on_module(self, name: str, module: nn.Module, handler: Any, args: tuple, kwargs: dict, out: Any) -> None:
         tensors = tensors_in(args) or tensors_in(kwargs)
@@ -241,9 +300,14 @@ class _Tracer:
         lab = self.label(x)
         axis = handler.channel_axis(module, x)
         what = f"module {name!r} ({type(module).__name__})"
+        slide = self.slides_over_channels(name, module, handler, lab, axis, out) if lab is not None else None
+        if slide == "cut":
+            return
+        if slide == "frozen":
+            lab = None
         if isinstance(handler, ChannelwiseHandler):
             c, g = handler.channels(module), handler.groups(module)
-            ids = self.vector(lab, axis, c, what)
+            ids = self.vector_or_freeze(name, lab, axis, c, what)
             if ids is not None and g > 1:
                 grid = ids.view(g, c // g)
                 self.union(grid[:1].expand(g - 1, -1), grid[1:], f"groups of {name!r}")
@@ -252,7 +316,7 @@ class _Tracer:
             self.set_label(out, lab, compressed=True)
             return
         cin, cout, g = handler.in_channels(module), handler.out_channels(module), handler.groups(module)
-        in_ids = self.vector(lab, axis, cin, what)
+        in_ids = self.vector_or_freeze(name, lab, axis, cin, what)
         out_axis = axis if axis >= 0 else out.dim() + axis
         if g > 1 and g == cin:  # depthwise: output channel i*m+k is input channel i
             if in_ids is None:
@@ -301,7 +365,17 @@ class _Tracer:
             return
         name = oprules.op_name(func)
         rule = oprules.RULES.get(name)
-        if rule is None or (foreign and name not in oprules.PARAM_OK):
+        if foreign and name not in oprules.NO_FIXED_PARAMS and all(get_handler(f[2]) is None for f in foreign):
+            foreign = []  # parameters of modules without a handler are never cut: fixed tensors here
+        if rule is not None and (not foreign or name in oprules.PARAM_OK):
+            try:
+                if rule(self, func, name, args, kwargs, ins, labs, out) is not NotImplemented:
+                    return
+            except ChannelMappingError:
+                if not self.in_ignored():
+                    raise
+            rule = None
+        if rule is None or foreign:
             if self.in_ignored():
                 for t, lab in zip(ins, labs):
                     self.freeze(lab, f"op {name!r} inside an ignored module")
@@ -321,20 +395,42 @@ class _Tracer:
                 raise ChannelMappingError(
                     f"module {mname!r} ({type(module).__name__}) is not supported: its parameters are used by "
                     f"op {name!r} and no pruning handler is registered for {type(module).__name__}. Register one "
-                    f"with pruning.register_handler({type(module).__name__}, handler) or pass ignore=[{mname!r}]"
+                    f"with pruning.register_handler({type(module).__name__}, handler) or pass "
+                    f"ignore={modules_like(self.model, mname)}"
                 )
             where = self.stack[-1][0] if self.stack and self.stack[-1][0] else None
             raise ChannelMappingError(
                 f"cannot map channels through op {oprules.qualname(func)!r} in {self.where()}. "
-                + (f"Pass ignore=[{where!r}] to leave its channels alone, or register" if where else "Register")
+                + (
+                    f"Pass ignore={modules_like(self.model, where)} to leave its channels alone, or register"
+                    if where
+                    else "Register"
+                )
                 + " a handler for the module type with pruning.register_handler(...)"
                 + " or an op rule with pruning.register_op_rule(...)"
             )
-        rule(self, func, name, args, kwargs, ins, labs, out)
+
+
+APPROXIMATIONS = ("eca",)
+"""Approximate cuts :func:`trace_channels` can be asked for: ``"eca"``, a Conv1d that slides
+along the channels (ECA attention) keeps them in place; a cut changes the neighbours' gates."""
+
+
+def check_approximate(approximate: Any) -> tuple[str, ...]:
+    """``approximate`` as a tuple of known names, or a ValueError listing them."""
+    approximate = (approximate,) if isinstance(approximate, str) else tuple(approximate or ())
+    unknown = [a for a in approximate if a not in APPROXIMATIONS]
+    if unknown:
+        raise ValueError(f"approximate={unknown}: unknown; choose from {', '.join(APPROXIMATIONS)}")
+    return approximate
 
 
 def trace_channels(
-    model: nn.Module, example_inputs: Any, ignore: tuple[str, ...] | list[str] = (), values: bool = False
+    model: nn.Module,
+    example_inputs: Any,
+    ignore: tuple[str, ...] | list[str] = (),
+    values: bool = False,
+    approximate: tuple[str, ...] = (),
 ) -> ChannelTrace:
     """Run ``model`` once on ``example_inputs`` and record how channels flow.
 
@@ -347,14 +443,15 @@ def trace_channels(
     that names them (see :func:`_unreached_error`). Handled layers compute only their
     output shapes (zeros come out) unless ``values`` is True; a model that reads
     activation values (data-dependent control flow, ``.item()``, tensor indices) is
-    traced again with real values automatically.
+    traced again with real values automatically. ``approximate`` names the approximate cuts
+    allowed (:data:`APPROXIMATIONS`); their channels are marked inexact.
     """
     if not values:
         try:
-            return _trace(model, example_inputs, tuple(ignore), shapes_only=True)
+            return _trace(model, example_inputs, tuple(ignore), True, approximate)
         except dryrun.NeedsValues:
             pass
-    return _trace(model, example_inputs, tuple(ignore), shapes_only=False)
+    return _trace(model, example_inputs, tuple(ignore), False, approximate)
 
 
 def _unreached_error(
@@ -374,8 +471,10 @@ def _unreached_error(
     )
 
 
-def _trace(model: nn.Module, example_inputs: Any, ignore: tuple[str, ...], shapes_only: bool) -> ChannelTrace:
-    tracer = _Tracer(model, ignore)
+def _trace(
+    model: nn.Module, example_inputs: Any, ignore: tuple[str, ...], shapes_only: bool, approximate: tuple[str, ...]
+) -> ChannelTrace:
+    tracer = _Tracer(model, ignore, check_approximate(approximate))
     tracer.shapes_only = shapes_only
     patched: list[tuple[nn.Module, Any]] = []
     handlers: dict[type, Any] = {}

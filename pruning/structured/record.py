@@ -56,6 +56,9 @@ class PruningRecord:
     entries: list[RecordEntry] = field(default_factory=list)
     shapes: dict[str, list[int]] = field(default_factory=dict)
     version: int = VERSION
+    # after an approximate cut (``approximate=...``): the largest output difference between the
+    # cut model and the dense model with the same channels zeroed, on the example inputs (not saved)
+    approximation_error: float | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,7 +98,10 @@ class PruningRecord:
         return cls.from_dict(json.loads(s))
 
     def __add__(self, other: "PruningRecord") -> "PruningRecord":
-        return PruningRecord(self.entries + other.entries, {**self.shapes, **other.shapes})
+        errors = [e for e in (self.approximation_error, other.approximation_error) if e is not None]
+        return PruningRecord(
+            self.entries + other.entries, {**self.shapes, **other.shapes}, approximation_error=max(errors, default=None)
+        )
 
     def __len__(self) -> int:
         return len(self.entries)
