@@ -10,7 +10,7 @@ cut as ``prune_filters`` cuts them, and reruns only the layers from the group's 
 consumer on: the forward is split with ``torch.fx``, the activations before each cut are
 computed once (one pass, advanced group by group in forward order), and the ratios of a
 group run stacked in one batch. Channels are chosen by
-:func:`pruning.structured.cut.plan_removal`, as ``prune_filters`` chooses them. A model fx
+:func:`pruning.structured.surgery.plan_removal`, as ``prune_filters`` chooses them. A model fx
 cannot split runs whole (still no copies); a group whose removal changes what the kept
 channels compute (``exact=False``: channels normalised together) is measured by pruning a copy.
 
@@ -42,9 +42,10 @@ from pruning.evaluation import (
     weighted_metric,
 )
 from pruning.graph.groups import ChannelGraph, ChannelGroup, build_graph
-from pruning.structured.cut import check_ratio, group_name, plan_removal, prune_filters
+from pruning.structured.cut import check_ratio, prune_filters
 from pruning.structured.forward_program import ForwardProgram, cut_inputs, swapped_forwards
 from pruning.structured.removal_cost import RemovalCosts
+from pruning.structured.surgery import group_name, plan_removal
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 Progress = Callable[[int, int, str], None]
