@@ -7,8 +7,8 @@ setup:
 run: setup  ## the default study on Fashion-MNIST, offline
 	WANDB_MODE=$${WANDB_MODE:-offline} .venv/bin/python run.py $(ARGS)
 
-test: setup lint  ## lint, then the whole test suite
-	WANDB_MODE=offline .venv/bin/python -m pytest $(ARGS)
+test: setup lint  ## lint, then the whole test suite (library and analysis tests on two workers, the rest alone)
+	WANDB_MODE=offline bash scripts/test.sh $(ARGS)
 
 lint: setup  ## no tracked file over 1 MB outside docs/; ruff (lint, formatting); import direction and circles
 	bash scripts/check_large_files.sh

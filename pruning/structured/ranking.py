@@ -17,6 +17,7 @@ import torch
 from pruning.checks import check_number
 from pruning.criteria import Criterion
 from pruning.graph.groups import ChannelGraph, ChannelGroup
+from pruning.structured.surgery import group_scores
 
 
 def normalized_scores(graph: ChannelGraph, criterion: Criterion) -> dict[int, torch.Tensor]:
@@ -28,15 +29,9 @@ def normalized_scores(graph: ChannelGraph, criterion: Criterion) -> dict[int, to
         prepare(graph.model, groups)
     out = {}
     for g in groups:
-        s = criterion(g)
+        s = group_scores(criterion, g)
         if s is None:
             continue
-        s = torch.as_tensor(s).detach().to("cpu", torch.float64).flatten()
-        if s.shape != (g.n_channels,) or bool(torch.isnan(s).any()):
-            raise ValueError(
-                f"criterion {criterion!r} returned {tuple(s.shape)} scores (NaN?) for group "
-                f"{g.index} with {g.n_channels} channels"
-            )
         s = s[~g.frozen] if g.n_prunable < g.n_channels else s
         scale = float(s.abs().mean())
         out[g.index] = s / scale if scale > 0 else s

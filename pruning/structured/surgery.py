@@ -46,6 +46,21 @@ def plan_removal(graph: ChannelGraph, ratios: dict[int, float], criterion: Crite
     return removal_for_keep(graph, keeps, criterion)
 
 
+def group_scores(criterion: Criterion, group: ChannelGroup) -> Tensor | None:
+    """The criterion's scores of every channel of ``group`` as float64 on the CPU (None: it cannot
+    score the group), or a ValueError naming the criterion when they are not one finite score a channel."""
+    s = criterion(group)
+    if s is None:
+        return None
+    s = torch.as_tensor(s).detach().to("cpu", torch.float64).flatten()
+    if s.shape != (group.n_channels,) or bool(torch.isnan(s).any()):
+        raise ValueError(
+            f"criterion {criterion!r} returned {tuple(s.shape)} scores (NaN?) for group "
+            f"{group.index} with {group.n_channels} channels"
+        )
+    return s
+
+
 def removal_for_keep(graph: ChannelGraph, keeps: dict[int, int], criterion: Criterion) -> Tensor:
     """Which channels to remove so that group ``i`` keeps ``keeps[i]`` of its prunable channels."""
     removed = graph.removal_mask()
@@ -55,15 +70,9 @@ def removal_for_keep(graph: ChannelGraph, keeps: dict[int, int], criterion: Crit
     if prepare is not None and todo:
         prepare(graph.model, [g for g, _ in todo])
     for g, keep in todo:
-        s = criterion(g)
+        s = group_scores(criterion, g)
         if s is None:
             continue
-        s = torch.as_tensor(s).detach().to("cpu", torch.float64).flatten()
-        if s.shape != (g.n_channels,) or bool(torch.isnan(s).any()):
-            raise ValueError(
-                f"criterion {criterion!r} returned {tuple(s.shape)} scores (NaN?) for group "
-                f"{g.index} with {g.n_channels} channels"
-            )
         comps = graph.comps(g)
         scores[comps] = s
         if g.n_prunable == g.n_channels:

@@ -21,7 +21,7 @@ from experiments.storage.results import append_row, read_rows
 from tests.experiments.conftest import CONF, FAST
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = [*FAST, "logger=[csv]", "measure.latency_batch_sizes=[1]"]
+TINY = [*FAST, "logger=[csv]", "measure.latency_batch_sizes=[1]", "measure.latency_max_time_s=0.5"]
 
 
 def run_py(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
