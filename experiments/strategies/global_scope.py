@@ -41,8 +41,10 @@ def global_planned(
     """``{group: (channels, kept)}`` of global pruning at ``ratio``, or, with ``match="macs"``, at
     the global ratio whose MACs first reach those of ``ratio`` applied to every group."""
 
+    ranking = pruning.structured.GlobalRanking(model, example, criterion, tuple(ignore))  # one trace and scoring
+
     def plan(r: float) -> dict[str, tuple[int, int]]:
-        return pruning.structured.global_channels(model, example, r, criterion, ignore, round_to, max_ratio)
+        return ranking.channels(r, round_to, max_ratio)
 
     if match is None:
         return plan(ratio)

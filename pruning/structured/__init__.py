@@ -16,6 +16,7 @@ from pruning.structured.cut import (
     prune_to,
     register_rounding,
 )
+from pruning.structured.ranking import GlobalRanking
 from pruning.structured.record import (
     PruningRecord,
     RecordError,
@@ -31,6 +32,7 @@ from pruning.structured.scan import SensitivityTable, sensitivity
 __all__ = [
     "apply_record",
     "global_channels",
+    "GlobalRanking",
     "group_channels",
     "group_members",
     "group_name",

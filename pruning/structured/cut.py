@@ -18,7 +18,7 @@ from pruning.checks import check_number
 from pruning.criteria import Criterion, get_criterion
 from pruning.graph.groups import ChannelGroup, build_graph
 from pruning.graph.trace import check_approximate
-from pruning.structured.ranking import global_keeps
+from pruning.structured.ranking import GlobalRanking, global_keeps
 from pruning.structured.record import PruningRecord
 from pruning.structured.surgery import (
     cut_checked,
@@ -160,13 +160,8 @@ def global_channels(
 ) -> dict[str, tuple[int, int]]:
     """``{group name: (channels, channels kept)}`` that ``prune_filters(scope="global")`` with
     these arguments would leave, without cutting anything (it scores the groups to decide)."""
-    graph = build_graph(model, example_inputs, (ignore,) if isinstance(ignore, str) else tuple(ignore))
-    keeps = global_keeps(graph, ratio, get_criterion(criterion), round_to, max_ratio)
-    return {
-        group_name(g): (g.n_channels, g.n_channels - g.n_prunable + keeps.get(g.index, g.n_prunable))
-        for g in graph.groups
-        if g.n_prunable > 0
-    }
+    ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
+    return GlobalRanking(model, example_inputs, get_criterion(criterion), ignore).channels(ratio, round_to, max_ratio)
 
 
 def group_channels(

@@ -11,13 +11,15 @@ its prunable channels and every group keeping at least one channel.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+from torch import nn
 
 from pruning.checks import check_number
 from pruning.criteria import Criterion
-from pruning.graph.groups import ChannelGraph, ChannelGroup
-from pruning.structured.surgery import group_scores
+from pruning.graph.groups import ChannelGraph, ChannelGroup, build_graph
+from pruning.structured.surgery import group_name, group_scores
 
 
 def normalized_scores(graph: ChannelGraph, criterion: Criterion) -> dict[int, torch.Tensor]:
@@ -59,10 +61,17 @@ def global_keeps(
 ) -> dict[int, int]:
     """``{group index: prunable channels kept}`` after removing the lowest-ranked ``ratio`` of
     all prunable channels of the scored groups (see the module docstring)."""
+    return keeps_from_scores(graph, normalized_scores(graph, criterion), ratio, round_to, max_ratio)
+
+
+def keeps_from_scores(
+    graph: ChannelGraph, scores: dict[int, torch.Tensor], ratio: float, round_to: int = 1, max_ratio: float = 0.9
+) -> dict[int, int]:
+    """:func:`global_keeps` from scores already normalised (:func:`normalized_scores`), so that one
+    scoring serves every ratio tried."""
     check_number("ratio", ratio, 0, 1, high_open=True)
     check_number("max_ratio", max_ratio, 0, 1, low_open=True, high_open=True)
     check_number("round_to", round_to, 1, integer=True)
-    scores = normalized_scores(graph, criterion)
     by_index = {g.index: g for g in graph.groups}
     total = sum(by_index[i].n_prunable for i in scores)
     budget = math.floor(round(total * ratio, 9))
@@ -80,3 +89,21 @@ def global_keeps(
             if budget == 0:
                 break
     return {i: _round_up(by_index[i], k, round_to) for i, k in keeps.items()}
+
+
+class GlobalRanking:
+    """A model's channels traced and scored once; :meth:`channels` gives the plan of any global
+    ratio from that one ranking (a search over ratios needs no further trace or scoring)."""
+
+    def __init__(self, model: nn.Module, example_inputs: Any, criterion: Criterion, ignore: tuple[str, ...] = ()):
+        self.graph = build_graph(model, example_inputs, tuple(ignore))
+        self.scores = normalized_scores(self.graph, criterion)
+
+    def channels(self, ratio: float, round_to: int = 1, max_ratio: float = 0.9) -> dict[str, tuple[int, int]]:
+        """``{group name: (channels, channels kept)}`` of global pruning at ``ratio``."""
+        keeps = keeps_from_scores(self.graph, self.scores, ratio, round_to, max_ratio)
+        return {
+            group_name(g): (g.n_channels, g.n_channels - g.n_prunable + keeps.get(g.index, g.n_prunable))
+            for g in self.graph.groups
+            if g.n_prunable > 0
+        }
