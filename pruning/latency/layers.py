@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import os
+import statistics
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -152,6 +153,36 @@ def time_module(
         once = timer(1)
         inner = max(1, min(1000, math.ceil(_SAMPLE_S / max(once, 1e-9))))
         return min(timer(inner) for _ in range(repeats)) * 1e3
+
+
+def time_ratio(
+    module: nn.Module,
+    shape: tuple[int, ...],
+    reference: nn.Module,
+    reference_shape: tuple[int, ...],
+    device: torch.device,
+    threads: int | None,
+    repeats: int,
+) -> float:
+    """Time of one call of ``module`` on ``shape`` over one of ``reference`` on ``reference_shape``:
+    the two timed in alternation, ``2 x repeats + 1`` samples each, the median of the per-pair
+    ratios. Load that slows the machine while it runs slows both sides, so entries timed at
+    different moments stay comparable (each is this ratio times the reference's time)."""
+    pair = []
+    for m, s in ((module, shape), (reference, reference_shape)):
+        m.eval()
+        pair.append(make_timer(m, (torch.randn(s, device=device),), device))
+    ratios = []
+    with pinned_threads(threads, collect=False), torch.inference_mode():
+        for t in pair:
+            t(2)
+        once = min(t(1) for t in pair)
+        inner = max(1, min(1000, math.ceil(_SAMPLE_S / max(once, 1e-9))))
+        for i in range(2 * repeats + 1):
+            order = pair if i % 2 == 0 else pair[::-1]
+            a, b = (t(inner) for t in order)
+            ratios.append(a / b if i % 2 == 0 else b / a)
+    return statistics.median(ratios)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

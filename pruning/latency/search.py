@@ -1,36 +1,34 @@
-"""Prune to a measured latency target: per-group channel counts from a latency table, then verified.
+"""Prune to a measured latency target: per-group channel counts from a latency table, then measured.
 
-The search is a greedy over the table's grid (as NetAdapt and HALP do it): starting dense, it
-repeatedly lowers the one group whose next grid step saves the most predicted milliseconds
-per unit of predicted accuracy cost, until the predicted latency ratio reaches the target.
-The cut model is then timed against the dense one with :func:`compare_latency`; a miss of
-more than ``tolerance`` is corrected by searching again for the target rescaled by the
-observed prediction error (the table's error is mostly a common factor, so one correction
-usually lands).
+The allocation is a greedy over the table's grid (as NetAdapt and HALP do it): starting dense,
+it repeatedly lowers the one group whose next grid step saves the most predicted milliseconds
+per unit of predicted accuracy cost, until the predicted latency ratio reaches the target. That
+allocation fixes the *shape* of the cut (which groups lose more); its *amount* is then set by
+measurement: one scalar scales every group's removed channels alike (:func:`along`), and a
+safeguarded secant on it (:func:`next_scale`) moves between models cut from copies and timed
+against the dense model with :func:`compare_latency` until one lands within the tolerance. The
+table only proposes; what is reported, and what decides that a target is out of reach, is always
+a measured model.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import numbers
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from pruning.checks import check_number
-from pruning.criteria import get_criterion
 from pruning.latency.comparison import LatencyComparison, compare_latency
+from pruning.latency.costs import Cost, criterion_costs, score_costs
 from pruning.latency.table import LatencyTable, latency_table
 from pruning.structured.cut import prune_to
 from pruning.structured.record import PruningRecord
-
-Cost = Callable[[int], float]
 
 
 @dataclass
@@ -81,78 +79,6 @@ def check_target(target: Any) -> float:
     return float(
         check_number("target", target, 0, 1, low_open=True, high_open=True, suffix=" (a latency ratio, pruned / dense)")
     )
-
-
-def _criterion_costs(table: LatencyTable, criterion: Any) -> dict[str, Cost]:
-    """Per group, the share of its criterion score (L1 norm by default) that keeping ``c``
-    channels removes: the smallest scores go first, as the cut removes them. Scores are
-    normalised per group because raw norms are not comparable across layers (fan-in, BN
-    scaling); a group whose criterion gives no scores costs the fraction it loses."""
-    crit = get_criterion(criterion)
-    prepare = getattr(crit, "prepare", None)
-    if prepare is not None:
-        prepare(table.model, list(table.channel_groups.values()))
-    costs = {}
-    for name, g in table.channel_groups.items():
-        frozen = int(g.frozen.sum())
-        s = crit(g)
-        if s is None:
-            prunable = g.n_prunable
-            costs[name] = lambda c, n=g.n_channels, p=prunable: (n - c) / p
-            continue
-        s = torch.as_tensor(s).detach().to("cpu", torch.float64).flatten()[~g.frozen]
-        s = torch.sort(s - min(0.0, float(s.min()))).values
-        total = float(s.sum())
-        cum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(s, 0)])
-        if total <= 0:
-            cum = torch.arange(len(s) + 1, dtype=torch.float64)
-            total = float(len(s))
-        costs[name] = lambda c, cum=cum, total=total, n=g.n_prunable, f=frozen: float(cum[n - (c - f)]) / total
-    return costs
-
-
-def _curve_cost(points: list[tuple[float, float]], n_prunable: int, frozen: int) -> Cost:
-    """Cost of keeping ``c`` channels: the scan's drop, interpolated linearly in the ratio."""
-    pts = sorted([(0.0, 0.0)] + [(float(r), float(d)) for r, d in points if float(r) > 0])
-
-    def cost(c: int) -> float:
-        r = (n_prunable - (c - frozen)) / n_prunable
-        for (r0, d0), (r1, d1) in zip(pts, pts[1:]):
-            if r <= r1 + 1e-12:
-                return d0 + (d1 - d0) * (r - r0) / (r1 - r0) if r1 > r0 else d1
-        return math.inf
-
-    return cost
-
-
-def _score_costs(table: LatencyTable, scores: Any) -> tuple[dict[str, Cost], dict[str, float]]:
-    """Costs from ``scores``: a sensitivity table (anything with ``curves()``) or a mapping of
-    group -> ``[(ratio, accuracy drop), ...]`` or group -> per-channel scores. Returns the
-    costs and, for scanned groups, the largest ratio scanned (the search stops there)."""
-    if hasattr(scores, "curves"):
-        scores = scores.curves()
-    if not isinstance(scores, Mapping):
-        raise TypeError(f"scores must be a sensitivity table or a mapping of group -> curve or scores, got {scores!r}")
-    costs: dict[str, Cost] = {}
-    limits: dict[str, float] = {}
-    for name, value in scores.items():
-        if name not in table.groups:
-            raise ValueError(f"scores names {name!r}, which is not a prunable group; groups: {', '.join(table.groups)}")
-        n, frozen = table.groups[name]
-        g = table.channel_groups[name]
-        if torch.is_tensor(value) or (value and isinstance(next(iter(value)), numbers.Real)):
-            s = torch.as_tensor(value, dtype=torch.float64).flatten()
-            if s.numel() != n:
-                raise ValueError(f"scores[{name!r}] has {s.numel()} entries; the group has {n} channels")
-            s = torch.sort(s[~g.frozen] - min(0.0, float(s.min()))).values
-            cum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(s, 0)])
-            total = max(float(s.sum()), 1e-12)
-            costs[name] = lambda c, cum=cum, total=total, p=g.n_prunable, f=frozen: float(cum[p - (c - f)]) / total
-        else:
-            points = [(float(r), float(d)) for r, d in value]
-            costs[name] = _curve_cost(points, g.n_prunable, frozen)
-            limits[name] = max((r for r, _ in points), default=0.0)
-    return costs, limits
 
 
 def allowed_counts(table: LatencyTable, max_ratio: float, limits: Mapping[str, float], groups: list[str]) -> dict:
@@ -227,18 +153,45 @@ def allocate(
     return {g: c for g, c in current.items() if c < table.groups[g][0]}, pred / table.dense_ms
 
 
-def next_goal(target: float, tried: list[tuple[float, float]]) -> float:
-    """The predicted ratio to search for next, from the ``(predicted, measured)`` passes so far:
-    after one, the target rescaled by the observed error (``target x predicted / measured``);
-    after more, the secant through the two passes closest to the target (the error changes
-    with the amount pruned), falling back to the rescaling when they do not bracket sensibly."""
-    pred, meas = tried[-1]
-    goal = target * pred / meas
-    if len(tried) >= 2:
-        (p1, m1), (p2, m2) = sorted(tried, key=lambda t: abs(t[1] - target))[:2]
-        if abs(m2 - m1) > 1e-6 and (p2 - p1) / (m2 - m1) > 0:
-            goal = p1 + (target - m1) * (p2 - p1) / (m2 - m1)
-    return min(0.999, max(1e-3, goal))
+def along(
+    scale: float,
+    anchor: Mapping[str, int],
+    floor: Mapping[str, int],
+    allowed: Mapping[str, list[int]],
+    dense: Mapping[str, int],
+) -> dict[str, int]:
+    """The channel counts at ``scale`` on the path dense (0) -> ``anchor`` (1) -> ``floor`` (2):
+    every group's removed channels scaled alike, each count the nearest one ``allowed`` (its
+    grid). Every group shrinks as the scale grows, so the latency falls along the path."""
+    out = {}
+    for g, pts in allowed.items():
+        a, n, f = anchor.get(g, dense[g]), dense[g], floor[g]
+        want = n - scale * (n - a) if scale <= 1 else a - (scale - 1) * (a - f)
+        c = min(pts, key=lambda p: (abs(p - want), -p))
+        if c < n:
+            out[g] = c
+    return out
+
+
+def next_scale(target: float, points: list[tuple[float, float]], top: float = 2.0) -> float:
+    """The next scale to measure from the ``(scale, measured ratio)`` points so far (the dense
+    model is ``(0, 1)``). The measured ratio falls as the scale grows: between the largest scale
+    measured above the target and the smallest measured at or below it, the secant of the log
+    ratio, kept inside the inner 80% of that bracket so it always shrinks (a safeguarded regula
+    falsi); with no point below the target yet, the log ratio extrapolated from the dense model
+    through the last point, at most ``top``."""
+    above = [(s, m) for s, m in points if m > target]
+    below = [(s, m) for s, m in points if m <= target]
+    s_hi, m_hi = max(above)
+    if below:
+        s_lo, m_lo = min(below)
+        if s_lo > s_hi:
+            w = (math.log(m_hi) - math.log(target)) / max(math.log(m_hi) - math.log(m_lo), 1e-12)
+            return s_hi + (s_lo - s_hi) * min(0.9, max(0.1, w))
+    s, m = points[-1]
+    if m >= 1.0 or s <= 0:
+        return top
+    return min(top, s * math.log(target) / math.log(m))
 
 
 def prune_for_latency(
@@ -251,7 +204,7 @@ def prune_for_latency(
     criterion: Any = "l1",
     grid: int = 8,
     tolerance: float = 0.05,
-    passes: int = 4,
+    passes: int = 6,
     max_ratio: float = 0.9,
     ignore: tuple[str, ...] | list[str] = (),
     cache_dir: str | os.PathLike | None = None,
@@ -269,14 +222,18 @@ def prune_for_latency(
         result or ``{group: [(ratio, accuracy drop), ...]}``: the predicted accuracy drop,
         interpolated; groups left out are not pruned, and none past its largest scanned ratio);
         or ``{group: per-channel scores}``.
-    The search (:func:`allocate`) is greedy over the table's grid (multiples of ``grid``),
+    The allocation (:func:`allocate`) is greedy over the table's grid (multiples of ``grid``),
     removing at most ``max_ratio`` of any group; ``table`` reuses a :class:`LatencyTable`
-    (else one is made, cached in ``cache_dir``, timing only the shapes the search visits). The result is cut from a copy and timed
-    against the dense model (:func:`compare_latency`, threads ``threads``); if the measured
-    ratio misses the target by more than ``tolerance`` (relative), the search runs again for a
-    corrected goal (:func:`next_goal`), up to ``passes`` passes; the closest pass is cut.
-    An unreachable target raises a ValueError saying the best reachable ratio (the model is
-    left as it was).
+    (else one is made, cached in ``cache_dir``, timing only the shapes the search visits).
+    The allocation for the target is cut from a copy and timed against the dense model
+    (:func:`compare_latency`, threads ``threads``, at most ``max_time_s`` each); while the
+    measured ratio misses the target by more than ``tolerance`` (relative), the removed
+    channels are scaled up or down (:func:`along`, :func:`next_scale`) and the search measures
+    again, at most ``passes`` models in all; the
+    measured model closest to the target is cut (``hit`` says whether it landed;
+    ``passes`` lists every model timed, ``search_seconds`` what it cost).
+    :class:`UnreachableTarget` (a ValueError; the model is left as it was) is raised only when
+    the model with every group at its smallest allowed count, measured, misses the target.
     """
     target = check_target(target)
     if not 0 < max_ratio < 1:
@@ -298,32 +255,53 @@ def prune_for_latency(
     if table.batch_size != batch_size:
         raise ValueError(f"batch_size={batch_size} but the table was timed at batch {table.batch_size}")
     if scores is None:
-        costs, limits = _criterion_costs(table, criterion), {}
+        costs, limits = criterion_costs(table, criterion), {}
     else:
-        costs, limits = _score_costs(table, scores)
+        costs, limits = score_costs(table, scores)
     allowed = allowed_counts(table, max_ratio, limits, list(costs))
-    tried: list[tuple[dict[str, int], float, LatencyComparison]] = []
-    goal = target
     start = time.perf_counter()
-    for p in range(max(1, passes)):
-        try:
-            channels, predicted = allocate(table, costs, allowed, goal)
-        except ValueError:
-            if not tried:
-                raise
-            break  # the corrected goal is out of reach: keep the closest pass so far
-        trial = copy.deepcopy(model)
-        if channels:
-            prune_to(trial, example_inputs, channels, criterion, ignore)
-        cmp = compare_latency(model, trial, example_inputs, batch_size, max_time_s=max_time_s, threads=threads)
-        tried.append((channels, predicted, cmp))
-        say(f"pass {p + 1}: predicted {predicted:.3f}, measured {cmp.ratio:.3f} (target {target:.3f})")
-        if abs(cmp.ratio / target - 1.0) <= tolerance:
+    timed: dict[tuple, tuple[dict[str, int], float, LatencyComparison]] = {}
+
+    def measure(channels: dict[str, int], predicted: float) -> LatencyComparison:
+        key = tuple(sorted(channels.items()))
+        if key not in timed:
+            trial = copy.deepcopy(model)
+            if channels:
+                prune_to(trial, example_inputs, channels, criterion, ignore)
+            cmp = compare_latency(model, trial, example_inputs, batch_size, max_time_s=max_time_s, threads=threads)
+            timed[key] = (channels, predicted, cmp)
+            say(f"model {len(timed)}: predicted {predicted:.3f}, measured {cmp.ratio:.3f} (target {target:.3f})")
+        return timed[key][2]
+
+    def lands(cmp: LatencyComparison) -> bool:
+        return abs(cmp.ratio / target - 1.0) <= tolerance
+
+    dense = {g: table.groups[g][0] for g in allowed}
+    floor = {g: pts[0] for g, pts in allowed.items()}
+    if table.predict_ratio(floor) > target:  # the table says out of reach: the path ends at the anchor
+        anchor = floor
+    else:
+        anchor, _ = allocate(table, costs, allowed, target)
+    smallest = along(2.0, anchor, floor, allowed, dense)
+    points, scale = [(0.0, 1.0)], 1.0
+    for _ in range(8 * max(1, passes)):  # choosing counts is cheap; timed models are capped by ``passes``
+        if len(timed) >= max(1, passes) or any(lands(c) for _, _, c in timed.values()):
             break
-        goal = next_goal(target, [(pr, m.ratio) for _, pr, m in tried])
+        channels = along(scale, anchor, floor, allowed, dense)
+        cmp = measure(channels, table.predict_ratio(channels, measure=False))
+        points.append((scale, cmp.ratio))
+        if channels == smallest and cmp.ratio > target * (1 + tolerance):
+            table.save()
+            raise UnreachableTarget(
+                cmp.ratio,
+                f"target={target:.4g}: unreachable; every prunable group at its smallest allowed count measured a "
+                f"latency ratio of {cmp.ratio:.3f}; choose a target in ({cmp.ratio:.3f}, 1) or allow more "
+                "pruning (max_ratio, a finer grid, larger scanned ratios)",
+            )
+        scale = next_scale(target, points)
     table.save()
     search_seconds = time.perf_counter() - start
-    channels, predicted, cmp = min(tried, key=lambda t: abs(t[2].ratio / target - 1.0))
+    channels, predicted, cmp = min(timed.values(), key=lambda t: abs(t[2].ratio / target - 1.0))
     record = prune_to(model, example_inputs, channels, criterion, ignore) if channels else PruningRecord()
     return LatencyPruning(
         target=target,
@@ -331,10 +309,10 @@ def prune_for_latency(
         record=record,
         comparison=cmp,
         predicted_ratio=predicted,
-        hit=abs(cmp.ratio / target - 1.0) <= tolerance,
+        hit=lands(cmp),
         passes=[
             {"channels": dict(c), "predicted_ratio": pr, "measured_ratio": m.ratio, "ci": [m.ci_low, m.ci_high]}
-            for c, pr, m in tried
+            for c, pr, m in timed.values()
         ],
         table_seconds=table.build_seconds,
         search_seconds=search_seconds,

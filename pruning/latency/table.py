@@ -4,9 +4,11 @@ Filter pruning changes a layer's shape through the channel groups it reads and w
 the latency of a pruned model is predicted as the sum of its layers' times at their cut
 shapes (convs, linears, norms: every module a group cuts) plus the rest (activations,
 pooling, adds, per-op overhead), a fixed part and a part proportional to the activation
-volume, fitted so that two measured latency ratios come out right (:meth:`LatencyTable.calibrate`). Layers are timed on demand and
+volume, fitted so that measured latency ratios come out right (:meth:`LatencyTable.calibrate`). Layers are timed on demand and
 remembered by their cut shape and input shape, so a search over assignments only times the
-shapes it visits; :meth:`LatencyTable.build` times every group on its channel grid up front
+shapes it visits. A layer at its dense shape is timed alone (the fastest of a few samples);
+at a cut shape, as a ratio to the dense layer timed in alternation with it, so that load on a
+busy machine shifts both sides alike and entries timed at different moments stay comparable; :meth:`LatencyTable.build` times every group on its channel grid up front
 (HALP and NetAdapt use such per-layer tables). Times are cached in a JSON file per device,
 thread count, torch version and batch size.
 """
@@ -46,6 +48,7 @@ from pruning.latency.layers import (
     input_shape,
     record_shapes,
     time_module,
+    time_ratio,
 )
 from pruning.structured.cut import group_name, prune_to
 
@@ -155,7 +158,16 @@ class LatencyTable:
         weights = tuple(tuple(t.shape) for t in module.state_dict().values())
         key = f"{type(module).__module__}.{module!r}|{weights}|{shape}|{self.device.type}"
         if key not in self.times:
-            self.times[key] = time_module(module, shape, self.device, self.threads, self.repeats)
+            dense = self._counts(layer, {})
+            if counts == dense:
+                self.times[key] = time_module(module, shape, self.device, self.threads, self.repeats)
+            else:  # timed against the dense layer, interleaved: a busy moment slows both
+                reference = self.layer_ms(layer, {})
+                ref_module = cut_layer(layer, dict(zip(layer.groups, dense)), self._kept)
+                ratio = time_ratio(
+                    module, shape, ref_module, input_shape(layer, ref_module), self.device, self.threads, self.repeats
+                )
+                self.times[key] = reference * ratio
             self.measured += 1
         self._memo[(layer.name, counts)] = self.times[key]
         return self.times[key]
@@ -199,16 +211,18 @@ class LatencyTable:
             self.model, pruned, self.example_inputs, self.batch_size, max_time_s=max_time_s, threads=self.threads
         )
 
-    def calibrate(self, max_time_s: float = 10.0) -> None:
-        """Fit the rest (what the timed layers leave out) as ``fixed + per_volume x activation
-        volume`` so that predicted ratios match two measured ones: every group at 1/2 and at 1/4
-        of its channels, each timed interleaved against the dense model. Only the measured
-        *ratios* are used (they cancel the machine's load; absolute model times do not, and
-        layers are timed at their fastest), so predicted ms are the unloaded estimate. At
-        batch 1 the rest is mostly per-op overhead (fixed); at large batches, elementwise work
-        (proportional to the activations). If the two-point fit is negative in either term,
-        the better of the one-term fits is kept."""
-        points = [self.uniform(0.5), self.uniform(0.25)]
+    def calibrate(self, max_time_s: float = 10.0, keeps: tuple[float, ...] = (0.8, 0.6, 0.4)) -> None:
+        """Fit the rest (what the timed layers leave out, and how the model in one piece differs
+        from its layers timed alone) as ``fixed + per_volume x activation volume`` to measured
+        latency ratios: every group at each of ``keeps`` of its channels, each timed interleaved
+        against the dense model. Only the measured *ratios* are used (they cancel the machine's
+        load; absolute model times do not, and layers are timed at their fastest), so predicted
+        ms are the unloaded estimate. At batch 1 the rest is mostly per-op overhead (fixed); at
+        large batches, elementwise work and memory traffic (with the activations). The terms
+        are a least-squares fit and may be negative (a layer alone can run slower than inside
+        the model) as long as every model the table can describe keeps a positive time; else
+        the best fit with both terms non-negative is kept."""
+        points = [self.uniform(k) for k in keeps]
         self.calibration = [self.compare(p, max_time_s) for p in points]
         ld, vd = self.layers_ms({}), self._dense_volume
         # ratio r = (L + F + P V) / (ld + F + P vd)  <=>  F (1 - r) + P (V - r vd) = r ld - L
@@ -216,23 +230,24 @@ class LatencyTable:
             (1 - c.ratio, self.volume(p) - c.ratio * vd, c.ratio * ld - self.layers_ms(p))
             for p, c in zip(points, self.calibration)
         ]
-        fits = []
-        (a1, b1, y1), (a2, b2, y2) = rows
-        det = a1 * b2 - a2 * b1
-        if abs(det) > 1e-12:
-            fits.append(((y1 * b2 - y2 * b1) / det, (a1 * y2 - a2 * y1) / det))
-        for fixed_only in (True, False):  # least squares of one term
-            xs = [a if fixed_only else b for a, b, _ in rows]
-            den = sum(x * x for x in xs)
-            k = max(0.0, sum(x * y for x, (_, _, y) in zip(xs, rows)) / den) if den > 0 else 0.0
-            fits.append((k, 0.0) if fixed_only else (0.0, k))
+        smallest = {g: pts[0] for g, pts in self.grid.items()}
+        ls, vs = self.layers_ms(smallest), self.volume(smallest)
+
+        def positive(fit: tuple[float, float]) -> bool:
+            return min(ls + fit[0] + fit[1] * vs, ld + fit[0] + fit[1] * vd) > 0.05 * ls
 
         def residual(fit: tuple[float, float]) -> float:
             return sum((a * fit[0] + b * fit[1] - y) ** 2 for a, b, y in rows)
 
-        fixed, per_volume = min((f for f in fits if f[0] >= 0 and f[1] >= 0), key=residual)
-        self.rest_fixed, self.rest_per_volume = fixed, per_volume
-        self.dense_ms = ld + fixed + per_volume * vd
+        fits = [_least_squares(rows), (0.0, 0.0)]
+        for k in (0, 1):  # one term, non-negative
+            xs = [r[k] for r in rows]
+            den = sum(x * x for x in xs)
+            c = max(0.0, sum(x * r[2] for x, r in zip(xs, rows)) / den) if den > 0 else 0.0
+            fits.append((c, 0.0) if k == 0 else (0.0, c))
+        ok = [f for f in fits if f is not None and positive(f)]
+        self.rest_fixed, self.rest_per_volume = min(ok, key=residual)
+        self.dense_ms = ld + self.rest_fixed + self.rest_per_volume * vd
 
     # -- prediction -----------------------------------------------------------------------
     def volume(self, channels: Mapping[str, int], layers: list[TimedLayer] | None = None) -> float:
@@ -306,13 +321,13 @@ class LatencyTable:
         """Predicted vs measured latency: each assignment cut from a copy of the model and timed
         against the dense model by :func:`compare_latency` (``measured_ratio`` is its ratio).
 
-        Default assignments: every group at about 75% and 35% of its channels (on the grid;
-        the calibration used 50% and 25%, so these are out of sample).
+        Default assignments: every group at about 70% and 50% of its channels (on the grid;
+        between the calibration's points, not on them).
         Returns rows with ``predicted_ratio`` and ``measured_ratio`` (to the dense model) and
         ``ratio_error`` (predicted / measured - 1), plus ``predicted_ms`` (the unloaded estimate)
         and ``measured_ms`` (the median measured now, load included)."""
         if assignments is None:
-            assignments = {f"keep{int(f * 100)}": self.uniform(f) for f in (0.75, 0.35)}
+            assignments = {f"keep{int(f * 100)}": self.uniform(f) for f in (0.7, 0.5)}
         rows = []
         for label, channels in assignments.items():
             cmp = self.compare(channels, max_time_s)
@@ -337,6 +352,19 @@ class LatencyTable:
             pts = self.grid[g]
             out[g] = max([p for p in pts if p <= keep * n], default=pts[0])
         return out
+
+
+def _least_squares(rows: list[tuple[float, float, float]]) -> tuple[float, float] | None:
+    """``(x, y)`` minimising the squared residuals of ``a x + b y = c`` over ``rows``; None if singular."""
+    saa = sum(a * a for a, _, _ in rows)
+    sbb = sum(b * b for _, b, _ in rows)
+    sab = sum(a * b for a, b, _ in rows)
+    sac = sum(a * c for a, _, c in rows)
+    sbc = sum(b * c for _, b, c in rows)
+    det = saa * sbb - sab * sab
+    if abs(det) <= 1e-12 * max(1.0, saa * sbb):
+        return None
+    return (sac * sbb - sbc * sab) / det, (saa * sbc - sab * sac) / det
 
 
 def forget_timings() -> None:

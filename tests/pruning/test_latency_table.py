@@ -46,12 +46,12 @@ def test_layers_of_each_group_and_the_shapes_a_cut_gives_them(tmp_path):
     assert [layer.name for layer in t.affected("3")] == ["3", "4", "8"]
     conv2 = t.affected("3")[0]
     assert conv2.in_shape == (2, 32, 16, 16) and conv2.out_shape == (2, 64, 16, 16)
-    cut = cut_layer(conv2, {"0": 8, "3": 24}, t._kept)
-    assert tuple(cut.weight.shape) == (24, 8, 3, 3)
+    cut = cut_layer(conv2, {"0": 16, "3": 40}, t._kept)
+    assert tuple(cut.weight.shape) == (40, 16, 3, 3)
     before = len(t.times)
-    t.layer_ms(conv2, {"0": 8, "3": 24})
+    t.layer_ms(conv2, {"0": 16, "3": 40})  # a shape the calibration (80%, 60%, 40%) did not time
     keys = list(t.times)[before:]
-    assert len(keys) == 1 and "Conv2d(8, 24" in keys[0] and "(2, 8, 16, 16)" in keys[0]
+    assert len(keys) == 1 and "Conv2d(16, 40" in keys[0] and "(2, 16, 16, 16)" in keys[0]
 
 
 def test_kept_channels_follow_the_criterion():
