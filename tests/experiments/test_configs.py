@@ -61,7 +61,17 @@ def study_arms(study: str) -> list[str]:
 
 
 def test_every_study_sweeps_existing_arms_and_every_arm_is_in_a_study():
-    studies = ("schedules", "criteria", "scratch", "sensitivity", "freeze", "greedy", "latency", "all", "operating_points")
+    studies = (
+        "schedules",
+        "criteria",
+        "scratch",
+        "sensitivity",
+        "freeze",
+        "greedy",
+        "latency",
+        "all",
+        "operating_points",
+    )
     used = {arm for study in studies for arm in study_arms(study)}
     assert used == set(options("arm")), (sorted(used - set(options("arm"))), sorted(set(options("arm")) - used))
     for study in studies:
