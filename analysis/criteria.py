@@ -31,8 +31,22 @@ from analysis.output import (
     split,
     varying,
 )
+from analysis.parts import PARTS
 
-FACET = [*CONTEXT, "kind", "schedule", "rounds", "ratio_policy", "scoring", "retrain", "freeze", "epochs_budget"]
+_FACET = [
+    *CONTEXT,
+    "kind",
+    "schedule",
+    "rounds",
+    "ratio_policy",
+    "scoring",
+    "retrain",
+    "freeze",
+    "epochs_budget",
+]
+FACET = list(dict.fromkeys(_FACET + [p for p in PARTS if p not in (*CONTEXT, "criterion", "ratio")]))
+"""A panel: every part but the criterion and the ratio, so arms that differ in anything else (a skipped group,
+a global ranking, BatchNorm recalibration) are never pooled into one criterion's points."""
 ORDER = ["l1", "random", "largest_l1", "l2", "bn_gamma", "fpgm", "taylor", "apoz", "activation_mean"]
 MARKERS = "osv^D<>pP*hX"
 HINT = (

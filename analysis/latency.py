@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from analysis.load import Store, StoreLike, load_runs
 from analysis.output import CONTEXT, NoData, cli, context_title, footer, grid, keyed, save, split
 from analysis.parts import OPERATING_POINT
-from analysis.tradeoff import LINE, line_names
+from analysis.tradeoff import LINE, line_color, line_names
 
 HINT = (
     "no runs with final/acc and a measured latency ratio (ratio/latency_b<N>): run "
@@ -145,7 +145,7 @@ def latency_pareto_figure(store: StoreLike, out: str | Path | None = None) -> Fi
                 continue
             means = pareto_table(here)
             for name, g in here.groupby("line", sort=False):
-                color = f"C{lines.index(name) % 10}"
+                color = line_color(lines.index(name))
                 has_ci = g["ci_low"].notna() & g["ci_high"].notna()
                 xerr = np.vstack([g["latency_ratio"] - g["ci_low"], g["ci_high"] - g["latency_ratio"]])
                 ax.errorbar(
@@ -186,15 +186,40 @@ def latency_pareto_figure(store: StoreLike, out: str | Path | None = None) -> Fi
                 lw=1.2,
                 label="Pareto front (arm means)",
             )
+            _focus(ax, here, means)
             ax.set_title(f"{context_title(ctx)}: batch {b}", fontsize=9)
             ax.set_xlabel(f"latency at batch {b}, final / baseline (timed interleaved)")
             ax.set_ylabel("top-1 accuracy on the test split (%)")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=6.5, loc="best", framealpha=0.85)
     fig.suptitle("Accuracy vs measured latency: points are runs (95% interval), circles arm means over seeds")
     footer(fig, runs)
     save(fig, table, out, "latency_pareto")
     return fig
+
+
+FAR_PP = 10.0
+"""Arms whose mean accuracy is more than this many points below the best arm's are listed, not drawn to scale,
+so one no-retraining arm at 30% does not squash the front of the arms near 92%."""
+
+
+def _focus(ax, points: pd.DataFrame, means: pd.DataFrame) -> None:
+    """Limit the y axis to the arms within :data:`FAR_PP` of the best and name the arms below it."""
+    best = float(means["acc_mean"].max()) * 100
+    near = means[means["acc_mean"] * 100 >= best - FAR_PP]
+    far = means[means["acc_mean"] * 100 < best - FAR_PP]
+    if far.empty:
+        return
+    shown = points[points["line"].isin(near["line"]) & (points["acc"] * 100 >= best - FAR_PP)]["acc"] * 100
+    values = [*shown, *(near["acc_mean"] * 100)]
+    low, high = min(values), max(values)
+    pad = max(0.1, 0.08 * (high - low))
+    ax.set_ylim(low - 3 * pad, high + pad)
+    text = "; ".join(
+        f"{r['line']} ({operating_label(r)}): {r['acc_mean'] * 100:.1f}% at {r['latency_ratio_mean']:.2f}"
+        for _, r in far.iterrows()
+    )
+    ax.text(0.01, 0.01, f"below the axis: {text}", transform=ax.transAxes, fontsize=6.5, color="0.3", wrap=True)
 
 
 def prediction_table(runs: pd.DataFrame) -> pd.DataFrame:

@@ -43,6 +43,9 @@ META = (
     "wall_s",
     "schema_version",
     "machine",
+    "cpu",
+    "threads",
+    "torch",
     "source",
 )
 RUN_KEYS = (
@@ -308,6 +311,9 @@ def _normalise(raw: Any, source: str, problems: list[Problem]) -> dict[str, Any]
         "wall_s": _number(raw.get("wall_s")),
         "schema_version": version,
         "machine": _machine(raw, config),
+        "cpu": raw.get("cpu") if isinstance(raw.get("cpu"), str) else None,  # older rows: in ``machine`` only
+        "threads": _number(raw.get("threads")),
+        "torch": raw.get("torch") if isinstance(raw.get("torch"), str) else None,
         "source": source,
         "error": raw.get("error") if isinstance(raw.get("error"), dict) else None,
         "config": config,

@@ -117,12 +117,19 @@ def grid(n: int, ncols: int = 2, size: tuple[float, float] = (6.4, 4.4)) -> tupl
 
 
 def footer(fig: Figure, frame: pd.DataFrame | None) -> None:
-    """The machine and date range of the runs behind ``fig``, at its bottom."""
-    height = 0.22 / fig.get_figheight()  # a strip of ~0.22 inch kept free by the layout
-    engine = fig.get_layout_engine()
-    if engine is not None and hasattr(engine, "set"):
-        engine.set(rect=(0, height, 1, 1 - height))
-    fig.text(0.005, 0.004, provenance(frame), fontsize=7, color="0.35", ha="left", va="bottom")
+    """The machine and date range of the runs behind ``fig``, just below it, wrapped to its width at ``; ``.
+
+    The text hangs below the figure's bottom edge and :func:`save` writes the tight bounding box, so no
+    layout can overlap it or cut it off (a long machine name wraps instead of running off the right edge).
+    """
+    width = max(40, int(fig.get_figwidth() * 19))  # 7-pt characters across the figure
+    lines: list[str] = []
+    for part in provenance(frame).split("; "):
+        if lines and len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += "; " + part
+        else:
+            lines.append(part)
+    fig.text(0.005, -0.005, "\n".join(lines), fontsize=7, color="0.35", ha="left", va="top")
 
 
 def provenance(frame: pd.DataFrame | None) -> str:
@@ -151,10 +158,10 @@ def save(fig: Figure, table: pd.DataFrame, out: str | Path | None, name: str) ->
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.svg", out / f"{name}.csv"]
-    fig.savefig(paths[0], dpi=130)
+    fig.savefig(paths[0], dpi=130, bbox_inches="tight", pad_inches=0.08)  # tight: the footer below the axes too
     engine = fig.get_layout_engine()
     fig.set_layout_engine("none")  # the SVG keeps the layout just computed for the PNG (and skips redoing it)
-    fig.savefig(paths[1])
+    fig.savefig(paths[1], bbox_inches="tight", pad_inches=0.08)
     fig.set_layout_engine(engine)
     table.to_csv(paths[2], index=False)
     return paths

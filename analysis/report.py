@@ -10,11 +10,8 @@ saying so, and exits 0.
 from __future__ import annotations
 
 import argparse
-import html
-import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +25,7 @@ from analysis import (
     lessons,
     paper_comparison,
     power,
+    seeds,
     sensitivity,
     speed,
     strategy_table,
@@ -35,26 +33,12 @@ from analysis import (
     verdicts,
 )
 from analysis.arms import build_arms
+from analysis.index_page import Section, write_index
 from analysis.load import Store, load_runs, read_store
-from analysis.output import NoData, markdown, provenance
+from analysis.output import NoData, provenance
+from analysis.verdict_table import RESULTS_TEXT, results_table
 
 EXAMPLE = "python run.py -m strategy=l1_oneshot,l1_iterative seed=0,1,2"
-STYLE = (
-    "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:12px}"
-    "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}</style>"
-)
-
-
-@dataclass
-class Section:
-    """One part of the index: a heading, paragraphs, bullet items, images (with files) and tables."""
-
-    title: str
-    text: list[str] = field(default_factory=list)
-    items: list[str] = field(default_factory=list)
-    images: list[tuple[str, str]] = field(default_factory=list)  # (png name, caption)
-    files: list[str] = field(default_factory=list)
-    tables: list[pd.DataFrame] = field(default_factory=list)
 
 
 def _figure(
@@ -156,10 +140,11 @@ def _verdicts(store: Store, out: Path) -> Section:
         "Lesson verdicts",
         text=[verdicts.rule_text(table)],
         items=lines,
-        files=["verdicts.md", "verdicts.tex", "verdicts.csv"],
+        files=["verdicts_summary.md", "verdicts.md", "verdicts.tex", "verdicts.csv", "seeds.csv"],
     )
     if not table.empty:
-        section.tables.append(verdicts.shown_table(table))
+        section.text.append(RESULTS_TEXT + " The full table (p-values, pairing, training, notes) follows it.")
+        section.tables += [results_table(table), verdicts.shown_table(table)]
     try:
         forest.forest_figure(store, out, table)
         section.images.append(("forest.png", "verdict forest plot"))
@@ -167,6 +152,21 @@ def _verdicts(store: Store, out: Path) -> Section:
     except NoData as err:
         section.text.append(f"No forest plot: {err}")
     return section
+
+
+def _seeds(store: Store, out: Path) -> Section:
+    table = seeds.write_seeds(store, out)
+    if table.empty:
+        raise NoData("no arm with a finished run")
+    return Section(
+        "Per-seed values",
+        text=[
+            "Every arm's value per seed (the run the verdicts use; seeds with only failed runs listed with their "
+            "status): every endpoint, with the CPU model, threads and torch build the run was measured with.",
+            seeds.MACHINE_TEXT + "; ".join(seeds.machines(table)) + ".",
+        ],
+        files=["seeds.csv"],
+    )
 
 
 def _secondary(store: Store, out: Path) -> Section:
@@ -199,6 +199,7 @@ def _power(store: Store, out: Path) -> Section:
 BUILDERS: tuple[tuple[str, Callable[[Store, Path], Section]], ...] = (
     ("lesson declarations", _declarations),
     ("verdicts", _verdicts),
+    ("per-seed values", _seeds),
     ("secondary endpoints", _secondary),
     ("seeds needed", _power),
     (
@@ -340,45 +341,6 @@ def build_report(
         sections.append(skipped)
     write_index(sections, out)
     return sections, f"report of {len(ok)} runs written to {out / 'index.md'} and {out / 'index.html'}"
-
-
-def write_index(sections: list[Section], out: Path) -> None:
-    """``index.md`` and ``index.html`` from the sections."""
-    md = ["# Pruning report", ""]
-    page = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>Pruning report</title>",
-        STYLE,
-        "</head><body><h1>Pruning report</h1>",
-    ]
-    for s in sections:
-        md += [f"## {s.title}", ""]
-        page.append(f"<h2>{html.escape(s.title)}</h2>")
-        for t in s.text:
-            md += [t, ""]
-            page.append(f"<p>{_inline(t)}</p>")
-        if s.items:
-            md += [f"- {i}" for i in s.items] + [""]
-            page.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in s.items) + "</ul>")
-        for png, caption in s.images:
-            md += [f"![{caption}]({png})", ""]
-            page.append(f"<p><img src='{html.escape(png)}' alt='{html.escape(caption)}'></p>")
-        for table in s.tables:
-            md += [markdown(table), ""]
-            page.append(table.to_html(index=False, escape=True, border=0))
-        if s.files:
-            md += ["Files: " + ", ".join(f"[{f}]({f})" for f in s.files), ""]
-            page.append(
-                "<p>Files: " + ", ".join(f"<a href='{html.escape(f)}'>{html.escape(f)}</a>" for f in s.files) + "</p>"
-            )
-    page.append("</body></html>")
-    (out / "index.md").write_text("\n".join(md))
-    (out / "index.html").write_text("\n".join(page))
-
-
-def _inline(text: str) -> str:
-    """Escaped HTML of a line of Markdown with **bold** and `code`."""
-    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,9 +1,12 @@
 """Sensitivity to pruning (Li et al. 2017, Fig. 2b) and sorted filter norms (Fig. 2a).
 
 Sensitivity: validation accuracy after pruning one group alone (no retraining; the scan
-runs on the validation split) against the fraction of its filters removed, one line per
-group in depth order (the group's place in the network), mean ± std over seeds, the
-unpruned baseline marked. A scan is of the baseline, so runs sharing a baseline and seed
+runs on the validation split) against the fraction of its filters actually removed
+(channels removed / channels: nominal ratios that round to the same kept count, 20% and 25%
+of 16 channels, are one point), one line per group in depth order (the group's place in the
+network), mean ± std over seeds, the unpruned baseline marked. Over the curves, the fraction
+of each group that the allocating arms removed (``tables.ratios``): the sensitivity arm's
+allocation and the global ranking's, mean over seeds, each marker on its group's curve. A scan is of the baseline, so runs sharing a baseline and seed
 count once, and the footer counts those scans. Scans stored per criterion show the run's
 own criterion here (all of them: :mod:`analysis.layer_criteria`).
 
@@ -12,13 +15,15 @@ own criterion here (all of them: :mod:`analysis.layer_criteria`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib as mpl
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.load import Store, StoreLike, load_filter_norms, load_sensitivity
+from analysis.load import Store, StoreLike, load_filter_norms, load_ratios, load_sensitivity
 from analysis.output import (
     NoData,
     cli,
@@ -68,12 +73,42 @@ def sensitivity_table(sens: pd.DataFrame) -> pd.DataFrame:
     """Per (context, group, ratio): metric mean/std/n over seeds, the base metric and ``depth``; one scan per baseline and seed."""
     if sens.empty or "group" not in sens:
         raise NoData(SCAN_HINT)
-    sens = with_depth(own_criterion(sens).drop_duplicates(subset=["baseline_config", "seed", "group", "ratio"]))
-    table = over_seeds(sens, [*CONTEXT, "group", "ratio"], ["metric", "base_metric"])
-    extra = [c for c in ("kept", "channels", "depth") if c in sens]
-    shapes = keyed(sens, CONTEXT).groupby([*CONTEXT, "group", "ratio"])[extra].first().reset_index()
-    table = table.merge(shapes, on=[*CONTEXT, "group", "ratio"], how="left")
-    return table.sort_values([*CONTEXT, "depth", "group", "ratio"]).reset_index(drop=True)
+    sens = with_removed(own_criterion(sens))
+    sens = with_depth(sens.drop_duplicates(subset=["baseline_config", "seed", "group", "removed"]))
+    table = over_seeds(sens, [*CONTEXT, "group", "removed"], ["metric", "base_metric"])
+    extra = [c for c in ("ratio", "kept", "channels", "depth") if c in sens]
+    shapes = keyed(sens, CONTEXT).groupby([*CONTEXT, "group", "removed"])[extra].first().reset_index()
+    table = table.merge(shapes, on=[*CONTEXT, "group", "removed"], how="left")
+    return table.sort_values([*CONTEXT, "depth", "group", "removed"]).reset_index(drop=True)
+
+
+def with_removed(sens: pd.DataFrame) -> pd.DataFrame:
+    """``removed``: the fraction of the group's channels the scan step actually removed, 1 - kept / channels
+    (the nominal ``ratio`` where the entry has no channel counts); nominal ratios that keep the same
+    channels prune the same network and are one point."""
+    removed = sens["ratio"].astype(float)
+    if {"kept", "channels"} <= set(sens):
+        actual = 1.0 - pd.to_numeric(sens["kept"], errors="coerce") / pd.to_numeric(sens["channels"], errors="coerce")
+        removed = actual.where(actual.notna(), removed)
+    return sens.assign(removed=removed.round(6))
+
+
+ALLOCATION_MARKERS = "*^sDPXv<>"
+
+
+def allocations(store: StoreLike) -> pd.DataFrame:
+    """Per (context, arm, group): the mean fraction removed over seeds by arms that choose per-group ratios
+    (a sensitivity allocation, ``ratio=sensitivity``, or a global ranking, ``scope=global``)."""
+    ratios = load_ratios(store)
+    if ratios.empty or "group" not in ratios:
+        return pd.DataFrame(columns=[*CONTEXT, "arm", "group", "removed", "seeds"])
+    chosen = ratios[(ratios["ratio"].astype(str) == "sensitivity") | (ratios["scope"].astype(str) == "global")]
+    chosen = keyed(chosen.assign(arm=chosen["arm"].fillna(chosen["strategy"])), [*CONTEXT, "arm"])
+    return (
+        chosen.groupby([*CONTEXT, "arm", "group"], sort=True)
+        .agg(removed=("group_ratio", "mean"), seeds=("seed", "nunique"))
+        .reset_index()
+    )
 
 
 def scans(sens: pd.DataFrame) -> pd.DataFrame:
@@ -85,6 +120,7 @@ def sensitivity_figure(store: StoreLike, out: str | Path | None = None) -> Figur
     """Accuracy vs fraction of a group's filters pruned, one line per group, one panel per dataset/model."""
     sens = load_sensitivity(store)
     table = sensitivity_table(sens)
+    chosen = allocations(store)
     contexts = table[CONTEXT].drop_duplicates().to_dict("records")
     fig, axes = grid(len(contexts))
     scale = percent_scale(table["metric_mean"])
@@ -92,19 +128,22 @@ def sensitivity_figure(store: StoreLike, out: str | Path | None = None) -> Figur
         sub = table.loc[(table[CONTEXT] == pd.Series(ctx)).all(axis=1)]
         groups = list(dict.fromkeys(sub["group"]))
         colors = mpl.colormaps["viridis" if len(groups) > 10 else "tab10"]
+        color_of = {}
         for i, group in enumerate(groups):
-            g = sub[sub["group"] == group].sort_values("ratio")
+            g = sub[sub["group"] == group].sort_values("removed")
             yerr = g["metric_std"] * scale if (g["metric_n"] > 1).any() else None
+            color_of[group] = colors(i / max(1, len(groups) - 1)) if len(groups) > 10 else colors(i)
             ax.errorbar(
-                g["ratio"] * 100,
+                g["removed"] * 100,
                 g["metric_mean"] * scale,
                 yerr=yerr,
                 marker="o",
                 ms=3,
                 capsize=2,
-                color=colors(i / max(1, len(groups) - 1)) if len(groups) > 10 else colors(i),
+                color=color_of[group],
                 label=str(group),
             )
+        _allocations(ax, sub, chosen.loc[(chosen[CONTEXT] == pd.Series(ctx)).all(axis=1)], color_of, scale)
         base = sub["base_metric_mean"].mean()
         if pd.notna(base):
             ax.axhline(base * scale, color="k", ls="--", lw=1, label=f"baseline (unpruned) {base * scale:.2f}")
@@ -114,7 +153,7 @@ def sensitivity_figure(store: StoreLike, out: str | Path | None = None) -> Figur
             f"mean ± std",
             fontsize=9,
         )
-        ax.set_xlabel("filters pruned away in the group (%)")
+        ax.set_xlabel("filters pruned away in the group (%): channels removed / channels")
         ax.set_ylabel("validation accuracy (%)" if scale == 100 else "validation metric")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2 if len(groups) > 6 else 1, title="group (input to output)", title_fontsize=7)
@@ -122,6 +161,24 @@ def sensitivity_figure(store: StoreLike, out: str | Path | None = None) -> Figur
     footer(fig, scans(own_criterion(sens)))
     save(fig, table, out, "sensitivity")
     return fig
+
+
+def _allocations(ax, curves: pd.DataFrame, chosen: pd.DataFrame, color_of: dict, scale: float) -> None:
+    """Each allocating arm's per-group fraction removed, a marker on that group's curve (interpolated)."""
+    for k, (arm, g) in enumerate(chosen.groupby("arm", sort=True)):
+        marker = ALLOCATION_MARKERS[k % len(ALLOCATION_MARKERS)]
+        size = 11 if marker == "*" else 8
+        ax.plot([], [], ls="", marker=marker, ms=size, mfc="white", mec="k", label=f"{arm}: its fraction removed")
+        for _, r in g.iterrows():
+            curve = curves[curves["group"] == r["group"]].sort_values("removed")
+            if curve.empty:
+                continue
+            xs = [0.0, *curve["removed"]]  # nothing removed: the unpruned metric
+            ys = [curve["base_metric_mean"].mean(), *curve["metric_mean"]]
+            y = np.interp(r["removed"], xs, ys) * scale
+            ax.plot(
+                [r["removed"] * 100], [y], ls="", marker=marker, ms=size, mfc=color_of.get(r["group"], "k"), mec="k"
+            )
 
 
 def filter_norms_table(norms: pd.DataFrame) -> pd.DataFrame:
@@ -135,6 +192,11 @@ def filter_norms_table(norms: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values([*CONTEXT, "layer", "rank"]).reset_index(drop=True)
 
 
+def natural_key(name: object) -> tuple:
+    """Sort key reading the numbers in a name as numbers: ``features.3`` before ``features.10``."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(name)) if t)
+
+
 def filter_norms_figure(store: StoreLike, out: str | Path | None = None) -> Figure:
     """Sorted, per-layer-normalised filter L1 norms of the baseline, one line per layer (Li et al. Fig. 2a)."""
     norms = load_filter_norms(store)
@@ -143,7 +205,7 @@ def filter_norms_figure(store: StoreLike, out: str | Path | None = None) -> Figu
     fig, axes = grid(len(contexts))
     for ax, ctx in zip(axes, contexts):
         sub = table.loc[(table[CONTEXT] == pd.Series(ctx)).all(axis=1)]
-        layers = list(dict.fromkeys(sub["layer"]))
+        layers = sorted(dict.fromkeys(sub["layer"]), key=natural_key)
         colors = mpl.colormaps["viridis"]
         for i, layer in enumerate(layers):
             g = sub[sub["layer"] == layer]

@@ -36,7 +36,8 @@ from analysis.load import Store, StoreLike
 from analysis.output import MISSING, cli, markdown, write_tables
 from analysis.pairing import TOLERANCE, Pairing, describe_pairing, paired_values, pairings
 from analysis.planning import plan
-from analysis.stats import holm, holm_levels, paired_t, t_interval, tost
+from analysis.stats import holm, holm_levels, mean_std, paired_t, t_interval, tost
+from analysis.verdict_table import RESULTS_TEXT, reading, results_table
 
 ALPHA = 0.05
 POWER = 0.8
@@ -52,6 +53,10 @@ COLUMNS = [
     "endpoint",
     "n",
     "seeds",
+    "mean_a",
+    "std_a",
+    "mean_b",
+    "std_b",
     "mean",
     "std",
     "method",
@@ -68,6 +73,7 @@ COLUMNS = [
     "eq_low",
     "eq_high",
     "outcome",
+    "reading",
     "seeds_needed",
     "differs in (part)",
     "implied",
@@ -111,6 +117,9 @@ def _row(p: Pairing, metric: str) -> dict[str, Any]:
         "notes": "; ".join(notes),
         "runs": " ".join(arm.by_seed[s]["run_id"] for arm in (p.a, p.b) for s in seeds),
     }
+    for side, arm in (("a", p.a), ("b", p.b)):  # each arm over the paired seeds: what the difference is of
+        values = arm.metric(metric)
+        base[f"mean_{side}"], base[f"std_{side}"], _ = mean_std([values[s] for s in seeds])
     if not p.ok or not seeds:
         return base | {"mean": math.nan, "std": math.nan, "p": math.nan, "p_tost": math.nan, "method": MISSING}
     stats = paired_t(diffs)
@@ -193,7 +202,7 @@ def decide(table: pd.DataFrame, alpha: float = ALPHA, lessons: tuple[Lesson, ...
     table = table.copy()
     for col in ("p_holm", "p_tost_holm", "alpha_ci", "ci_low", "ci_high", "alpha_eq", "eq_low", "eq_high"):
         table[col] = math.nan
-    table["family"], table["outcome"], table["seeds_needed"] = 0, "", None
+    table["family"], table["outcome"], table["seeds_needed"], table["reading"] = 0, "", None, ""
     by_code = {lsn.code: lsn for lsn in lessons}
     pooled = pooled_sd(table)
     for code, idx in table.groupby("lesson", sort=False).groups.items():
@@ -222,6 +231,7 @@ def decide(table: pd.DataFrame, alpha: float = ALPHA, lessons: tuple[Lesson, ...
             if table.at[i, "outcome"] == "inconclusive":
                 table.at[i, "seeds_needed"] = needed
             _intervals(table, i)
+            table.at[i, "reading"] = reading(table.loc[i])
     return table
 
 
@@ -296,9 +306,18 @@ def summary_lines(table: pd.DataFrame, lessons: tuple[Lesson, ...] = LESSONS) ->
         lines.append(
             f"**{lesson.code}: {lesson.claim}** ({ENDPOINT_NAMES.get(lesson.endpoint, lesson.endpoint)}, margin "
             f"±{lesson.margin * 100:g} pp, Holm over the lesson's {int(best['family'])} comparisons): {tally}; "
-            f"largest effect {_pp(best['mean'])} pp ({best['outcome']}), {ci}, n = {best['n']}"
+            f"largest effect {_pp(best['mean'])} pp ({best['outcome']}), {ci}, n = {best['n']}" + _small(rows)
         )
     return lines
+
+
+def _small(rows: pd.DataFrame) -> str:
+    """``"; 1 declared difference smaller than the margin (A vs B)"`` when a significant effect is below the margin."""
+    small = rows[rows["outcome"].isin(("better", "worse")) & (rows["mean"].abs() < rows["margin"])]
+    if small.empty:
+        return ""
+    pairs = ", ".join(f"{r['A']} vs {r['B']} {_pp(r['mean'])} pp" for _, r in small.iterrows())
+    return f"; significant but smaller than the ±{small['margin'].max() * 100:g} pp margin: {pairs}"
 
 
 def rule_text(table: pd.DataFrame) -> str:
@@ -334,6 +353,8 @@ def verdict_report(store: StoreLike, out: str | Path | None = None) -> tuple[pd.
             + (markdown(shown) if len(shown) else "")
             + "\n"
         )
+        compact = results_table(table)
+        write_tables(compact, compact, out, "verdicts_summary", RESULTS_TEXT)
         if not secondary.empty:
             write_tables(secondary, shown_secondary(secondary), out, "verdicts_secondary", SECONDARY_TEXT)
         else:  # no stale file from an earlier report of another store

@@ -260,6 +260,9 @@ def _row(
         "arm": experiment_name("arm"),
         "output_dir": str(output_dir),
         "machine": machine(),
+        "cpu": pruning.latency.cpu_model(),  # numbers repeat exactly only on the same CPU, torch build and threads
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
         "data_source": str(source) if (source := getattr(rt.ctx.datamodule, "data_source", None)) else None,
         "data": report() if callable(report := getattr(rt.ctx.datamodule, "data_report", None)) else None,
         "baseline_source": source_of() if callable(source_of := getattr(phases["baseline"], "source", None)) else None,

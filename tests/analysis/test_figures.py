@@ -46,7 +46,8 @@ def test_sensitivity_numbers_and_figure(store, tmp_path):
     bars = errorbars(ax)
     assert len(bars) == 2 and all(c.has_yerr for c in bars)
     assert legend(ax) == ["baseline (unpruned) 92.00", "features.0", "features.3"]
-    assert ax.get_xlabel() == "filters pruned away in the group (%)" and ax.get_ylabel() == "validation accuracy (%)"
+    assert ax.get_xlabel() == "filters pruned away in the group (%): channels removed / channels"
+    assert ax.get_ylabel() == "validation accuracy (%)"
     assert list(bars[0].lines[0].get_xdata()) == [25.0, 50.0, 75.0]
     assert bars[0].lines[0].get_ydata()[1] == pytest.approx(81.0)
     assert "3 seeds" in ax.get_title() and "fashion_mnist / vgg_small" in ax.get_title()
@@ -100,15 +101,15 @@ def test_tradeoff_figure(store):
     dc = table[table["strategy"] == "deep_compression"].iloc[0]
     assert dc["removed/weights_mean"] == pytest.approx(0.92)
     fig = tradeoff_figure(store)
-    assert len(fig.axes) == 4  # lenet300 and vgg_small, weights and MACs
+    assert len(fig.axes) == 5  # lenet300 and vgg_small, weights and MACs, and the legend's own row
     vgg_weights = fig.axes[2]
     assert vgg_weights.get_xlabel() == "weights (nonzero parameters) removed (%)"
     assert fig.axes[3].get_xlabel() == "MACs removed (%)"
     assert len(errorbars(vgg_weights)) == 8  # 4 strategies x (retrained, not retrained)
     dashed = [c for c in errorbars(vgg_weights) if c.lines[0].get_linestyle() == "--"]
     assert len(dashed) == 4
-    # one legend for the figure: a colour per strategy and one entry per line style, not strategy x style
-    (shared,) = fig.legends
+    # one legend for the figure, in its own row under the panels: a colour per line and one entry per line style
+    shared = fig.axes[4].get_legend()
     texts = [t.get_text() for t in shared.get_texts()]
     assert texts == [
         "deep_compression",
@@ -117,10 +118,10 @@ def test_tradeoff_figure(store):
         "largest_l1_oneshot",
         "random_oneshot",
         "after retraining (solid)",
-        "right after pruning (dashed)",
+        "right after pruning, or no retraining",
         "baseline (unpruned)",
     ]
-    assert all(ax.get_legend() is None for ax in fig.axes)
+    assert all(ax.get_legend() is None for ax in fig.axes[:4])
     assert next(t.get_text() for t in fig.texts if "machine" in t.get_text()).startswith("24 runs")
 
 
@@ -146,7 +147,13 @@ def test_speed_figure(store):
     texts = legend(ax)
     # runs pooled per architecture (MAC ratio): 0.5 (l1/random/largest at 0.5 and iterative) and 0.7
     assert "ideal: latency ratio = MAC ratio" in texts
-    assert "MACs 0.500: 12 runs, 4 strategies" in texts and "MACs 0.700: 9 runs, 3 strategies" in texts
+    assert texts[:5] == [
+        "l1_oneshot: 6 runs, 2 architectures",
+        "random_oneshot: 6 runs, 2 architectures",
+        "largest_l1_oneshot: 6 runs, 2 architectures",
+        "l1_iterative: 3 runs, 1 architecture",
+        "reached by several arms (2 architectures)",
+    ]
     ideal = next(ln for ln in ax.get_lines() if ln.get_label().startswith("ideal"))
     assert list(ideal.get_xdata()) == list(ideal.get_ydata())
 

@@ -61,7 +61,17 @@ def study_arms(study: str) -> list[str]:
 
 
 def test_every_study_sweeps_existing_arms_and_every_arm_is_in_a_study():
-    studies = ("schedules", "criteria", "scratch", "sensitivity", "freeze", "greedy", "latency", "all")
+    studies = (
+        "schedules",
+        "criteria",
+        "scratch",
+        "sensitivity",
+        "freeze",
+        "greedy",
+        "latency",
+        "all",
+        "operating_points",
+    )
     used = {arm for study in studies for arm in study_arms(study)}
     assert used == set(options("arm")), (sorted(used - set(options("arm"))), sorted(set(options("arm")) - used))
     for study in studies:
@@ -80,7 +90,7 @@ def test_every_arm_plans_on_vgg_small(compose_cfg, arm):
 @pytest.mark.parametrize(
     "per_step, oneshot", [("l1_iterative-per_step", "l1_oneshot-e3x"), ("l1_layerwise-per_step", "l1_oneshot-e6x")]
 )
-@pytest.mark.parametrize("ratio", ["", "-r07"])
+@pytest.mark.parametrize("ratio", ["-r03", "", "-r07"])
 def test_per_step_arms_have_a_oneshot_arm_with_the_same_total(compose_cfg, per_step, oneshot, ratio):
     from tests.experiments.test_strategies import planned, shapes
 

@@ -241,3 +241,4 @@ def test_joblib_sweep_runs_jobs_side_by_side(tmp_path):
     assert {r["output_dir"] for r in rows} == {str(tmp_path / "multirun" / "0"), str(tmp_path / "multirun" / "1")}
     want = max(1, sweep.cpu_cores() // 2)
     assert all(r["config"]["threads"] == want and f"{want} threads" in r["machine"] for r in rows)
+    assert all(r["threads"] == want and r["cpu"] and r["torch"] for r in rows)  # where the numbers were measured
