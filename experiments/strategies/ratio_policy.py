@@ -281,7 +281,7 @@ class LatencyTarget(ScanPolicy):
     grid: int = 8
     max_ratio: float = 0.9
     tolerance: float = 0.05
-    passes: int = 4
+    passes: int = 6
     max_time_s: float = 20.0
     cache_dir: str | None = None
     policy_name = "latency_target"

@@ -219,9 +219,9 @@ class LatencyTable:
         load; absolute model times do not, and layers are timed at their fastest), so predicted
         ms are the unloaded estimate. At batch 1 the rest is mostly per-op overhead (fixed); at
         large batches, elementwise work and memory traffic (with the activations). The terms
-        are a least-squares fit and may be negative (a layer alone can run slower than inside
-        the model) as long as every model the table can describe keeps a positive time; else
-        the best fit with both terms non-negative is kept."""
+        are a least-squares fit; the fixed term may be negative (a layer alone can run slower than inside
+        the model) as long as every model the table can describe keeps a positive time; the
+        per-volume term is never negative (more activations never take less time)."""
         points = [self.uniform(k) for k in keeps]
         self.calibration = [self.compare(p, max_time_s) for p in points]
         ld, vd = self.layers_ms({}), self._dense_volume
@@ -240,12 +240,12 @@ class LatencyTable:
             return sum((a * fit[0] + b * fit[1] - y) ** 2 for a, b, y in rows)
 
         fits = [_least_squares(rows), (0.0, 0.0)]
-        for k in (0, 1):  # one term, non-negative
+        for k in (0, 1):  # one term (the per-volume one non-negative)
             xs = [r[k] for r in rows]
             den = sum(x * x for x in xs)
-            c = max(0.0, sum(x * r[2] for x, r in zip(xs, rows)) / den) if den > 0 else 0.0
-            fits.append((c, 0.0) if k == 0 else (0.0, c))
-        ok = [f for f in fits if f is not None and positive(f)]
+            c = sum(x * r[2] for x, r in zip(xs, rows)) / den if den > 0 else 0.0
+            fits.append((c, 0.0) if k == 0 else (0.0, max(0.0, c)))
+        ok = [f for f in fits if f is not None and f[1] >= 0 and positive(f)]
         self.rest_fixed, self.rest_per_volume = min(ok, key=residual)
         self.dense_ms = ld + self.rest_fixed + self.rest_per_volume * vd
 
