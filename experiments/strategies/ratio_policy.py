@@ -353,7 +353,7 @@ class LatencyTarget(ScanPolicy):
             "latency/target": r.target,
             f"latency/b{b}/predicted_ratio": r.predicted_ratio,
             f"latency/b{b}/search_measured_ratio": r.comparison.ratio,
-            "latency/search_passes": len(r.passes),
+            "latency/search_passes": len(r.passes),  # models the search cut and timed
             "latency/table_s": r.table_seconds,
             "latency/search_s": r.search_seconds,
         }

@@ -61,6 +61,7 @@ class LatencyPruning:
             "channels": dict(self.channels),
             "comparison": self.comparison.as_dict(),
             "passes": list(self.passes),
+            "models_timed": len(self.passes),
             "table_seconds": self.table_seconds,
             "search_seconds": self.search_seconds,
         }
@@ -109,16 +110,18 @@ def allocate(
             channels, layers[g]
         )
 
-    low = table.predict({g: pts[0] for g, pts in allowed.items()}) / table.dense_ms
-    if low > target:
+    goal = table.uncorrect(target)  # the target as a ratio of the layer sums (what the steps add up)
+    low_base = table.base_ms({g: pts[0] for g, pts in allowed.items()}) / table.dense_ms
+    low = table.correct(low_base)
+    if low_base > goal:
         raise UnreachableTarget(
             low,
             f"target={target:.4g}: unreachable; the prunable groups reach at best a predicted latency ratio "
             f"of {low:.3f} (every group at its smallest allowed count); choose a target in ({low:.3f}, 1) "
             "or allow more pruning (max_ratio, a finer grid, larger scanned ratios)",
         )
-    pred = table.predict(current)
-    while pred > target * table.dense_ms:
+    pred = table.base_ms(current)
+    while pred > goal * table.dense_ms:
         best = None
         for g, i in level.items():
             if i == 0:
@@ -144,13 +147,13 @@ def allocate(
             trial = dict(current)
             trial[g] = allowed[g][level[g] + 1]
             added = local(g, trial) - local(g, current)
-            if pred + added > target * table.dense_ms:
+            if pred + added > goal * table.dense_ms:
                 break
             level[g] += 1
             current[g] = trial[g]
             pred += added
-    pred = table.predict(current)
-    return {g: c for g, c in current.items() if c < table.groups[g][0]}, pred / table.dense_ms
+    pred = table.base_ms(current)
+    return {g: c for g, c in current.items() if c < table.groups[g][0]}, table.correct(pred / table.dense_ms)
 
 
 def along(

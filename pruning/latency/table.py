@@ -122,6 +122,7 @@ class LatencyTable:
         self.calibration: list[LatencyComparison] = []
         self.rest_fixed = self.rest_per_volume = 0.0
         self.dense_ms = 0.0
+        self.curve: list[tuple[float, float]] = [(1.0, 1.0)]  # base ratio -> measured ratio (calibrate)
         if calibrate_s > 0:
             self.calibrate(calibrate_s)
         else:  # layer times only (what a per-group choice such as round_to="auto" compares)
@@ -248,6 +249,9 @@ class LatencyTable:
         ok = [f for f in fits if f is not None and f[1] >= 0 and positive(f)]
         self.rest_fixed, self.rest_per_volume = min(ok, key=residual)
         self.dense_ms = ld + self.rest_fixed + self.rest_per_volume * vd
+        self.curve = monotone_curve(
+            [(self.base_ms(p) / self.dense_ms, c.ratio) for p, c in zip(points, self.calibration)] + [(1.0, 1.0)]
+        )
 
     # -- prediction -----------------------------------------------------------------------
     def volume(self, channels: Mapping[str, int], layers: list[TimedLayer] | None = None) -> float:
@@ -267,15 +271,44 @@ class LatencyTable:
         """Sum of the timed layers' ms at ``channels``."""
         return sum(self.layer_ms(layer, channels, measure) for layer in self.layers)
 
-    def predict(self, channels: Mapping[str, int], measure: bool = True) -> float:
-        """Predicted ms of the model with ``{group: channels}`` (missing groups: all channels):
-        the sum of its layers' times plus the rest (:meth:`calibrate`)."""
+    def base_ms(self, channels: Mapping[str, int], measure: bool = True) -> float:
+        """The sum of the layers' times at ``channels`` plus the fitted rest, in unloaded ms."""
         self._check(channels)
         return self.layers_ms(channels, measure) + self.rest_fixed + self.rest_per_volume * self.volume(channels)
 
+    def correct(self, base_ratio: float) -> float:
+        """A ratio of :meth:`base_ms` to the dense model's as the measured ratio it stands for:
+        the monotone piecewise-linear curve through the calibration's (base, measured) points and
+        (1, 1); below the smallest point, proportional to it. It carries what no sum of layers
+        timed one by one sees (a model whose activations no longer fit the caches speeds up more
+        than its layers say) into the prediction."""
+        pts = self.curve
+        if base_ratio <= pts[0][0]:
+            return pts[0][1] * base_ratio / pts[0][0]
+        for (b0, m0), (b1, m1) in zip(pts, pts[1:]):
+            if base_ratio <= b1:
+                return m0 + (m1 - m0) * (base_ratio - b0) / (b1 - b0)
+        return base_ratio * pts[-1][1] / pts[-1][0]
+
+    def uncorrect(self, ratio: float) -> float:
+        """The base ratio whose :meth:`correct` is ``ratio``."""
+        pts = self.curve
+        if ratio <= pts[0][1]:
+            return pts[0][0] * ratio / pts[0][1]
+        for (b0, m0), (b1, m1) in zip(pts, pts[1:]):
+            if ratio <= m1:
+                return b0 + (b1 - b0) * (ratio - m0) / (m1 - m0) if m1 > m0 else b0
+        return ratio * pts[-1][0] / pts[-1][1]
+
     def predict_ratio(self, channels: Mapping[str, int], measure: bool = True) -> float:
-        """``predict(channels) / predict({})``: the latency ratio to the dense model."""
-        return self.predict(channels, measure) / self.dense_ms
+        """Predicted latency ratio to the dense model of ``{group: channels}`` (missing groups:
+        all channels): the layers' times plus the rest (:meth:`base_ms`), through :meth:`correct`."""
+        return self.correct(self.base_ms(channels, measure) / self.dense_ms)
+
+    def predict(self, channels: Mapping[str, int], measure: bool = True) -> float:
+        """Predicted ms of the model with ``{group: channels}``: :meth:`predict_ratio` x the dense
+        model's unloaded estimate."""
+        return self.predict_ratio(channels, measure) * self.dense_ms
 
     def affected(self, group: str) -> list[TimedLayer]:
         """The layers whose shape ``group``'s channel count changes (its producers and consumers)."""
@@ -352,6 +385,24 @@ class LatencyTable:
             pts = self.grid[g]
             out[g] = max([p for p in pts if p <= keep * n], default=pts[0])
         return out
+
+
+def monotone_curve(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """``(x, y)`` points sorted by x with y made increasing (adjacent violators pooled to their
+    mean, as isotonic regression does, then a slope of 0.001 kept between pooled points): a
+    measured ratio never falls as the base grows."""
+    blocks: list[tuple[list[float], float]] = []  # (x values, mean y) per pooled block
+    for x, y in sorted(points):
+        xs, mean = [x], y
+        while blocks and blocks[-1][1] > mean:
+            prev_xs, prev_mean = blocks.pop()
+            mean = (prev_mean * len(prev_xs) + mean * len(xs)) / (len(prev_xs) + len(xs))
+            xs = prev_xs + xs
+        blocks.append((xs, mean))
+    out: list[tuple[float, float]] = []
+    for x, y in ((x, mean) for xs, mean in blocks for x in xs):  # pooled points: a slight slope, not a flat step
+        out.append((x, y if not out else max(y, out[-1][1] + 1e-3 * (x - out[-1][0]))))
+    return out
 
 
 def _least_squares(rows: list[tuple[float, float, float]]) -> tuple[float, float] | None:

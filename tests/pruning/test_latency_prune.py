@@ -28,8 +28,13 @@ class LinearTable:
     def volume(self, channels, layers=None):
         return 0.0
 
-    def predict(self, channels):
+    def base_ms(self, channels):
         return sum(self.layer_ms(g, channels) for g in self.groups)
+
+    def correct(self, ratio):
+        return ratio
+
+    uncorrect = correct
 
 
 def test_target_outside_0_1_is_rejected_naming_it():

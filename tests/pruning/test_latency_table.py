@@ -6,7 +6,7 @@ from torch import nn
 
 import pruning
 from pruning.latency.layers import cut_layer
-from pruning.latency.table import LatencyTable, grid_counts
+from pruning.latency.table import LatencyTable, grid_counts, monotone_curve
 
 
 def net() -> nn.Module:
@@ -142,3 +142,18 @@ def test_round_to_auto_on_real_timings_never_keeps_fewer_channels():
     for g, k in {"0": 22, "3": 44}.items():
         n = auto[g][0]
         assert auto[g][1] in {k, min(n, -(-k // 8) * 8), min(n, -(-k // 16) * 16)}
+
+
+def test_the_calibration_curve_is_monotone_and_inverts():
+    assert monotone_curve([(0.5, 0.4), (0.2, 0.3), (0.8, 0.35), (1.0, 1.0)]) == [
+        (0.2, 0.3),
+        (0.5, pytest.approx(0.375)),  # 0.4 and 0.35 pooled to their mean, then kept rising
+        (0.8, pytest.approx(0.375 + 0.0003)),
+        (1.0, 1.0),
+    ]
+    t = LatencyTable.__new__(LatencyTable)
+    t.curve = [(0.2, 0.3), (0.6, 0.5), (1.0, 1.0)]
+    assert t.correct(0.4) == pytest.approx(0.4) and t.correct(0.1) == pytest.approx(0.15)
+    assert t.correct(0.8) == pytest.approx(0.75)
+    for r in (0.05, 0.3, 0.45, 0.7, 0.99):
+        assert t.correct(t.uncorrect(r)) == pytest.approx(r)
