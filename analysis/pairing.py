@@ -107,7 +107,8 @@ def _match_latency(p: Pairing, batch: int, tolerance: float) -> None:
         )
     elif p.distance > tolerance:
         p.problems.append(
-            f"measured latency ratio at batch {batch} A {la:.3f} vs B {lb:.3f} (must agree within {tolerance})"
+            f"measured latency ratio at batch {batch} A {la:.3f} vs B {lb:.3f} (must agree within {tolerance}; "
+            "the nearest B arm: run one of about A's latency)"
         )
 
 
