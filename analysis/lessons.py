@@ -196,9 +196,10 @@ LESSONS: tuple[Lesson, ...] = (
         lambda a: _uniform(a) and not _skips(a) and not _frozen(a),
         ("strategy.skip_sensitive",),
         ("skip_sensitive",),
-        ("strategy.ratio", "strategy.scan"),
+        ("strategy.ratio", "strategy.scan", "strategy.match"),
         ("ratio", "ratio_policy", "target_reduction"),
-        "the other groups are pruned harder to remove at least the uniform arm's MACs; the scan ranks the groups",
+        "the other groups are pruned harder to remove at least the uniform arm's MACs (strategy.match=macs); the scan "
+        "ranks the groups",
         match="resource_at_least",
         hint="runs with strategy.skip_sensitive=<k> and uniform runs of the same MACs (`study=freeze`)",
     ),
@@ -215,6 +216,83 @@ LESSONS: tuple[Lesson, ...] = (
         budget=True,
         requires=lambda a: _uniform(a) and str(a.part("freeze") or "none") == "none",
         hint="runs of slimming, group_norm or sfp and l1_oneshot at equal total epochs (`study=methods`)",
+    ),
+)
+
+
+# -- Operating points and the papers' arms: L2 matched on measured latency, L3 per group (Li Fig. 2c) --------------
+
+LATENCY_BATCH = 64
+"""The batch size whose measured latency ratio L2's latency pairing matches (``ratio/latency_b64`` of the row)."""
+LATENCY_TOLERANCE = 0.05
+"""Largest difference of two arms' measured latency ratios (final / own baseline, timed interleaved) that still counts as
+matched: about the resolution of the runs' timing (the ratio's 95% interval is +-3% at ``measure.latency_ci``)."""
+SCAN_ENDPOINT = "scan/acc"
+SCAN_CRITERIA = ("l1", ("random", "largest_l1"))
+"""L3-layer's arms: the smallest-L1 scan (A) against each of these (B), entries of one run's per-criterion scan."""
+SCAN_RATIOS = (0.3, 0.5, 0.7)
+"""The fractions of a group's filters at which L3-layer compares the criteria (scanned ratios, Li's Fig. 2c)."""
+ENDPOINT_NAMES[SCAN_ENDPOINT] = "validation accuracy with one group pruned, no retraining (per-criterion scan)"
+
+
+def latency_batch(match: str | None) -> int | None:
+    """The batch size of a ``latency_b<N>`` pairing rule (None for any other rule)."""
+    prefix = "latency_b"
+    if match and match.startswith(prefix) and match[len(prefix) :].isdigit():
+        return int(match[len(prefix) :])
+    return None
+
+
+def _scans_criteria(arm: Arm) -> bool:
+    """The arm's runs stored a per-criterion sensitivity scan (``tables.sensitivity_criteria``)."""
+    return any(row["tables"].get("sensitivity_criteria") for row in arm.by_seed.values())
+
+
+def _pairing_rule(lesson: Lesson) -> str:
+    """The pairing rules of the lessons below, as the declaration table words them ("" for the others)."""
+    batch = latency_batch(lesson.match)
+    if batch is not None:
+        return f", nearest measured latency ratio at batch {batch} (within {LATENCY_TOLERANCE}; MACs and params shown)"
+    if lesson.endpoint == SCAN_ENDPOINT:
+        ratios = ", ".join(f"{r:g}" for r in SCAN_RATIOS)
+        return (
+            f" and scan run, per group at ratios {ratios}: {SCAN_CRITERIA[0]} vs each of {', '.join(SCAN_CRITERIA[1])}"
+        )
+    return ""
+
+
+LESSONS += (
+    Lesson(
+        "L2",
+        f"sensitivity ratios > uniform, at matched latency (batch {LATENCY_BATCH})",
+        lambda a: a.part("ratio") == "sensitivity",
+        _uniform,
+        ("strategy.ratio", "strategy.scan"),
+        ("ratio", "ratio_policy", "max_drop", "target_reduction", "target_resource", "match_uniform"),
+        match=f"latency_b{LATENCY_BATCH}",
+        hint="sensitivity runs and uniform runs of about their measured latency (`study=operating_points`)",
+    ),
+    Lesson(
+        "L2-global",
+        f"global ranking > uniform, at matched latency (batch {LATENCY_BATCH})",
+        lambda a: a.part("scope") == "global" and not _truthy(a.part("sparsity")),
+        _uniform,
+        ("strategy.scope", "strategy.max_ratio", "strategy.match", "strategy.ratio"),
+        ("scope", "ratio"),
+        match=f"latency_b{LATENCY_BATCH}",
+        hint="global runs and uniform runs of about their measured latency (`study=operating_points`)",
+    ),
+    Lesson(
+        "L3-layer",
+        "smallest l1 > random, largest l1 per group, no retraining (Li Fig. 2c)",
+        _scans_criteria,
+        _scans_criteria,
+        ("strategy.criterion",),
+        ("criterion",),
+        endpoint=SCAN_ENDPOINT,
+        margin=0.02,  # Li's per-layer contrasts without retraining are tens of points
+        effect=0.05,
+        hint="the per-criterion scans of `arm=criteria_scan` (`study=all`, `study=operating_points`)",
     ),
 )
 
@@ -252,6 +330,7 @@ def declaration_table(lessons: tuple[Lesson, ...] = LESSONS) -> pd.DataFrame:
             rule += ", A removes at least B's measured MACs (B's ratio - A's >= -0.02), nearest"
         if lesson.budget:
             rule += ", equal total retraining epochs or equal epochs per step"
+        rule += _pairing_rule(lesson)
         rows.append(
             {
                 "lesson": lesson.code,

@@ -4,7 +4,7 @@ For every A arm of a lesson, the candidate B arms (same dataset and model) are a
 their config diff must hold only the lesson's part keys, the keys that part implies and
 neutral measurement keys; a lesson may also ask for equal measured MACs (``match``) or an
 equal retraining budget (``budget``). Every valid B is compared (for ``match`` the nearest
-one). With no valid B, the closest candidate is reported as *refused*, with the keys and
+one; ``latency_b<N>``: the B arm of the nearest measured latency ratio at batch N). With no valid B, the closest candidate is reported as *refused*, with the keys and
 values that stand in the way, so nothing is compared that the lesson did not declare; an A
 arm whose closest B differs in a key some study varies on purpose (another lesson's part, the
 operating point: :data:`analysis.lessons.DESIGN_KEYS`) belongs to another comparison and is
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from analysis.arms import NEUTRAL, Arm, config_diff, describe, matches
-from analysis.lessons import DESIGN_KEYS, Lesson
+from analysis.lessons import DESIGN_KEYS, LATENCY_TOLERANCE, Lesson, latency_batch
 from analysis.parts import chance_accuracy
 
 TOLERANCE = 0.02
@@ -62,6 +62,9 @@ def assess(lesson: Lesson, a: Arm, b: Arm, tolerance: float = TOLERANCE) -> Pair
             pairing.other.append(key)
     if lesson.match in ("resource", "resource_at_least"):
         _match_resource(pairing, tolerance, one_sided=lesson.match == "resource_at_least")
+    batch = latency_batch(lesson.match)
+    if batch is not None:
+        _match_latency(pairing, batch, LATENCY_TOLERANCE)
     if lesson.budget:
         _match_budget(pairing)
     return pairing
@@ -79,6 +82,44 @@ def _match_resource(p: Pairing, tolerance: float, one_sided: bool = False) -> No
     if p.distance > tolerance:
         need = f"A must keep at most B's + {tolerance}" if one_sided else f"must agree within {tolerance}"
         p.problems.append(f"measured {name} ratio A {ma:.3f} vs B {mb:.3f} ({need})")
+
+
+def _match_latency(p: Pairing, batch: int, tolerance: float) -> None:
+    """Nearest measured latency ratio at ``batch`` (each run timed interleaved against its own baseline); the
+    annotation shows the per-seed range of both and their MACs and params ratios, which may disagree."""
+    key = f"ratio/latency_b{batch}"
+    la, lb = p.a.mean(key), p.b.mean(key)
+    p.distance = abs(la - lb) if math.isfinite(la) and math.isfinite(lb) else math.inf
+    shown = [f"latency ratio at batch {batch} A {_spread(p.a, key)} vs B {_spread(p.b, key)}"]
+    for metric, name in (("ratio/macs", "MACs"), ("ratio/params", "params")):
+        shown.append(f"{name} ratio A {p.a.mean(metric):.3f} vs B {p.b.mean(metric):.3f}")
+    timed = {
+        side: {(r.get("cpu"), r.get("threads")) for r in arm.by_seed.values()} for side, arm in (("A", p.a), ("B", p.b))
+    }
+    if timed["A"] != timed["B"]:
+        shown.append("timed on different CPUs or thread counts")
+    p.regime = "; ".join(shown)
+    missing = [side for side, v in (("A", la), ("B", lb)) if not math.isfinite(v)]
+    if missing:
+        p.problems.append(
+            f"no latency measured at batch {batch} ({key}) in {' and '.join(missing)}: run with "
+            f"measure.latency_batch_sizes including {batch}"
+        )
+    elif p.distance > tolerance:
+        p.problems.append(
+            f"measured latency ratio at batch {batch} A {la:.3f} vs B {lb:.3f} (must agree within {tolerance}; "
+            "the nearest B arm: run one of about A's latency)"
+        )
+
+
+def _spread(arm: Arm, key: str) -> str:
+    """``"0.517 (0.503-0.531 over 12 seeds)"``: the arm's mean of ``key`` and its per-seed range."""
+    values = list(arm.metric(key).values())
+    if not values:
+        return "unmeasured"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f} over {len(values)} seeds)"
 
 
 def _total_epochs(arm: Arm) -> float:

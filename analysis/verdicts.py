@@ -31,7 +31,8 @@ from typing import Any
 import pandas as pd
 
 from analysis.arms import build_arms
-from analysis.lessons import ENDPOINT_NAMES, LESSONS, SECONDARY, Lesson
+from analysis.layer_verdicts import scan_comparisons
+from analysis.lessons import ENDPOINT_NAMES, LESSONS, SCAN_ENDPOINT, SECONDARY, Lesson
 from analysis.load import Store, StoreLike
 from analysis.output import MISSING, cli, markdown, write_tables
 from analysis.pairing import TOLERANCE, Pairing, describe_pairing, paired_values, pairings
@@ -92,6 +93,8 @@ def _operating_point(p: Pairing) -> str:
         text.append(f"ratio {parts['ratio']}")
     elif parts.get("ratio") == "sensitivity" and parts.get("target_reduction") is not None:
         text.append(f"target {parts['target_reduction']}")
+    elif parts.get("ratio") == "sensitivity" and parts.get("match_uniform") is not None:
+        text.append(f"removes what uniform {parts['match_uniform']} removes")
     if parts.get("ratio_policy") not in (None, "", "uniform"):
         text.append(str(parts["ratio_policy"]))
     if parts.get("recalibrate_bn") not in (None, "", 0, False, "none"):
@@ -172,6 +175,9 @@ def comparisons(
     arms = build_arms(store)
     rows, secondary = [], []
     for lesson in lessons:
+        if lesson.endpoint == SCAN_ENDPOINT:  # per group and ratio, within each run's per-criterion scans
+            rows += scan_comparisons(lesson, arms)
+            continue
         for p in pairings(lesson, arms, tolerance):
             rows.append(_row(p, lesson.endpoint))
             if p.ok:

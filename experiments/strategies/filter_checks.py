@@ -36,7 +36,8 @@ class FilterSettings(Strategy):
     (``total``) or given to each (``per_step``). ``recalibrate_bn`` > 0 re-estimates
     BatchNorm statistics on that many training batches after each prune step.
     ``skip_sensitive`` = k leaves the k groups the scan ranks most sensitive unpruned and
-    prunes the others at the one ratio that removes at least the MACs of ``ratio`` everywhere.
+    prunes the others at the one ratio whose removed MACs come closest to those of ``ratio``
+    everywhere (``match=macs``: at least as many, topped up by single channels).
     ``freeze_bn``: the BatchNorm statistics of frozen layers stay ``fixed`` or ``update``.
     ``scope``: ``group`` (one ratio per group) or ``global`` (``ratio`` of all prunable channels,
     ranked together by per-group normalised scores, no group losing more than ``max_ratio``;
@@ -101,9 +102,10 @@ def check_filter_pruning(s: FilterSettings, model: nn.Module) -> None:
     check_choice("strategy.scope", s.scope, pruning.structured.SCOPES)
     check_number("strategy.max_ratio", s.max_ratio, 0, 1, low_open=True, high_open=True)
     check_choice("strategy.match", s.match, (None, "macs"))
-    if s.match is not None and s.scope != "global":
+    if s.match is not None and s.scope != "global" and not s.skip_sensitive:
         raise ConfigError(
-            f"strategy.match={s.match} matches a global ranking to the per-group ratio: needs strategy.scope=global"
+            f"strategy.match={s.match} matches a global ranking or the groups strategy.skip_sensitive leaves to the "
+            "uniform ratio: needs strategy.scope=global or strategy.skip_sensitive > 0"
         )
     if s.scope == "global" and (
         isinstance(s.ratio, bool) or not isinstance(s.ratio, numbers.Real) or s.skip_sensitive or s.round_to == "auto"

@@ -101,6 +101,7 @@ class FilterPruning(FilterSettings):
                 self.skip_sensitive,
                 self.ignore,
                 self.round_to,
+                at_least=self.match == "macs",
             )
         if self.ratio_policy().needs_scan:
             return [], self.ratio(model, rt.example, self._scan(model, rt))
