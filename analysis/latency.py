@@ -7,7 +7,10 @@ comparable across runs where absolute milliseconds drift with the machine's load
 
 - ``latency_pareto``: test top-1 accuracy vs latency ratio; each run a small point with its
   interval, each arm (strategy at an operating point) its mean over seeds; the black step line
-  joins the arms no other arm beats on both (faster and at least as accurate).
+  joins the arms no other arm beats on both (faster and at least as accurate). A run with
+  ``deploy.quantize=int8`` adds an int8 point (hollow diamond, its own arm): the int8 model's
+  test top-1 in ONNX Runtime (``deploy/int8_top1``) at its latency relative to the dense fp32
+  model, both timed interleaved in ONNX Runtime (``deploy/int8/b<N>/int8_vs_dense``).
 - ``latency_prediction``: the latency ratio a latency table predicted when the run pruned
   (``latency/b<N>/predicted_ratio``) vs the one measured; y = x is a perfect prediction.
 
@@ -57,21 +60,33 @@ def with_arms(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.assign(line=line_names(runs))
 
 
-def per_batch(runs: pd.DataFrame, batches: list[int], columns: dict[str, str]) -> pd.DataFrame:
+def per_batch(runs: pd.DataFrame, batches: list[int], columns: dict[str, str | None]) -> pd.DataFrame:
     """One row per (run, batch size): the run's identity and ``columns`` (name -> metric key, ``{b}``
-    standing for the batch size)."""
+    standing for the batch size; None: no such value, NaN)."""
     frames = []
     for b in batches:
         part = runs[["run_id", "time", "machine", "seed", *ARM, "line"]].copy()
         part["batch"] = b
         for name, key in columns.items():
-            part[name] = _column(runs, key.format(b=b))
+            part[name] = _column(runs, key.format(b=b)) if key else np.nan
         frames.append(part)
     return pd.concat(frames, ignore_index=True)
 
 
+INT8_COLUMNS: dict[str, str | None] = {
+    "acc": "deploy/int8_top1",
+    "latency_ratio": "deploy/int8/b{b}/int8_vs_dense",
+    "ci_low": None,
+    "ci_high": None,
+    "final_ms": "deploy/int8/b{b}/int8_ms",
+    "ort_ms": "deploy/int8/b{b}/int8_ms",
+}
+"""An int8 point: its ONNX Runtime accuracy and latency relative to the dense fp32 model (no interval)."""
+
+
 def latency_points(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[int]]:
-    """One row per (run, batch size) with a measured latency ratio: accuracy, ratio, its interval, ms."""
+    """One row per (run, batch size, ``precision``) with a measured latency ratio: accuracy, ratio,
+    its interval, ms. ``precision`` is ``fp32`` (the run's model) or ``int8`` (its int8 deployment)."""
     batches = measured_batches(runs) if not runs.empty and "final/acc" in runs else []
     if not batches:
         raise NoData(HINT)
@@ -87,7 +102,9 @@ def latency_points(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[int]]:
             "final_ms": "latency/b{b}/final_ms",
             "ort_ms": "deploy/ort_latency_ms_b{b}",
         },
-    )
+    ).assign(precision="fp32")
+    int8 = per_batch(with_arms(runs), batches, INT8_COLUMNS).assign(precision="int8")
+    points = pd.concat([points, int8], ignore_index=True)
     points = points[points["latency_ratio"].notna() & points["acc"].notna()].reset_index(drop=True)
     if points.empty:
         raise NoData(HINT)
@@ -105,11 +122,12 @@ def pareto_mask(latency: pd.Series, accuracy: pd.Series) -> pd.Series:
 
 
 def pareto_table(points: pd.DataFrame) -> pd.DataFrame:
-    """Per (context, batch, arm): mean ± std over seeds of accuracy and latency ratio, and ``pareto``
-    (the arm's means are not dominated within its context and batch size)."""
+    """Per (context, batch, arm, precision): mean ± std over seeds of accuracy and latency ratio, and
+    ``pareto`` (the arm's means are not dominated within its context and batch size)."""
     rows = []
-    for key, g in points.groupby([*ARM, "line", "batch"], sort=True, dropna=False):
-        rec = dict(zip([*ARM, "line", "batch"], key))
+    keys = [*ARM, "line", "precision", "batch"]
+    for key, g in points.groupby(keys, sort=True, dropna=False):
+        rec = dict(zip(keys, key))
         rec["seeds"] = int(g["seed"].nunique())
         for v in ("acc", "latency_ratio"):
             rec[f"{v}_mean"] = float(g[v].mean())
@@ -123,9 +141,11 @@ def pareto_table(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def operating_label(arm: pd.Series) -> str:
-    """``target 0.6`` for a latency-aware arm, else its ratio (``ratio 0.5``, ``ratio sensitivity``)."""
+    """``target 0.6`` for a latency-aware arm, else its ratio (``ratio 0.5``, ``ratio sensitivity``);
+    `` int8`` after it for an int8 deployment."""
     target = pd.to_numeric(pd.Series([arm.get("target")]), errors="coerce").iloc[0]
-    return f"target {target:g}" if pd.notna(target) else f"ratio {arm.get('ratio')}"
+    name = f"target {target:g}" if pd.notna(target) else f"ratio {arm.get('ratio')}"
+    return f"{name} int8" if arm.get("precision") == "int8" else name
 
 
 def latency_pareto_figure(store: StoreLike, out: str | Path | None = None) -> Figure:
@@ -144,8 +164,10 @@ def latency_pareto_figure(store: StoreLike, out: str | Path | None = None) -> Fi
                 ax.set_visible(False)
                 continue
             means = pareto_table(here)
-            for name, g in here.groupby("line", sort=False):
+            for (name, precision), g in here.groupby(["line", "precision"], sort=False):
                 color = line_color(lines.index(name))
+                int8 = precision == "int8"  # hollow diamonds: the same arm deployed in int8
+                style = {"marker": "D", "mfc": "none"} if int8 else {"marker": "o"}
                 has_ci = g["ci_low"].notna() & g["ci_high"].notna()
                 xerr = np.vstack([g["latency_ratio"] - g["ci_low"], g["ci_high"] - g["latency_ratio"]])
                 ax.errorbar(
@@ -153,20 +175,21 @@ def latency_pareto_figure(store: StoreLike, out: str | Path | None = None) -> Fi
                     g["acc"] * 100,
                     xerr=np.where(has_ci.to_numpy(), xerr, 0.0) if has_ci.any() else None,
                     ls="",
-                    marker=".",
+                    marker="d" if int8 else ".",
+                    mfc="none" if int8 else None,
                     alpha=0.45,
                     color=color,
                     capsize=2,
                 )
-                m = means[means["line"] == name]
+                m = means[(means["line"] == name) & (means["precision"] == precision)]
                 ax.plot(
                     m["latency_ratio_mean"],
                     m["acc_mean"] * 100,
                     ls="",
-                    marker="o",
                     ms=8,
                     color=color,
-                    label=f"{name} ({int(m['seeds'].max())} seeds)",
+                    label=f"{name}{' int8' if int8 else ''} ({int(m['seeds'].max())} seeds)",
+                    **style,
                 )
                 for _, arm in m.iterrows():  # a line holds several arms (uniform 0.3 and 0.5): name each
                     ax.annotate(
@@ -188,7 +211,11 @@ def latency_pareto_figure(store: StoreLike, out: str | Path | None = None) -> Fi
             )
             _focus(ax, here, means)
             ax.set_title(f"{context_title(ctx)}: batch {b}", fontsize=9)
-            ax.set_xlabel(f"latency at batch {b}, final / baseline (timed interleaved)")
+            ax.set_xlabel(
+                f"latency at batch {b}, final / dense fp32 baseline (timed interleaved; int8: ONNX Runtime)"
+                if (here["precision"] == "int8").any()
+                else f"latency at batch {b}, final / baseline (timed interleaved)"
+            )
             ax.set_ylabel("top-1 accuracy on the test split (%)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6.5, loc="best", framealpha=0.85)

@@ -11,7 +11,7 @@ results are kept.
 Row fields (``deploy/...``): ``status`` (``ok``, ``off``, ``export_failed``, ``refused``,
 ``failed``), ``error``, ``folded_bn``, ``onnx_max_abs_diff``, ``onnx_bytes``,
 ``ort_latency_ms_b<N>`` for batch 1 and every ``measure.latency_batch_sizes``, ``ort_threads``,
-``wall_s``.
+``wall_s``. ``deploy.quantize=int8`` adds the int8 model's fields (``experiments.run.int8``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 import pruning
-from experiments.checks import ConfigError, check_number
+from experiments.checks import ConfigError, check_choice, check_number
 from experiments.storage.files import atomic_write_bytes
 from experiments.training.context import MeasureSettings
 
@@ -39,7 +39,15 @@ log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-DEFAULTS = {"onnx": True, "fold_bn": True, "max_abs_diff": 1e-4, "opset": None}
+DEFAULTS = {
+    "onnx": True,
+    "fold_bn": True,
+    "max_abs_diff": 1e-4,
+    "opset": None,
+    "quantize": "none",
+    "calibration_batches": 8,
+}
+QUANTIZE = ("none", "int8")
 
 
 class DeployError(RuntimeError):
@@ -78,12 +86,16 @@ class DeploySettings:
     """The deploy step: on or off (``deploy.onnx``), BatchNorm folded first (``fold_bn``), the
     largest accepted |ONNX - PyTorch| of the logits (``max_abs_diff``), the ONNX ``opset`` (None:
     the exporter's default); ONNX Runtime is timed at batch 1 and each of ``batch_sizes``
-    (``measure.latency_batch_sizes``), ``repeats`` times (``measure.latency_repeats``)."""
+    (``measure.latency_batch_sizes``), ``repeats`` times (``measure.latency_repeats``).
+    ``quantize``: ``none`` or ``int8`` (ONNX Runtime static quantization of ``model.onnx``,
+    calibrated on ``calibration_batches`` training batches)."""
 
     onnx: bool = True
     fold_bn: bool = True
     max_abs_diff: float = 1e-4
     opset: int | None = None
+    quantize: str = "none"
+    calibration_batches: int = 8
     batch_sizes: tuple[int, ...] = (1, 64)
     repeats: int = 20
 
@@ -110,12 +122,21 @@ class DeploySettings:
         opset = values["opset"]
         if opset is not None:
             check_number("deploy.opset", opset, 7, integer=True, suffix=", or null (the exporter's default)")
+        quantize = check_choice("deploy.quantize", values["quantize"], QUANTIZE)
+        if quantize != "none" and not values["onnx"]:
+            raise ConfigError(
+                f"deploy.quantize={quantize} needs deploy.onnx=true: it quantizes the exported model.onnx"
+            )
+        calibration = values["calibration_batches"]
+        check_number("deploy.calibration_batches", calibration, 1, integer=True, suffix=" (training batches)")
         measure = MeasureSettings.from_config(cfg)
         return cls(
             onnx=values["onnx"],
             fold_bn=values["fold_bn"],
             max_abs_diff=float(diff),
             opset=opset,
+            quantize=quantize,
+            calibration_batches=int(calibration),
             batch_sizes=measure.latency_batch_sizes,
             repeats=measure.latency_repeats,
         )

@@ -29,8 +29,9 @@ from torch import nn
 import pruning
 from experiments.run.baseline import BaselineSettings, obtain_baseline
 from experiments.run.deploy import DeploySettings, deploy, real_batch
+from experiments.run.int8 import deploy_int8
 from experiments.run.latency import LatencySettings, compare_to_baseline
-from experiments.run.summary import format_summary
+from experiments.run.summary import format_deploy_table, format_summary
 from experiments.run.validation import validate_config
 from experiments.storage.files import atomic_write_bytes, claim_directory
 from experiments.storage.results import append_row, failure_fields, git_commit
@@ -173,7 +174,10 @@ def _run(cfg: DictConfig, settings: RunSettings, output_dir: Path) -> dict[str, 
             final_phase = headline_phase(rt.phases)
             finish.update(compare_to_baseline(rt.teacher(), model, example, settings.latency, rt.phases, final_phase))
             rt.current = "deploy"  # never raises for a model that cannot ship: the row says why
-            finish.update(deploy(model, real_batch(datamodule), settings.deploy, output_dir))
+            batch = real_batch(datamodule)
+            finish.update(deploy(model, batch, settings.deploy, output_dir))
+            if settings.deploy.quantize == "int8":  # nor for one that cannot be quantized
+                finish.update(_int8(rt, datamodule, batch, settings, output_dir))
         row.update(_row(cfg, settings, run_id, rt, tables, output_dir))
         row["metrics"].update(finish)
         row["wall_s"] = time.perf_counter() - started
@@ -185,6 +189,8 @@ def _run(cfg: DictConfig, settings: RunSettings, output_dir: Path) -> dict[str, 
                 for b in settings.measure.latency_batch_sizes
             }
             print(format_summary({k: v for k, v in rt.phases.items() if "/" not in k}, measured))
+            if (table := format_deploy_table(row["metrics"], headline_phase(rt.phases))) is not None:
+                print(table)
         return row
     except BaseException as err:
         row.update(failure_fields(err, rt.current, output_dir))
@@ -210,6 +216,24 @@ def _run(cfg: DictConfig, settings: RunSettings, output_dir: Path) -> dict[str, 
         if cfg.results.write and is_global_zero():
             append_row(cfg.paths.results_dir, row)
         ctx.finish()
+
+
+def _int8(rt: Runtime, datamodule: Any, batch: torch.Tensor, settings: RunSettings, output_dir: Path) -> dict:
+    """``deploy.quantize=int8``: the shipped model in int8, calibrated on training batches, measured on
+    the whole test split and timed against the fp32 and dense models (``experiments.run.int8``)."""
+    calibration, _ = rt.calibration(settings.deploy.calibration_batches)
+    test = datamodule.test_dataloader()
+    eval_batch = getattr(test, "batch_size", None)
+    return deploy_int8(
+        rt.teacher(),
+        batch,
+        calibration,
+        test,
+        settings.deploy,
+        settings.latency,
+        output_dir,
+        batch_sizes=(eval_batch,) if eval_batch else (),
+    )
 
 
 def headline_phase(phases: dict[str, Phase]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 ROWS = (
@@ -44,3 +45,34 @@ def format_summary(phases: Mapping[str, Any], ratios: Mapping[str, float] | None
             ratio = f"{final / base:.3f}" if base and final is not None and key != "wall_s" else ""
         lines.append(f"{label:<26}{cells}{ratio:>12}")
     return "\n".join(lines)
+
+
+def format_deploy_table(metrics: Mapping[str, Any], final_phase: str = "retrained") -> str | None:
+    """dense fp32 -> pruned fp32 -> pruned int8, all in ONNX Runtime: test top-1, ONNX file bytes and
+    latency per batch size: median ms and, in brackets, the median of the per-round ratios to dense
+    fp32 (to pruned fp32 when the dense model could not be exported). None without an int8 model."""
+    batches = sorted({int(m[1]) for k in metrics if (m := re.fullmatch(r"deploy/int8/b(\d+)/int8_ms", k))})
+    if metrics.get("deploy/int8_status") != "ok" or not batches:
+        return None
+    dense = "deploy/dense_onnx_bytes" in metrics
+    base = "dense" if dense else "fp32"
+    rows = [
+        ("dense fp32", "baseline/acc", "deploy/dense_onnx_bytes", "dense"),
+        ("pruned fp32", f"{final_phase}/acc", "deploy/onnx_bytes", "fp32"),
+        ("pruned int8", "deploy/int8_top1", "deploy/int8_bytes", "int8"),
+    ][0 if dense else 1 :]
+    header = f"{'ONNX Runtime':<14}{'top-1':>9}{'bytes':>12}" + "".join(f"{f'b{b} ms (x {base})':>22}" for b in batches)
+    lines = [header, "-" * len(header)]
+    for label, acc, size, name in rows:
+        cells = [_cell(metrics.get(acc), "{:.4f}", 9), _cell(metrics.get(size), "{:,.0f}", 12)]
+        for b in batches:
+            ms = metrics.get(f"deploy/int8/b{b}/{name}_ms")
+            ratio = 1.0 if name == base else metrics.get(f"deploy/int8/b{b}/{name}_vs_{base}")
+            text = "-" if ms is None else f"{ms:.3f}" + (f" ({ratio:.3f})" if ratio is not None else "")
+            cells.append(f"{text:>22}")
+        lines.append(f"{label:<14}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def _cell(value: Any, fmt: str, width: int) -> str:
+    return f"{fmt.format(value) if value is not None else '-':>{width}}"

@@ -151,3 +151,48 @@ def test_report_has_a_latency_section_with_both_figures(store, tmp_path):
     section = next(s for s in sections if s.title.startswith("Accuracy vs measured latency"))
     assert [png for png, _ in section.images] == ["latency_pareto.png", "latency_prediction.png"]
     assert (tmp_path / "latency_prediction.csv").exists()
+
+
+def test_int8_deployments_are_their_own_arms_marked_on_the_pareto_figure(tmp_path):
+    """A run with deploy.quantize=int8 adds an int8 point: its ONNX Runtime top-1 at its latency
+    relative to the dense fp32 model (both in ONNX Runtime), a hollow diamond, in the front's arms."""
+
+    def metrics(seed):  # every run of the arm deployed in int8, as in study=latency
+        return latency_metrics(0.89, 0.60, 0.50, None, None, seed) | {
+            "deploy/int8_status": "ok",
+            "deploy/int8_top1": 0.885 + 0.001 * seed,
+            "deploy/int8/b1/int8_vs_dense": 0.40,
+            "deploy/int8/b64/int8_vs_dense": 0.30 + 0.01 * seed,
+            "deploy/int8/b64/int8_ms": 1.5,
+        }
+
+    rows = [
+        run_row(
+            s,
+            final_acc=0.89,
+            strategy="l1_oneshot",
+            ratio="0.5",
+            metrics=metrics(s),
+            config={"seed": s, "strategy": {"name": "l1_oneshot", "ratio": "0.5"}, "deploy": {"quantize": "int8"}},
+        )
+        for s in range(3)
+    ]
+    store = read_store(write_store(tmp_path / "s", rows))
+    points, batches = latency_points(load_runs(store))
+    int8 = points[points["precision"] == "int8"]
+    assert batches == [1, 64] and len(int8) == 3 * 2 and int8["ci_low"].isna().all()
+    assert sorted(int8[int8["batch"] == 64]["latency_ratio"]) == pytest.approx([0.30, 0.31, 0.32])
+    table = pareto_table(points).set_index(["batch", "precision"])
+    assert table.loc[(64, "int8"), "acc_mean"] == pytest.approx(0.886)
+    assert table.loc[(64, "int8"), "latency_ratio_mean"] == pytest.approx(0.31)
+    # int8 is faster and the fp32 arms more accurate: both on the front
+    assert table["pareto"].all()
+    fig = latency_pareto_figure(store, tmp_path / "out")
+    ax1, ax64 = fig.axes
+    assert "int8: ONNX Runtime" in ax64.get_xlabel()
+    diamonds = [ln for ln in ax64.get_lines() if ln.get_marker() == "D"]
+    assert len(diamonds) == 1 and diamonds[0].get_label() == "l1_oneshot int8 (3 seeds)"
+    assert diamonds[0].get_markerfacecolor() == "none"
+    assert list(diamonds[0].get_xdata()) == pytest.approx([0.31])
+    assert "ratio 0.5 int8" in {t.get_text() for t in ax64.texts}
+    assert set(pd.read_csv(tmp_path / "out" / "latency_pareto.csv")["precision"]) == {"fp32", "int8"}

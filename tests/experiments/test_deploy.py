@@ -140,6 +140,9 @@ def test_run_ships_a_verified_onnx_and_records_interleaved_latency(compose_cfg, 
     assert m["deploy/status"] == "ok" and m["deploy/onnx_max_abs_diff"] <= 1e-4
     assert m["deploy/onnx_bytes"] == (out / "model.onnx").stat().st_size
     assert m["deploy/ort_latency_ms_b1"] > 0 and m["deploy/ort_latency_ms_b8"] > 0
+    # deploy.quantize=none (the default): nothing quantized, no int8 fields or file
+    assert row["config"]["deploy"]["quantize"] == "none" and not any(k.startswith("deploy/int8") for k in m)
+    assert not (out / "model.int8.onnx").exists()
     # model.onnx computes what the shipped model.pt computes
     from hydra.utils import instantiate
 
@@ -200,9 +203,10 @@ def test_latency_study_pairs_uniform_arms_with_latency_targets(compose_cfg):
         study = compose("config", overrides=["study=latency"], return_hydra_config=True)
     arms = study.hydra.sweeper.params.arm.split(",")
     assert study.hydra.sweeper.params.seed == "0,1,2" and 64 in study.measure.latency_batch_sizes
+    assert study.deploy.quantize == "int8"  # every run: its fp32 model and its int8 deployment
     uniform = {a: compose_cfg("study=latency", f"arm={a}").strategy for a in arms if a.startswith("l1_oneshot")}
     aware = {a: compose_cfg("study=latency", f"arm={a}").strategy for a in arms if a.startswith("l1_latency")}
     assert sorted(s.ratio for s in uniform.values()) == [0.3, 0.5]
     assert {s.name for s in aware.values()} == {"l1_latency"}
-    assert sorted(s.ratio.target for s in aware.values()) == [0.6]
+    assert sorted(s.ratio.target for s in aware.values()) == [0.6, 0.8]
     assert all(s.ratio.batch_size == 64 and "LatencyTarget" in s.ratio._target_ for s in aware.values())
