@@ -241,6 +241,46 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+def read_csv(path: Path) -> list[dict]:
+    """Rows of a CSV this script wrote, numbers and booleans parsed back."""
+    if not path.exists():
+        return []
+
+    def parse(v: str):
+        if v in ("True", "False"):
+            return v == "True"
+        for cast in (int, float):
+            try:
+                return cast(v)
+            except ValueError:
+                pass
+        return v
+
+    with open(path, encoding="utf-8", newline="") as f:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def combine(folders: list[Path], out: Path | None) -> None:
+    """Join the CSVs of several runs (the first folder's header line names the machine), print the
+    tables, and write the joined CSVs and the figure to ``out``."""
+    preds = [r for d in folders for r in read_csv(d / "predictions.csv")]
+    targets = [r for d in folders for r in read_csv(d / "targets.csv")]
+    print("\n".join(summary(preds, targets)))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(out / "predictions.csv", preds)
+        write_csv(out / "targets.csv", targets)
+        head = (
+            (folders[0] / "machine.txt").read_text(encoding="utf-8").strip()
+            if (folders[0] / "machine.txt").exists()
+            else ""
+        )
+        if head:
+            (out / "machine.txt").write_text(head + "\n", encoding="utf-8")
+        if preds:
+            figure(preds, out / "predictions", f"latency table prediction vs measurement: {head}")
+
+
 def _burn() -> None:
     while True:
         pass
@@ -259,7 +299,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--burn", type=int, default=0, help="CPU-burning processes to run beside the benchmark")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="folder for the CSVs and the figure")
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="measure nothing: join the CSVs of these --out folders (runs split over models) into --out",
+    )
     args = parser.parse_args(argv)
+    if args.combine:
+        combine(args.combine, args.out)
+        return
     args.target_list = [] if args.targets == "none" else [check_target(float(t)) for t in args.targets.split(",")]
     burners = [multiprocessing.Process(target=_burn, daemon=True) for _ in range(args.burn)]
     for p in burners:
@@ -270,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{args.burn} CPU burner(s) beside it, {date.today().isoformat()}"
     )
     print(f"# {head}", flush=True)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "machine.txt").write_text(head + "\n", encoding="utf-8")
     start = time.perf_counter()
     preds, targets = [], []
     try:
