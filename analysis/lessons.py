@@ -30,6 +30,9 @@ from analysis.parts import ratio_value
 
 MARGIN = 0.0025
 """The default equivalence margin and smallest effect worth detecting: 0.25 percentage points of accuracy."""
+NO_RETRAINING_EFFECT = 0.05
+"""The smallest effect that matters between criteria without retraining: 5 points of accuracy (Li et al.
+2017, Fig. 2c: smallest-L1, random and largest-L1 pruning part by tens of points per layer at high ratios)."""
 SECONDARY = ("ratio/params", "ratio/macs", "retrain/wall_s", "wall_s")
 ENDPOINT_NAMES = {
     "final/acc": "test accuracy after retraining",
@@ -52,7 +55,7 @@ class Lesson:
     why_implied: str = ""
     endpoint: str = "final/acc"
     margin: float = MARGIN
-    effect: float = MARGIN
+    effect: float = MARGIN  # the smallest effect that matters: seeds are planned, and MDEs judged, against it
     match: str | None = None  # "resource": the B arm of the nearest measured MACs (or params) within a tolerance;
     # "resource_at_least": the nearest B arm that A removes at least as much of as (within the tolerance)
     budget: bool = False  # pair only at equal total retraining epochs or equal epochs per pruning step
@@ -111,12 +114,36 @@ def _schedule_lesson(schedule: str, hint: str) -> Lesson:
     )
 
 
+def _retrain_value(arm: Arm, name: str) -> Any:
+    """``strategy.retrain.<name>`` of an arm (its named part when the row carries no config)."""
+    value = arm.value(f"strategy.retrain.{name}")
+    return value if value is not None else arm.part(name)
+
+
+def _rewinds(arm: Arm) -> bool:
+    return arm.part("retrain") == "finetune" and _retrain_value(arm, "lr_schedule") == "rewind"
+
+
+def _distils(arm: Arm) -> bool:
+    return arm.part("retrain") == "finetune" and _truthy(_retrain_value(arm, "distill"))
+
+
+def _plain_finetune(arm: Arm) -> bool:
+    """Fine-tuning with its own optimizer and schedule: no rewinding, no distillation."""
+    return arm.part("retrain") == "finetune" and not _rewinds(arm) and not _distils(arm)
+
+
+def _at_baseline_lr(arm: Arm) -> bool:
+    lr, base = arm.value("strategy.retrain.optimizer.lr"), arm.value("baseline.optimizer.lr")
+    return lr is not None and lr == base
+
+
 def _scratch_lesson(mode: str) -> Lesson:
     """L4: fine-tuning the surviving weights against training the pruned architecture from scratch (``mode``)."""
     return Lesson(
         "L4",
         f"finetune > {mode}",
-        lambda a: a.part("retrain") == "finetune",
+        _plain_finetune,
         lambda a: a.part("retrain") == mode,
         ("strategy.retrain.mode", "strategy.retrain.scratch*"),
         ("retrain",),
@@ -162,6 +189,7 @@ LESSONS: tuple[Lesson, ...] = (
         ("strategy.criterion",),
         ("criterion",),
         endpoint="pruned/acc",
+        effect=NO_RETRAINING_EFFECT,
         b_group=lambda a: a.part("criterion"),
         hint="e.g. `python run.py -m strategy=l1_oneshot,random_oneshot,largest_oneshot seed=0,1,2` (`study=criteria`)",
     ),
@@ -178,6 +206,35 @@ LESSONS: tuple[Lesson, ...] = (
     ),
     _scratch_lesson("scratch_e"),
     _scratch_lesson("scratch_b"),
+    Lesson(
+        "L4-recipe",
+        "lr rewinding > finetune",
+        _rewinds,
+        _plain_finetune,
+        ("strategy.retrain.lr_schedule", "strategy.retrain.rewind_epoch"),
+        ("lr_schedule", "rewind_epoch"),
+        implied_parts=("optimizer", "retrain_lr"),
+        why_implied="rewinding trains with the baseline's optimizer and schedule, ignoring the fine-tuning optimizer",
+        hint="runs with strategy.retrain.lr_schedule=rewind and plain fine-tuning, same epochs (`study=scratch`)",
+    ),
+    Lesson(
+        "L4-recipe",
+        "distillation > finetune",
+        lambda a: _distils(a) and not _rewinds(a),
+        _plain_finetune,
+        ("strategy.retrain.distill", "strategy.retrain.temperature"),
+        ("distill",),
+        hint="runs with strategy.retrain.distill > 0 and without, same epochs (`study=scratch`)",
+    ),
+    Lesson(
+        "L4-recipe",
+        "finetune at the baseline's lr > finetune",
+        lambda a: _plain_finetune(a) and _at_baseline_lr(a),
+        lambda a: _plain_finetune(a) and not _at_baseline_lr(a),
+        ("strategy.retrain.optimizer.lr",),
+        ("retrain_lr",),
+        hint="runs fine-tuned at baseline.optimizer.lr and at the fine-tuning lr, same epochs (`study=scratch`)",
+    ),
     Lesson(
         "L5",
         "freeze most sensitive > retrain all",
@@ -307,13 +364,18 @@ OTHER_DESIGN = (
     "parts.kind",
     "strategy._target_",
 )
+ACCIDENTAL = ("strategy.retrain.optimizer.lr", "parts.retrain_lr")
+"""Lesson parts that are accidents everywhere else: a fine-tuning lr difference is the part of one
+L4-recipe comparison, yet between any other two arms a difference worth refusing by name."""
 DESIGN_KEYS: tuple[str, ...] = tuple(
-    dict.fromkeys(
+    k
+    for k in dict.fromkeys(
         [k for lsn in LESSONS for k in lsn.keys]
         + [f"parts.{p}" for lsn in LESSONS for p in lsn.parts]
         + list(OPERATING_KEYS)
         + list(OTHER_DESIGN)
     )
+    if k not in ACCIDENTAL
 )
 """Keys a study varies on purpose (some lesson's part, the operating point): an arm whose nearest counterpart
 differs in one of these belongs to another comparison, so no refusal is reported for it."""
@@ -340,6 +402,7 @@ def declaration_table(lessons: tuple[Lesson, ...] = LESSONS) -> pd.DataFrame:
                 "why implied": lesson.why_implied or "—",
                 "primary endpoint": ENDPOINT_NAMES.get(lesson.endpoint, lesson.endpoint),
                 "margin (pp)": f"±{lesson.margin * 100:g}",
+                "smallest effect (pp)": f"{lesson.effect * 100:g}",
                 "pairing": rule,
                 "other differences": "refused (measurement keys: annotated)",
             }

@@ -320,6 +320,7 @@ def _normalise(raw: Any, source: str, problems: list[Problem]) -> dict[str, Any]
         "parts": parts,
         "metrics": metrics,
         "tables": clean_tables,
+        "baseline_training": raw.get("baseline_training") if isinstance(raw.get("baseline_training"), dict) else None,
         "identity": json.dumps(identity, sort_keys=True, default=str),
         "baseline_config": json.dumps(baseline, sort_keys=True, default=str),
         "flat_config": _flatten(stripped),

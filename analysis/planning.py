@@ -32,8 +32,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from scipy import stats
+from scipy import optimize, stats
 
+MIN_PILOT_SEEDS = 5
+"""A pilot plans only with an SD of at least ``MIN_PILOT_SEEDS - 1`` degrees of freedom (5 seeds of one
+comparison, or independent comparisons pooled): from 3 seeds (2 df) the SD's upper limit is 2.1x the
+estimate and a plan from it can miss by several times."""
 LIMIT = 10_000
 """The largest seed count searched; a plan beyond it is reported as ``> LIMIT``."""
 SD_CONFIDENCE = 0.8
@@ -110,6 +114,19 @@ def normal_approximation(effect: float, sd: float, alpha: float = 0.05, power: f
     """n = (z_{1-a/2} + z_power)^2 (sd / effect)^2 + z_{1-a/2}^2 / 2, rounded up (Guenther's t correction)."""
     za, zb = stats.norm.ppf(1.0 - alpha / 2.0), stats.norm.ppf(power)
     return max(2, math.ceil((za + zb) ** 2 * (sd / effect) ** 2 + za * za / 2.0))
+
+
+def minimal_detectable_effect(n: int, sd: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference the two-sided paired t-test with ``n`` seeds detects with ``power``
+    at level ``alpha``: the d with ``power_difference(n, d, sd, alpha) = power`` (inf for n < 2, 0 for sd 0)."""
+    if n < 2:
+        return math.inf
+    if sd == 0.0:
+        return 0.0
+    se = sd / math.sqrt(n)
+    crit = float(stats.t.isf(alpha / 2.0, n - 1))
+    high = se * (crit + float(stats.norm.ppf(power)) + 10.0)  # power there is ~1: a bracket for the root
+    return float(optimize.brentq(lambda d: power_difference(n, d, sd, alpha) - power, 0.0, high, xtol=1e-12))
 
 
 def sd_upper(sd: float, dof: float, confidence: float = SD_CONFIDENCE) -> float:

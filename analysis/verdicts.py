@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.arms import build_arms
+from analysis.convergence import rising_note
 from analysis.layer_verdicts import scan_comparisons
 from analysis.lessons import ENDPOINT_NAMES, LESSONS, SCAN_ENDPOINT, SECONDARY, Lesson
 from analysis.load import Store, StoreLike
@@ -104,6 +105,8 @@ def _operating_point(p: Pairing) -> str:
 
 def _row(p: Pairing, metric: str) -> dict[str, Any]:
     seeds, diffs, notes = paired_values(p, metric)
+    rising = rising_note([arm.by_seed[s] for arm in (p.a, p.b) for s in seeds], p.lesson.margin)
+    notes = [*notes, rising] if rising else notes
     base = {
         "lesson": p.lesson.code,
         "claim": p.lesson.claim,
@@ -192,15 +195,40 @@ def compare(store: StoreLike, lessons: tuple[Lesson, ...] = LESSONS, alpha: floa
 
 
 def pooled_sd(table: pd.DataFrame) -> dict[str, tuple[float, int, int]]:
-    """Per lesson: (pooled SD of the paired differences, its degrees of freedom, comparisons pooled)."""
+    """Per lesson: (pooled SD of the paired differences, its degrees of freedom, comparisons pooled).
+
+    The variance is the df-weighted mean of the comparisons' variances; its degrees of freedom
+    are counted honestly, one per seed: comparisons that share an arm reuse the same runs, so
+    each group of comparisons linked by shared arms adds its distinct seeds less one, not the
+    sum of its comparisons' n - 1 (:func:`honest_dof`).
+    """
     out = {}
     tested = table[(table["n"] >= 2) & table["std"].notna()] if not table.empty else table
     for code, rows in tested.groupby("lesson", sort=False):
-        dof = int((rows["n"] - 1).sum())
-        if dof > 0:
-            var = float(((rows["n"] - 1) * rows["std"] ** 2).sum()) / dof
-            out[str(code)] = (math.sqrt(var), dof, len(rows))
+        weights = int((rows["n"] - 1).sum())
+        if weights > 0:
+            var = float(((rows["n"] - 1) * rows["std"] ** 2).sum()) / weights
+            out[str(code)] = (math.sqrt(var), honest_dof(rows), len(rows))
     return out
+
+
+def honest_dof(rows: pd.DataFrame) -> int:
+    """Degrees of freedom of comparisons pooled: per group of comparisons linked by a shared arm
+    (A or B), the distinct seeds less one, summed over the groups."""
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for a, b in zip(rows["A"], rows["B"]):
+        parent[root(str(a))] = root(str(b))
+    seeds: dict[str, set[str]] = {}
+    for a, n, listed in zip(rows["A"], rows["n"], rows["seeds"]):
+        names = str(listed).split() if isinstance(listed, str) and listed.strip() else [f"#{i}" for i in range(int(n))]
+        seeds.setdefault(root(str(a)), set()).update(names)
+    return sum(max(0, len(s) - 1) for s in seeds.values())
 
 
 def decide(table: pd.DataFrame, alpha: float = ALPHA, lessons: tuple[Lesson, ...] = LESSONS) -> pd.DataFrame:

@@ -26,9 +26,17 @@ from torch import nn
 from experiments.checks import check_choice
 from experiments.models.checkpoint import file_sha256, load_weights
 from experiments.storage.cache import BaselineCache, config_key
-from experiments.training.context import BaselineRecipe, MeasureSettings, Phase, RunContext, measure_model
+from experiments.training.context import (
+    BaselineRecipe,
+    MeasureSettings,
+    Phase,
+    RunContext,
+    measure_model,
+    read_plateau_rule,
+)
 from experiments.training.distributed import is_global_zero
 from experiments.training.module import Classifier
+from experiments.training.plateau import PlateauRule, ValidationCurve
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +45,10 @@ VOLATILE_DATASET_KEYS = (
     "root", "eval_batch_size", "device", "download", "fallback",
     "num_workers", "persistent_workers", "pin_memory", "cache_dir",
 )  # fmt: skip
+
+
+PLATEAU_KEYS = ("plateau_pp", "plateau_window", "max_epochs")
+"""``baseline.*`` keys of the plateau rule: in the cache key of an ``auto`` baseline only."""
 
 
 def baseline_key_config(cfg: DictConfig) -> dict[str, Any]:
@@ -53,6 +65,9 @@ def baseline_key_config(cfg: DictConfig) -> dict[str, Any]:
         del model_cfg["weights"]
     recipe = OmegaConf.to_container(cfg.baseline, resolve=True)
     recipe.pop("checkpoint", None)  # a checkpoint baseline is never cached
+    if recipe.get("epochs") != "auto":  # the rule decides nothing: the same key as before the rule existed
+        for key in PLATEAU_KEYS:
+            recipe.pop(key, None)
     return {
         "dataset": dataset,
         "model": model_cfg,
@@ -70,25 +85,30 @@ def baseline_key_config(cfg: DictConfig) -> dict[str, Any]:
 class BaselineSettings:
     """Where the baseline comes from and how it trains: the ``recipe``, ``reuse`` of a cached
     entry in ``cache_dir``, or a ``checkpoint`` file evaluated as it is; ``key_config`` is the
-    config's part of the cache key (:func:`baseline_key_config`)."""
+    config's part of the cache key (:func:`baseline_key_config`). ``judge`` is the plateau rule
+    the row's verdict applies to the validation curve (the stopping rule of ``epochs=auto``;
+    for a fixed number of epochs it only reports)."""
 
     recipe: BaselineRecipe
     cache_dir: Path
     key_config: Mapping[str, Any]
     reuse: bool = True
     checkpoint: str | None = None
+    judge: PlateauRule = PlateauRule()
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> BaselineSettings:
         """Read and check ``baseline.*``; the weight files (``baseline.checkpoint``, ``model.weights``,
         which the key hashes) are checked to exist first, by ``validate_config``."""
         checkpoint = cfg.baseline.get("checkpoint")
+        recipe = BaselineRecipe.from_config(cfg)
         return cls(
-            recipe=BaselineRecipe.from_config(cfg),
+            recipe=recipe,
             cache_dir=Path(cfg.paths.cache_dir),
             key_config=baseline_key_config(cfg),
             reuse=bool(check_choice("baseline.reuse", cfg.baseline.reuse, (True, False))),
             checkpoint=str(checkpoint) if checkpoint else None,
+            judge=recipe.plateau or read_plateau_rule(cfg.baseline),
         )
 
 
@@ -101,6 +121,11 @@ class BaselinePhase(Phase):
     data_source: str | None = None
     data_identity: dict[str, Any] | None = None
     checkpoint: dict[str, Any] | None = None  # path, sha256, bytes, format of baseline.checkpoint
+    training: dict[str, Any] | None = None  # epochs, rule, validation curve and the rule's verdict
+
+    def epochs_trained(self) -> int | None:
+        """Epochs the baseline trained (None: a checkpoint, or a cache entry that did not record them)."""
+        return None if self.training is None else self.training.get("epochs_trained")
 
     def source(self) -> dict[str, Any]:
         """Where the baseline weights came from, for the results row."""
@@ -187,13 +212,22 @@ def obtain_baseline(
             if reuse and (waited or cache.signature(key) != seen):  # stored by the process we waited for
                 cached = _load_into(model, cache, key, like)
             if cached is None:
-                wall = ctx.fit(module, "baseline", recipe.epochs)
+                recorder = ValidationCurve(recipe.plateau)  # with a rule, it stops training at the plateau
+                wall = ctx.fit(module, "baseline", recipe.epochs, callbacks=[recorder])
+                curve = recorder.curve
+                trained = recorder.epochs if recipe.auto else recipe.epochs
                 if is_global_zero():
-                    cache.store(key, model.state_dict(), {"train_wall_s": wall}, parts=parts)
-                log.info("baseline: trained in %.1fs, cached at %s", wall, cache.path(key))
+                    stored = {"train_wall_s": wall, "val_acc": curve, "epochs_trained": trained}
+                    cache.store(key, model.state_dict(), stored, parts=parts)
+                log.info("baseline: trained %d epoch(s) in %.1fs, cached at %s", trained, wall, cache.path(key))
     if cached is not None:
         log.info("baseline: reusing cached checkpoint %s", cache.path(key))
         wall = float(cached["metrics"].get("train_wall_s", 0.0))
+        curve = cached["metrics"].get("val_acc")
+        trained = cached["metrics"].get("epochs_trained", None if recipe.auto else recipe.epochs)
+    training = training_record(settings, curve, trained)
+    if training.get("verdict"):
+        log.info("baseline: %s", training["verdict"]["text"])
     return BaselinePhase(
         "baseline",
         {
@@ -207,7 +241,22 @@ def obtain_baseline(
         cache_path=str(cache.path(key)),
         data_source=source,
         data_identity=identity,
+        training=training,
     )
+
+
+def training_record(settings: BaselineSettings, curve: list[float] | None, trained: int | None) -> dict[str, Any]:
+    """What the row says of the baseline's training: the configured epochs (a number or ``auto``),
+    the rule, the per-epoch validation accuracy and the rule's verdict on it."""
+    recipe = settings.recipe
+    return {
+        "epochs": "auto" if recipe.auto else recipe.epochs,
+        "epochs_trained": None if trained is None else int(trained),
+        "rule": settings.judge.as_dict() if recipe.auto else {**settings.judge.as_dict(), "max_epochs": None},
+        "lr_schedule_epochs": recipe.schedule_length,
+        "val_acc": None if curve is None else [float(a) for a in curve],
+        "verdict": settings.judge.verdict(curve) if curve else None,
+    }
 
 
 def baseline_from_checkpoint(

@@ -149,7 +149,9 @@ def _run(cfg: DictConfig, settings: RunSettings, output_dir: Path) -> dict[str, 
     row: dict[str, Any] = {"run_id": run_id, "status": "failed"}
     rt.current = "baseline"
     try:
-        rt.phases["baseline"] = obtain_baseline(settings.baseline, settings.measure, model, ctx, example)
+        rt.phases["baseline"] = baseline = obtain_baseline(settings.baseline, settings.measure, model, ctx, example)
+        if settings.baseline.recipe.auto and baseline.epochs_trained() is not None:
+            rt.baseline = settings.baseline.recipe.trained(baseline.epochs_trained())  # what Scratch-E/B repeat
         rt.remember_baseline(model)
         if getattr(rt.strategy, "scan", None) is not None:
             rt.current = "scan"
@@ -269,7 +271,8 @@ def _row(
     strategy_metrics = getattr(rt.strategy, "metrics", None)  # optional: numbers only the strategy knows
     if callable(strategy_metrics):  # e.g. latency/target, latency/b<N>/predicted_ratio of latency-aware pruning
         derived.update(strategy_metrics())
-    parts = {**rt.strategy.parts(), "baseline_epochs": settings.baseline.recipe.epochs}
+    recipe = settings.baseline.recipe
+    parts = {**rt.strategy.parts(), "baseline_epochs": "auto" if recipe.auto else recipe.epochs}
     if parts.get("epochs_budget") is None:
         parts["epochs_budget"] = rt.totals["retrain_epochs"]
     return {
@@ -290,6 +293,7 @@ def _row(
         "data_source": str(source) if (source := getattr(rt.ctx.datamodule, "data_source", None)) else None,
         "data": report() if callable(report := getattr(rt.ctx.datamodule, "data_report", None)) else None,
         "baseline_source": source_of() if callable(source_of := getattr(phases["baseline"], "source", None)) else None,
+        "baseline_training": getattr(phases["baseline"], "training", None),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "parts": parts,
         "metrics": {**flat, **derived},

@@ -21,7 +21,7 @@ import pruning
 from experiments.checks import ConfigError
 from experiments.strategies.filter_checks import FilterSettings
 from experiments.strategies.global_scope import global_planned
-from experiments.strategies.parts import freeze_spec, optimizer_parts
+from experiments.strategies.parts import Retrain, freeze_spec, optimizer_parts
 from experiments.strategies.plan import (
     Measure,
     Prune,
@@ -46,7 +46,8 @@ class FilterPlan:
     then per group the ``channels`` before, the kept count the plan cuts to (``targets``: only the
     groups that lose channels) and the ``ratios`` those counts are; the modules ``frozen`` while
     fine-tuning; the groups ``spared`` (``skip_sensitive``); the number of prune ``steps`` (0:
-    not planned yet); the Scratch-E/B optimizer; the dense model's ``filter_norms``.
+    not planned yet); the baseline's optimizer where retraining uses it (Scratch-E/B, learning-rate
+    rewinding); the dense model's ``filter_norms``.
     """
 
     scans: dict[str, ScanTable] = field(default_factory=dict)
@@ -224,7 +225,7 @@ class FilterPruning(FilterSettings):
             frozen=frozen,
             spared=spared,
             steps=len(stages),
-            scratch_optimizer=scratch_optimizer(rt.baseline) if mode.startswith("scratch") else None,
+            scratch_optimizer=scratch_optimizer(rt.baseline) if uses_baseline_optimizer(self.retrain) else None,
             filter_norms=norms,
         )
         steps: list[Step] = []
@@ -336,6 +337,8 @@ class FilterPruning(FilterSettings):
             "scratch_cap": self.retrain.scratch_cap if self.retrain.mode == "scratch_b" else None,
             "optimizer": optimizer,
             "retrain_lr": lr,
+            "lr_schedule": self.retrain.lr_schedule if finetune else None,
+            "rewind_epoch": self.retrain.rewind_epoch if finetune and self.retrain.lr_schedule == "rewind" else None,
         }
 
     def tables(self, model: nn.Module) -> dict[str, Any]:
@@ -398,3 +401,8 @@ def filter_norms(model: nn.Module) -> list[dict[str, Any]]:
             top = float(norms[0]) or 1.0
             rows += [{"layer": name, "rank": i, "l1": float(v) / top} for i, v in enumerate(norms)]
     return rows
+
+
+def uses_baseline_optimizer(retrain: Retrain) -> bool:
+    """Whether retraining trains with the baseline's optimizer: Scratch-E/B and learning-rate rewinding."""
+    return retrain.mode.startswith("scratch") or (retrain.mode == "finetune" and retrain.lr_schedule == "rewind")

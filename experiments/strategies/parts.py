@@ -22,6 +22,7 @@ from experiments.strategies.plan import Runtime, Step
 from experiments.training.module import LR_SCHEDULES
 
 RETRAIN_MODES = ("finetune", "scratch_e", "scratch_b", "none")
+RETRAIN_LR_SCHEDULES = (*LR_SCHEDULES, "rewind")
 SELECT_CHOICES = ("last", "best_val")
 BUDGETS = ("total", "per_step")
 
@@ -40,7 +41,10 @@ class Retrain:
     ``none``. ``distill`` > 0 adds distillation from the dense baseline (Hinton et al. 2015);
     ``label_smoothing`` smooths the cross-entropy targets (Szegedy et al. 2016); ``select``
     keeps the ``last`` weights of the phase or those of its epoch with the best validation
-    accuracy (``best_val``).
+    accuracy (``best_val``). ``lr_schedule=rewind`` is learning-rate rewinding (Renda et al.
+    2020): fine-tune with the baseline's optimizer and its lr schedule replayed from
+    ``rewind_epoch`` on (``None``: the baseline's epochs minus ``epochs``, so the replay ends
+    where the baseline's schedule ended), ignoring ``optimizer``.
     """
 
     epochs: int = 1
@@ -53,10 +57,18 @@ class Retrain:
     budget: str = "total"
     label_smoothing: float = 0.0
     select: str = "last"
+    rewind_epoch: int | None = None
 
     def validate(self, key: str = "strategy.retrain") -> None:
         check_nonnegative_int(f"{key}.epochs", self.epochs)
-        check_choice(f"{key}.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice(f"{key}.lr_schedule", self.lr_schedule, RETRAIN_LR_SCHEDULES)
+        if self.rewind_epoch is not None:
+            check_nonnegative_int(f"{key}.rewind_epoch", self.rewind_epoch)
+            if self.lr_schedule != "rewind":
+                raise ConfigError(
+                    f"{key}.rewind_epoch={self.rewind_epoch} is read only with {key}.lr_schedule=rewind "
+                    f"(it is {self.lr_schedule!r}): set the schedule to rewind or the epoch to null"
+                )
         check_choice(f"{key}.mode", self.mode, RETRAIN_MODES)
         check_number(f"{key}.distill", self.distill, 0, 1, suffix=" (0: no distillation)")
         check_number(f"{key}.temperature", self.temperature, 0, low_open=True)
@@ -65,7 +77,7 @@ class Retrain:
         check_choice(f"{key}.budget", self.budget, BUDGETS)
         if self.scratch_cap is not None:
             check_number(f"{key}.scratch_cap", self.scratch_cap, 1, suffix=", or null (uncapped)")
-        if self.epochs > 0 and self.mode == "finetune" and self.optimizer is None:
+        if self.epochs > 0 and self.mode == "finetune" and self.optimizer is None and self.lr_schedule != "rewind":
             raise ConfigError(f"{key}.optimizer is missing: give a _partial_ optimizer, e.g. torch.optim.SGD")
 
 

@@ -127,7 +127,8 @@ class Train(Step):
     ``epochs`` may be a callable ``(model, rt) -> int`` (Scratch-B scales it by the MACs
     ratio, known only once the model is cut). ``init="reinit"`` re-initialises the pruned
     architecture with the model's own initialisation first (training from scratch).
-    ``freeze`` names modules or parameters kept fixed (their BatchNorm statistics too, unless
+    ``retrain.lr_schedule=rewind`` trains with the baseline's optimizer and its schedule replayed
+    from :func:`rewind_start` (learning-rate rewinding). ``freeze`` names modules or parameters kept fixed (their BatchNorm statistics too, unless
     ``freeze_bn_stats`` is false: then frozen BatchNorm layers keep re-estimating their running
     statistics while their weights stay fixed).
     """
@@ -150,6 +151,11 @@ class Train(Step):
             epochs = self.retrain.epochs
         if self.init == "reinit":
             reinitialize(model, rt)
+        optimizer, schedule, replay = self.optimizer or self.retrain.optimizer, self.lr_schedule, None
+        if schedule is None and getattr(self.retrain, "lr_schedule", None) == "rewind":
+            start, per_epoch = rewind_start(self.retrain, rt.baseline), rt.steps_per_epoch()
+            optimizer, schedule = rt.baseline.optimizer, rt.baseline.lr_schedule
+            replay = (start * per_epoch, rt.baseline.schedule_length * per_epoch)
         if rt.dry:
             check_freeze(model, self.freeze)
             return
@@ -160,8 +166,8 @@ class Train(Step):
         frozen = freeze(model, self.freeze)
         module = Classifier(
             model,
-            self.optimizer or self.retrain.optimizer,
-            self.lr_schedule or self.retrain.lr_schedule,
+            optimizer,
+            schedule or self.retrain.lr_schedule,
             teacher=teacher,
             distill=self.retrain.distill,
             temperature=self.retrain.temperature,
@@ -171,6 +177,7 @@ class Train(Step):
             frozen_modules=frozen if self.freeze_bn_stats else (),
             label_smoothing=getattr(self.retrain, "label_smoothing", 0.0),
             select_best=getattr(self.retrain, "select", "last") == "best_val",
+            replay=replay,
         )
         try:
             wall = rt.ctx.fit(module, self.label, epochs or 0, steps=self.steps)
@@ -184,6 +191,25 @@ class Train(Step):
         rt.totals["retrain_wall_s"] += wall
         rt.totals["retrain_steps"] += steps
         rt.totals["retrain_epochs"] += steps / per_epoch
+
+
+def rewind_start(retrain: Any, baseline: BaselineRecipe | None, key: str = "strategy.retrain") -> int:
+    """The baseline epoch learning-rate rewinding replays from, checked against the baseline's
+    schedule: the replay of ``retrain.epochs`` epochs must end within it."""
+    if baseline is None:
+        raise ConfigError(
+            f"{key}.lr_schedule=rewind replays the baseline's schedule, but this run has no baseline recipe"
+        )
+    length = baseline.schedule_length
+    start = retrain.rewind_epoch if retrain.rewind_epoch is not None else baseline.epochs - retrain.epochs
+    if start < 0 or start + retrain.epochs > length:
+        raise ConfigError(
+            f"{key}.rewind_epoch={retrain.rewind_epoch}: replaying {retrain.epochs} epoch(s) from epoch {start} runs "
+            f"outside the baseline's {length}-epoch lr schedule; use a rewind_epoch in "
+            f"[0, {max(0, length - retrain.epochs)}] (null: {max(0, baseline.epochs - retrain.epochs)}, "
+            "the baseline's last epochs)"
+        )
+    return start
 
 
 @dataclass

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -27,6 +27,7 @@ import pruning
 from experiments.checks import ConfigError, check_choice, check_nonnegative_int, check_number
 from experiments.storage.tracking import check_wandb_online
 from experiments.training.module import LR_SCHEDULES, Classifier
+from experiments.training.plateau import PlateauRule
 
 log = logging.getLogger(__name__)
 
@@ -113,15 +114,40 @@ class MeasureSettings:
 class BaselineRecipe:
     """How the dense baseline trains (``baseline.epochs``, ``lr_schedule``, ``optimizer``);
     training the pruned architecture from scratch (Scratch-E/B) reuses it.
-    ``optimizer`` is the instantiated partial: parameters -> optimizer."""
+    ``optimizer`` is the instantiated partial: parameters -> optimizer.
+
+    ``baseline.epochs=auto`` trains until ``plateau`` says the validation accuracy stopped
+    rising (:mod:`experiments.training.plateau`): ``epochs`` is then the cap until the baseline
+    has trained, and the epochs it trained after (:meth:`trained`); the lr schedule always
+    spans ``schedule_epochs`` (the cap), wherever the rule stops.
+    """
 
     epochs: int
     lr_schedule: str
     optimizer: Callable[..., torch.optim.Optimizer]
+    plateau: PlateauRule | None = None
+    schedule_epochs: int | None = None
+
+    @property
+    def auto(self) -> bool:
+        return self.plateau is not None
+
+    @property
+    def schedule_length(self) -> int:
+        """Epochs the baseline's lr schedule is laid out over (the cap for ``auto``)."""
+        return self.schedule_epochs if self.schedule_epochs is not None else self.epochs
+
+    def trained(self, epochs: int) -> BaselineRecipe:
+        """The recipe with the epochs the baseline actually trained (its schedule's length kept)."""
+        return replace(self, epochs=int(epochs), schedule_epochs=self.schedule_length)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> BaselineRecipe:
-        epochs = check_nonnegative_int("baseline.epochs", cfg.baseline.epochs)
+        plateau = plateau_rule(cfg)
+        if plateau is None:
+            epochs = check_number("baseline.epochs", cfg.baseline.epochs, 0, integer=True, suffix=" or auto")
+        else:
+            epochs = plateau.max_epochs
         lr_schedule = check_choice("baseline.lr_schedule", cfg.baseline.lr_schedule, LR_SCHEDULES)
         try:
             optimizer = instantiate(cfg.baseline.optimizer)
@@ -132,7 +158,43 @@ class BaselineRecipe:
                 "baseline.optimizer must be an optimizer node with _target_ and _partial_: true "
                 f"(parameters -> optimizer), not {type(optimizer).__name__}"
             )
-        return cls(epochs=epochs, lr_schedule=lr_schedule, optimizer=optimizer)
+        return cls(epochs=epochs, lr_schedule=lr_schedule, optimizer=optimizer, plateau=plateau)
+
+
+def read_plateau_rule(baseline: DictConfig) -> PlateauRule:
+    """``baseline.plateau_pp`` (> 0), ``plateau_window`` (>= 1) and ``max_epochs`` (> the window), checked."""
+    pp = check_number(
+        "baseline.plateau_pp", baseline.get("plateau_pp", 0.1), 0, low_open=True, suffix=" (percentage points)"
+    )
+    window = check_number("baseline.plateau_window", baseline.get("plateau_window", 3), 1, integer=True)
+    cap = check_number(
+        "baseline.max_epochs",
+        baseline.get("max_epochs", 30),
+        window + 1,
+        integer=True,
+        suffix=f" (the rule compares the last baseline.plateau_window={window} epochs with earlier ones)",
+    )
+    return PlateauRule(pp=float(pp), window=int(window), max_epochs=int(cap))
+
+
+def plateau_rule(cfg: DictConfig) -> PlateauRule | None:
+    """The stopping rule of ``baseline.epochs=auto`` (None for a fixed number of epochs), checked
+    (:func:`read_plateau_rule`), with a trainer that validates every epoch (the rule reads the
+    validation accuracy)."""
+    if cfg.baseline.epochs != "auto":
+        return None
+    rule = read_plateau_rule(cfg.baseline)
+    trainer = cfg.get("trainer") or {}
+    if trainer.get("limit_val_batches", 1) in (0, 0.0):
+        raise ConfigError(
+            "baseline.epochs=auto reads the validation accuracy, but trainer.limit_val_batches=0 runs no validation"
+        )
+    if trainer.get("check_val_every_n_epoch", 1) not in (1, None):
+        raise ConfigError(
+            "baseline.epochs=auto needs a validation every epoch: trainer.check_val_every_n_epoch="
+            f"{trainer.get('check_val_every_n_epoch')}, set it to 1"
+        )
+    return rule
 
 
 class PhaseWandbLogger(WandbLogger):
@@ -190,9 +252,10 @@ class RunContext:
             out.append(self.wandb_logger)
         return out or False
 
-    def trainer(self, phase: str, epochs: int, max_steps: int = -1) -> L.Trainer:
+    def trainer(self, phase: str, epochs: int, max_steps: int = -1, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+        extra = {"callbacks": list(callbacks)} if callbacks else {}
         return instantiate(
-            dict(self.settings.trainer), max_epochs=epochs, max_steps=max_steps, logger=self.loggers(phase)
+            dict(self.settings.trainer), max_epochs=epochs, max_steps=max_steps, logger=self.loggers(phase), **extra
         )
 
     def steps_per_epoch(self) -> int:
@@ -205,8 +268,16 @@ class RunContext:
             return max(1, int(n * limit))
         return n
 
-    def fit(self, module: Classifier, phase: str, epochs: int, steps: int | None = None) -> float:
-        """Train ``module`` for ``epochs`` (or exactly ``steps`` optimizer steps); wall seconds."""
+    def fit(
+        self,
+        module: Classifier,
+        phase: str,
+        epochs: int,
+        steps: int | None = None,
+        callbacks: Sequence[L.Callback] = (),
+    ) -> float:
+        """Train ``module`` for ``epochs`` (or exactly ``steps`` optimizer steps; a callback may stop
+        it earlier); wall seconds."""
         start = time.perf_counter()
         if steps is not None:
             epochs, unit, amount = -(-steps // max(1, self.steps_per_epoch())), "step", steps
@@ -215,7 +286,7 @@ class RunContext:
         if amount > 0:
             log.info("%s: training %d %s(s)", phase, amount, unit)
             seed_phase(self.settings.seed, self.datamodule, phase)
-            self.trainer(phase, epochs, max_steps=steps).fit(module, datamodule=self.datamodule)
+            self.trainer(phase, epochs, max_steps=steps, callbacks=callbacks).fit(module, datamodule=self.datamodule)
         return time.perf_counter() - start
 
     def test(self, module: Classifier, phase: str) -> dict[str, float]:

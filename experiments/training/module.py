@@ -14,6 +14,20 @@ from torch import nn
 LR_SCHEDULES = ("constant", "cosine", "multistep")  # multistep: /10 at 50% and 75%
 
 
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """The learning rate at optimizer ``step`` of a ``total``-step ``schedule``, as a fraction of the
+    optimizer's lr (``constant``: 1; ``cosine``: half a cosine to 0 at ``total``; ``multistep``: /10
+    at 50% and again at 75%)."""
+    if schedule == "constant":
+        return 1.0
+    total = max(1, int(total))
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    if schedule == "multistep":
+        return 0.1 ** ((step >= total // 2) + (step >= 3 * total // 4))
+    raise ValueError(f"lr_schedule={schedule!r}: allowed values are {LR_SCHEDULES}")
+
+
 def topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
     """Number of samples whose target is among the k highest logits."""
     k = min(k, logits.shape[1])
@@ -45,6 +59,9 @@ class Classifier(L.LightningModule):
     stay in eval mode while training (a frozen layer's BatchNorm statistics do not move).
     ``label_smoothing`` smooths the cross-entropy targets; with ``select_best`` the weights
     of the validation epoch with the best accuracy are restored when fitting ends.
+    ``replay=(offset, total)`` steps the schedule as a ``total``-step schedule from its step
+    ``offset`` on, instead of one laid out over this fit (learning-rate rewinding replays the
+    baseline's schedule this way).
     """
 
     def __init__(
@@ -62,6 +79,7 @@ class Classifier(L.LightningModule):
         frozen_modules: Iterable[nn.Module] = (),
         label_smoothing: float = 0.0,
         select_best: bool = False,
+        replay: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False  # see training_step
@@ -85,6 +103,7 @@ class Classifier(L.LightningModule):
         self.label_smoothing = float(label_smoothing)
         self.select_best = select_best
         self._best: tuple[float, dict[str, torch.Tensor]] | None = None
+        self.replay = replay
 
     def __setattr__(self, name: str, value) -> None:
         # Lightning sets this plain string twice per hook call; nn.Module.__setattr__ would
@@ -252,10 +271,7 @@ class Classifier(L.LightningModule):
         optimizer = self.optimizer_factory(params)
         if self.lr_schedule == "constant":
             return optimizer
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        if self.lr_schedule == "cosine":
-            factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
-        else:
-            factor = lambda step: 0.1 ** ((step >= total // 2) + (step >= 3 * total // 4))  # noqa: E731
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        offset, total = self.replay or (0, int(self.trainer.estimated_stepping_batches))
+        schedule = self.lr_schedule
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(schedule, offset + step, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

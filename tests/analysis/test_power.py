@@ -59,17 +59,20 @@ def test_power_cli_declared_and_from_a_pilot_store(tmp_path, capsys):
     assert len(power_table(0.25, 0.2)) == len({lesson.code for lesson in LESSONS})  # one row per family
     assert main(["--sd", "0.2", "--effect", "0.25", "--max"]) == 0
     assert capsys.readouterr().out.strip() == str(plan(0.2, 0.25).seeds)
-    rows = [run_row(s, final_acc=0.90 + 0.001 * s, strategy="l1_oneshot") for s in range(3)]
+    rows = [run_row(s, final_acc=0.90 + 0.001 * s, strategy="l1_oneshot") for s in range(5)]
     rows += [
         run_row(s, final_acc=a, strategy="l1_iterative", schedule="iterative", rounds=3)
-        for s, a in enumerate([0.905, 0.907, 0.915])
+        for s, a in enumerate([0.905, 0.907, 0.915, 0.904, 0.912])
     ]
     write_store(tmp_path, rows)
     table = power_table(0.25, store=tmp_path)
     l1 = table[table["lesson"] == "L1"].iloc[0]
-    # d = 0.005, 0.006, 0.013 -> sd 0.436 pp with 2 dof
-    assert l1["sd (pp)"] == pytest.approx(0.4359, abs=1e-4) and l1["sd dof"] == 2
-    assert l1["seeds needed"] == plan(l1["sd (pp)"], 0.25, 0.25, dof=2).seeds
+    # d = 0.5, 0.6, 1.3, 0.1, 0.8 pp -> sd 0.4393 pp with 4 dof (5 seeds: the smallest pilot that plans)
+    assert l1["sd (pp)"] == pytest.approx(0.4393, abs=1e-4) and l1["sd dof"] == 4
+    assert l1["seeds needed"] == plan(l1["sd (pp)"], 0.25, 0.25, dof=4).seeds
+    three = tmp_path / "three"  # the first 3 seeds only: 2 dof, too few to plan from
+    write_store(three, [r for r in rows if r["seed"] < 3])
+    assert power_table(0.25, store=three).set_index("lesson").loc["L1", "seeds needed"] == "pilot too small"
     assert table[table["lesson"] == "L4"].iloc[0]["sd source"] == "no pilot runs in the store"
     # planning for a sweep of some arms only: lessons no pair of them compares get no pilot SD
     only = power_table(0.25, store=tmp_path, arms=["l1_oneshot", "random_oneshot"])
@@ -88,11 +91,11 @@ def test_a_study_plans_from_the_arms_it_sweeps(capsys):
 
 
 def test_a_plan_beyond_the_search_limit_says_so(tmp_path, capsys):
-    rows = [run_row(s, final_acc=0.90, strategy="l1_oneshot") for s in range(3)]
+    rows = [run_row(s, final_acc=0.90, strategy="l1_oneshot") for s in range(5)]
     rows += [
         run_row(s, final_acc=a, strategy="l1_iterative", schedule="iterative", rounds=3)
-        for s, a in enumerate([0.80, 0.90, 1.0])
-    ]  # d = -10, 0, +10 pp: sd 10 pp with 2 dof, 21 pp at its upper limit, vs an effect of 0.25 pp
+        for s, a in enumerate([0.80, 0.90, 1.0, 0.80, 1.0])
+    ]  # d = -10, 0, +10, -10, +10 pp: sd 10 pp with 4 dof, 15 pp at its upper limit, vs an effect of 0.25 pp
     write_store(tmp_path, rows)
     table = power_table(store=tmp_path)
     assert table[table["lesson"] == "L1"].iloc[0]["seeds needed"] == "> 10000"

@@ -221,12 +221,12 @@ def _worker(cfg: dict, role: str, workdir: str, training, go) -> None:
     torch.set_num_threads(1)
 
     class CountingContext(RunContext):
-        def fit(self, module, phase, epochs, steps=None):
+        def fit(self, module, phase, epochs, steps=None, callbacks=()):
             with open(os.path.join(workdir, "trainings.txt"), "a") as f:
                 f.write(f"{role} {os.getpid()}\n")
             training.set()
             go.wait(120)
-            return super().fit(module, phase, epochs, steps)
+            return super().fit(module, phase, epochs, steps, callbacks)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.dataset)
