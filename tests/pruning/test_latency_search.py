@@ -38,11 +38,12 @@ def stub_clock(monkeypatch):
     ``wrong(shape)``: the table's per-layer sums are wrong in the way the test chooses."""
     calls = {"compare": 0}
 
-    def install(wrong, overhead=0.2):
+    def install(wrong, overhead=0.2, ci=0.01):
         def compare(a, b, example_inputs, batch_size=1, **kw):
             calls["compare"] += 1
+            calls.setdefault("seconds", []).append(kw.get("max_time_s"))
             r = true_ratio(a, b, overhead)
-            return LatencyComparison(r, r * 0.99, r * 1.01, 10.0, 10.0 * r, 10, True, 1, "stub", batch_size)
+            return LatencyComparison(r, r * (1 - ci), r * (1 + ci), 10.0, 10.0 * r, 10, True, 1, "stub", batch_size)
 
         def time_module(module, shape, device, threads, repeats):
             return wrong(module, shape)
@@ -96,6 +97,13 @@ def test_unreachable_is_raised_only_after_the_smallest_model_measured_a_miss(stu
         pruning.prune_for_latency(model, X, 0.3, 1, threads=1, passes=6)
     assert 0.5 <= e.value.best < 0.6 and calls["compare"] >= 4  # three calibration points, then the smallest model
     assert pruning.count(model, X).params == before  # left as it was
+
+
+def test_a_miss_of_the_smallest_model_within_its_interval_is_measured_again(stub_clock):
+    calls = stub_clock(lambda m, shape: 1.0 + weights(m) ** 0.5 / 10, overhead=1.0, ci=0.3)
+    with pytest.raises(pruning.latency.UnreachableTarget):
+        pruning.prune_for_latency(net(), X, 0.45, 1, threads=1, passes=6, max_time_s=3.0)
+    assert calls["seconds"][-2:] == [3.0, 6.0]  # the smallest model, then again for twice as long
 
 
 def test_every_miss_reports_the_closest_measured_model(stub_clock):
