@@ -137,8 +137,8 @@ def bench_one(name: str, batch: int, args: argparse.Namespace) -> tuple[list[dic
                 note="",
             )
         except pruning.latency.UnreachableTarget as e:
-            row.update(measured=round(e.best, 4), error=round(e.best / target - 1, 4), hit=False, note="unreachable")
-            row.update(models_timed=1, search_s=round(time.perf_counter() - t0, 1))
+            row.update(measured=round(e.best, 4), error=round(e.best / target - 1, 4), hit=False)
+            row.update(models_timed=e.models_timed, search_s=round(time.perf_counter() - t0, 1), note="unreachable")
         targets.append(row)
         print(f"  {name} b{batch} target {target}: {row['measured']:.3f} hit={row['hit']}", file=sys.stderr)
     return preds, targets

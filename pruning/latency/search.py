@@ -68,11 +68,13 @@ class LatencyPruning:
 
 
 class UnreachableTarget(ValueError):
-    """A latency target below what the groups can reach; ``best`` is the lowest predicted ratio."""
+    """A latency target below what the groups can reach; ``best`` is the lowest ratio measured
+    (or, where nothing was timed, predicted) and ``models_timed`` how many models the search timed."""
 
-    def __init__(self, best: float, message: str):
+    def __init__(self, best: float, message: str, models_timed: int = 0):
         super().__init__(message)
         self.best = best
+        self.models_timed = models_timed
 
 
 def check_target(target: Any) -> float:
@@ -305,6 +307,7 @@ def prune_for_latency(
                 f"target={target:.4g}: unreachable; every prunable group at its smallest allowed count measured a "
                 f"latency ratio of {cmp.ratio:.3f}; choose a target in ({cmp.ratio:.3f}, 1) or allow more "
                 "pruning (max_ratio, a finer grid, larger scanned ratios)",
+                models_timed=len(timed),
             )
         scale = next_scale(target, points)
     table.save()

@@ -96,6 +96,7 @@ def test_unreachable_is_raised_only_after_the_smallest_model_measured_a_miss(stu
     with pytest.raises(pruning.latency.UnreachableTarget, match=r"target=0.3: unreachable; .* measured") as e:
         pruning.prune_for_latency(model, X, 0.3, 1, threads=1, passes=6)
     assert 0.5 <= e.value.best < 0.6 and calls["compare"] >= 4  # three calibration points, then the smallest model
+    assert e.value.models_timed >= 1
     assert pruning.count(model, X).params == before  # left as it was
 
 
