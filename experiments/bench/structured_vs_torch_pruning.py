@@ -69,6 +69,7 @@ COLUMNS = (
     "tool",
     "status",
     "seconds",
+    "cpu_s",
     "import_s",
     "params",
     "params_after",
