@@ -1,419 +1,282 @@
-"""Benchmark: our filter pruning vs Torch-Pruning 1.6.1, side by side in one run.
+"""Benchmark: time to plan and cut, ours vs Torch-Pruning 1.6.1, every model in a cold process.
 
-For every model: two identical copies (same seed) pruned with the same criterion (L1,
-local per group, ratio 0.3, output layer never pruned) by ``pruning.prune_filters`` and by
-Torch-Pruning (``tp.pruner.BasePruner`` with ``tp.importance.MagnitudeImportance(p=1)``,
-``global_pruning=False``), plus our ``round_to`` run as an extra row. Each pruned model
-must still run forward. Reported per row: params and MACs (``pruning.count`` for both
-tools, so the counting rule is the same), MAC ratio next to the latency ratio at batch 1
-and 32 (pruned / dense, ``pruning.measure_latency``; every variant of a model measured
-round-robin ``--latency-rounds`` times, best median kept, to damp drift on a shared CPU),
-and the wall time to build the groups and to prune (median of ``--repeats`` on fresh
-copies, the tools interleaved within each repeat, garbage collected before each run).
-Ours: "group build" times ``pruning.dependency_groups``, "prune" is
-``prune_filters`` (which traces again) minus that; Torch-Pruning: the pruner's
-constructor (dependency graph) and ``step()``. "ours/TP" compares the totals (target
-<= 0.5). A Torch-Pruning failure is reported as "FAILED (stage): reason".
+Models: the timm CNN family list (``tests/pruning/timm_families.json``: one model per family
+plus the variants, each built as :mod:`experiments.bench.timm_families` builds it, at the
+input size listed there) and torchvision's classification CNNs (its transformers left out):
+by default the smallest of each torchvision model module (:data:`TORCHVISION_FAMILIES`, the
+timm list's rule), ``--torchvision all`` for all 68.
+Each model is pruned by each tool in a fresh Python process (:mod:`experiments.bench.cold_cut`),
+one after the other, the order of the two tools alternating from model to model so that a
+change in the machine's load falls on both alike. Same settings for both: L1 magnitude,
+ratio 0.3 in every group (local, not global), the classifier left uncut, one torch thread.
 
-Needs the ``bench`` extra (``pip install -e .[bench]``: torch-pruning==1.6.1). Only
-calls Torch-Pruning; none of its code is copied here.
+What is fair, and what is timed:
 
-    python -m experiments.bench.structured_vs_torch_pruning --threads 2
-    python -m experiments.bench.structured_vs_torch_pruning --quick --models resnet20
+* A fresh process per model and tool: each tool pays its own first-call costs (lazy imports
+  inside the library, first use of each torch op) on every model, as a script that prunes one
+  model does. Importing the tool is timed apart (``import_s``) and left out of the ratio:
+  it is paid once per process whatever the model.
+* Timed: the plan and the cut, nothing else. Ours: ``prune_filters`` (trace, groups, scores,
+  cut and the forward pass on the cut model that it runs before returning, so ours also pays
+  for a check Torch-Pruning does not make). Torch-Pruning: the pruner's constructor (its
+  dependency graph) and ``step()``; its pruned model is run after the clock stops, and a
+  model that does not run counts as a failure.
+* Input size: the smallest square input that runs the model (the timm list's size; for
+  torchvision the smallest of 32, 64, 96, ... that runs), batch 1. The groups and the cut do
+  not depend on it; a larger input adds convolution time to both tools (Torch-Pruning
+  traces with a real forward pass, ours runs a shapes-only trace and one real forward of the
+  cut model), which measures the convolutions rather than the engines. ``--tv-size 224``
+  times torchvision models at ImageNet size.
+* Timeout: ``--timeout`` seconds for the plan and cut of one model by one tool (reported as
+  ``timeout``; not in the median). Torch-Pruning passes 60 s on some ECA models.
+
+Reported: per model the seconds of each tool and ours/TP; the median of ours/TP over the
+models both tools cut (per source and in all); coverage per source: cut / refused (the
+reason) / failed (the stage and error) / timeout. ``--csv`` writes the rows, ``--markdown``
+the coverage tables.
+
+Needs the ``bench`` extra (``pip install -e .[bench]``: torch-pruning==1.6.1) and timm.
+
+    python -m experiments.bench.structured_vs_torch_pruning --csv bench.csv --markdown coverage.md
+    python -m experiments.bench.structured_vs_torch_pruning --models resnet10t,resnet50 --timeout 30
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
-import gc
+import json
 import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
-import warnings
-from collections.abc import Callable, Sequence
-from importlib import metadata
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 
-import torch
-import torchvision
-from torch import nn
+from experiments.bench.cold_cut import TORCHVISION_SKIP
+from experiments.bench.timm_families import VARIANTS, read_list
 
-import pruning
-from experiments.models import MODELS, list_models, torchvision_model
-
-DEFAULT_MODELS = ("resnet56", "vgg16_cifar", "mobilenetv2_cifar", "resnet50", "densenet121")
-EXTRA_MODELS = ("regnet_x_400mf", "shufflenet_v2_x1_0")
+TOOLS = ("ours", "tp")
 COLUMNS = (
-    "model", "tool", "params", "macs", "mac_ratio", "lat_b1_ratio", "lat_b32_ratio",
-    "lat_b1_ms", "lat_b32_ms", "build_s", "prune_s", "total_s", "time_vs_tp", "status",
+    "model",
+    "source",
+    "set",
+    "input",
+    "tool",
+    "status",
+    "seconds",
+    "cpu_s",
+    "import_s",
+    "params",
+    "params_after",
+    "detail",
+)
+SETS = ("timm families", "timm variants", "torchvision")
+
+
+# the smallest model (parameters) of each torchvision classification module, as in the timm list
+TORCHVISION_FAMILIES = (
+    "alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "googlenet", "inception_v3", "mnasnet0_5",
+    "mobilenet_v2", "mobilenet_v3_small", "regnet_y_400mf", "resnet18", "shufflenet_v2_x0_5", "squeezenet1_1", "vgg11",
 )  # fmt: skip
 
 
-def build(name: str, tv_size: int, cifar_size: int, seed: int) -> tuple[nn.Module, torch.Tensor]:
-    """A zoo model (CIFAR: 10 classes) or a torchvision one (1000 classes), eval mode, and a
-    batch-1 example input."""
-    torch.manual_seed(seed)
-    if name in list_models() and name != "tv":
-        size = cifar_size
-        model = MODELS[name](num_classes=10, in_channels=3, input_size=size)
-    else:
-        size = tv_size
-        model = torchvision_model(name=name, num_classes=1000, in_channels=3, input_size=size)
-    return model.eval(), torch.randn(1, 3, size, size)
+def torchvision_cnns(which: str = "families") -> list[str]:
+    """``families``: :data:`TORCHVISION_FAMILIES`; ``all``: every torchvision classification CNN."""
+    if which == "families":
+        return list(TORCHVISION_FAMILIES)
+    import torchvision
+
+    return [n for n in torchvision.models.list_models(module=torchvision.models) if not n.startswith(TORCHVISION_SKIP)]
 
 
-def output_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """Name of the last conv/linear layer run in a forward pass (the classifier)."""
-    names = {m: n for n, m in model.named_modules()}
-    order: list[str] = []
-    hooks = [
-        m.register_forward_hook(lambda mod, a, o: order.append(names[mod]))
-        for m in model.modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
-    try:
-        with torch.inference_mode():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return order[-1]
-
-
-def check_forward(model: nn.Module, x: torch.Tensor, shape: torch.Size) -> None:
-    with torch.inference_mode():
-        y = model(x)
-    if y.shape != shape or not bool(torch.isfinite(y).all()):
-        raise RuntimeError(
-            f"output {tuple(y.shape)} (finite: {bool(torch.isfinite(y).all())}), expected {tuple(shape)}"
-        )
-
-
-class Failed(Exception):
-    """A tool failed on a model at ``stage``."""
-
-    def __init__(self, stage: str, error: BaseException):
-        super().__init__(
-            f"FAILED ({stage}): {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        )
-
-
-def staged(stage: str, fn: Callable, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except Exception as e:  # reported per model, never fatal
-        raise Failed(stage, e) from e
-
-
-def prune_ours(base: nn.Module, x: torch.Tensor, ignore: str, ratio: float, round_to: int):
-    """(pruned model, group-build s, prune s) on fresh copies: ``dependency_groups`` timed on
-    one, ``prune_filters`` on another; prune s is the latter minus the former."""
-    t0 = time.perf_counter()
-    staged("group build", pruning.dependency_groups, copy.deepcopy(base), x, ignore=(ignore,))
-    build_s = time.perf_counter() - t0
-    model = copy.deepcopy(base)
-    t0 = time.perf_counter()
-    staged("prune", pruning.prune_filters, model, x, ratio, criterion="l1", ignore=(ignore,), round_to=round_to)
-    return model, build_s, max(0.0, time.perf_counter() - t0 - build_s)
-
-
-def prune_torch_pruning(base: nn.Module, x: torch.Tensor, ignore: str, ratio: float):
-    """(pruned model, graph-build s, step s) with Torch-Pruning on a fresh copy."""
-    import torch_pruning as tp
-
-    model = copy.deepcopy(base)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t0 = time.perf_counter()
-        pruner = staged(
-            "group build",
-            tp.pruner.BasePruner,
-            model,
-            x,
-            importance=tp.importance.MagnitudeImportance(p=1),
-            pruning_ratio=ratio,
-            ignored_layers=[model.get_submodule(ignore)],
-            global_pruning=False,
-        )
-        t1 = time.perf_counter()
-        staged("prune", pruner.step)
-        return model, t1 - t0, time.perf_counter() - t1
-
-
-def timed_runs(tools: dict[str, Callable], repeats: int) -> dict[str, tuple | Failed]:
-    """Run every tool ``repeats`` times, interleaved (so load drift hits all alike):
-    tool -> (last pruned model, median build s, median prune s), or its failure."""
-    samples: dict[str, list] = {tool: [] for tool in tools}
-    out: dict[str, tuple | Failed] = {}
-    for _ in range(repeats):
-        for tool, run in tools.items():
-            if isinstance(out.get(tool), Failed):
-                continue
-            gc.collect()  # else the next tool's timing pays for collecting this one's garbage
-            try:
-                model, build_s, prune_s = run()
-            except Failed as e:
-                out[tool] = e
-                continue
-            samples[tool].append((build_s, prune_s))
-            out[tool] = (
-                model,
-                statistics.median(b for b, _ in samples[tool]),
-                statistics.median(p for _, p in samples[tool]),
-            )
+def model_list(sources: Sequence[str], tv_size: int, torchvision: str = "families") -> list[dict]:
+    """``{model, source, set, size, kwargs}`` for every model benchmarked."""
+    out = []
+    if "timm" in sources:
+        for e in read_list():
+            kind = "timm variants" if e["model"] in VARIANTS else "timm families"
+            out.append(dict(model=e["model"], source="timm", set=kind, size=e["input_size"], kwargs=e["kwargs"]))
+    if "tv" in sources:
+        out += [
+            dict(model=n, source="tv", set="torchvision", size=tv_size, kwargs={})
+            for n in torchvision_cnns(torchvision)
+        ]
     return out
 
 
-def latencies(
-    variants: dict[str, nn.Module], x: torch.Tensor, batches: Sequence[int], repeats: int, rounds: int
-) -> dict[str, dict[int, float]]:
-    """Seconds per forward of every variant at every batch: best of ``rounds`` medians,
-    variants interleaved so load drift hits them alike."""
-    out = {k: {b: float("inf") for b in batches} for k in variants}
-    for _ in range(rounds):
-        for b in batches:
-            for k, m in variants.items():
-                out[k][b] = min(
-                    out[k][b], pruning.measure_latency(m, x, batch_size=b, repeats=repeats, warmup=2 if b == 1 else 1)
-                )
+def run_one(entry: dict, tool: str, ratio: float, timeout: float) -> dict:
+    """One tool on one model in a fresh process (see :mod:`experiments.bench.cold_cut`)."""
+    cmd = [
+        sys.executable, "-m", "experiments.bench.cold_cut", "--tool", tool, "--source", entry["source"],
+        "--model", entry["model"], "--size", str(entry["size"]), "--kwargs", json.dumps(entry["kwargs"]),
+        "--ratio", str(ratio), "--timeout", str(timeout),
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    base = dict(model=entry["model"], source=entry["source"], set=entry["set"], tool=tool)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 600, env=env)
+    except subprocess.TimeoutExpired:
+        return dict(base, status="timeout", seconds=timeout, detail="the process did not finish")
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("{"):
+            return dict(base, **json.loads(line))
+    tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+    return dict(base, status="failed", detail=f"process: {tail[:300]}")
+
+
+def ratios(rows: list[dict], field: str = "seconds") -> dict[tuple[str, str], float]:
+    """``{(source, model): ours / TP}`` of ``field`` (``seconds``: wall, ``cpu_s``: CPU time)
+    for the models both tools cut."""
+    by = {(r["source"], r["model"], r["tool"]): r for r in rows}
+    out = {}
+    for (source, model, tool), r in by.items():
+        tp = by.get((source, model, "tp"))
+        if tool == "ours" and r["status"] == "cut" and tp is not None and tp["status"] == "cut":
+            out[(source, model)] = r[field] / tp[field]
     return out
 
 
-def width_differences(a: nn.Module, b: nn.Module, limit: int = 6) -> list[str]:
-    """Layers whose weight shapes differ between two pruned copies of one model."""
-    shapes_b = {n: tuple(m.weight.shape) for n, m in b.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    diffs = [
-        f"{n}: ours {tuple(m.weight.shape)} vs TP {shapes_b.get(n)}"
-        for n, m in a.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and tuple(m.weight.shape) != shapes_b.get(n)
-    ]
-    return diffs[:limit] + ([f"... {len(diffs) - limit} more"] if len(diffs) > limit else [])
+def medians(rows: list[dict], field: str = "seconds") -> dict[str, tuple[int, float]]:
+    """``{set or "all": (models both cut, median ours/TP of field)}``."""
+    r = ratios(rows, field)
+    sets = {(row["source"], row["model"]): row["set"] for row in rows}
+    out = {}
+    for name in (*SETS, "all"):
+        vals = [v for m, v in r.items() if name in ("all", sets[m])]
+        if vals:
+            out[name] = (len(vals), statistics.median(vals))
+    return out
 
 
-def bench_model(
-    name: str,
-    *,
-    ratio: float = 0.3,
-    round_to: int = 8,
-    repeats: int = 3,
-    latency_repeats: int = 5,
-    latency_rounds: int = 3,
-    batches: Sequence[int] = (1, 32),
-    tv_size: int = 224,
-    cifar_size: int = 32,
-    seed: int = 0,
-    torch_pruning: bool = True,
-) -> tuple[list[dict], list[str]]:
-    """Rows (dense, ours, ours round_to, TP) for one model, and notes on width differences."""
-    base, x = build(name, tv_size, cifar_size, seed)
-    ignore = output_layer(base, x)
-    with torch.inference_mode():
-        shape = base(x).shape
-    dense = pruning.count(base, x)
-    rows = {"dense": dict(model=name, tool="dense", params=dense.params, macs=dense.macs, status="ok")}
-    models = {"dense": base}
-    times: dict[str, tuple[float, float]] = {}
-    tools: dict[str, Callable] = {"ours": lambda: prune_ours(base, x, ignore, ratio, 1)}
-    if round_to > 1:
-        tools[f"ours round_to={round_to}"] = lambda: prune_ours(base, x, ignore, ratio, round_to)
-    if torch_pruning:
-        tools["Torch-Pruning 1.6.1"] = lambda: prune_torch_pruning(base, x, ignore, ratio)
-    for tool, result in timed_runs(tools, repeats).items():
-        row = dict(model=name, tool=tool)
-        try:
-            if isinstance(result, Failed):
-                raise result
-            model, build_s, prune_s = result
-            total = build_s + prune_s
-            staged("forward after pruning", check_forward, model, x, shape)
-            counts = staged("count", pruning.count, model, x)
-        except Failed as e:
-            rows[tool] = dict(row, status=str(e))
-            continue
-        times[tool] = (build_s, total)
-        models[tool] = model
-        rows[tool] = dict(
-            row, params=counts.params, macs=counts.macs, build_s=build_s, prune_s=prune_s, total_s=total, status="ok"
-        )
-    lat = latencies(models, x, batches, latency_repeats, latency_rounds)
-    tp_key = next((k for k in times if k.startswith("Torch-Pruning")), None)
-    for tool, row in rows.items():
-        if tool not in models:
-            continue
-        row["mac_ratio"] = row["macs"] / dense.macs
-        for b in batches:
-            row[f"lat_b{b}_ms"] = lat[tool][b] * 1e3
-            row[f"lat_b{b}_ratio"] = lat[tool][b] / lat["dense"][b]
-        if tool.startswith("ours") and tp_key is not None:
-            row["time_vs_tp"] = times[tool][1] / times[tp_key][1]
-    notes = []
-    tp_model = models.get(tp_key) if tp_key else None
-    if tp_model is not None and "ours" in models:
-        o, t = rows["ours"], rows[tp_key]
-        same = (o["params"], o["macs"]) == (t["params"], t["macs"])
-        notes.append(f"{name}: ours vs TP params/MACs {'match' if same else 'DIFFER'}")
-        notes += [f"  {d}" for d in width_differences(models["ours"], tp_model)]
-    return list(rows.values()), notes
-
-
-def _warm_up(torch_pruning: bool) -> None:
-    """Pay first-call costs (lazy imports, dispatcher caches) outside the timed runs."""
-    base, x = build("vgg_small", 32, 32, 0)
-    ignore = output_layer(base, x)
-    prune_ours(base, x, ignore, 0.3, 1)
-    if torch_pruning:
-        prune_torch_pruning(base, x, ignore, 0.3)
-
-
-def run_benchmark(models: Sequence[str], **options) -> tuple[list[dict], list[str]]:
-    """All rows and notes for ``models`` (options as in ``bench_model``)."""
-    if options.get("torch_pruning", True):
-        try:
-            import torch_pruning  # noqa: F401
-        except ImportError as e:
-            raise ImportError("Torch-Pruning is not installed: pip install -e .[bench] (torch-pruning==1.6.1)") from e
-    _warm_up(options.get("torch_pruning", True))
-    rows, notes = [], []
-    for i, name in enumerate(models, 1):
-        print(f"[{i}/{len(models)}] {name} ...", file=sys.stderr, flush=True)
-        r, n = bench_model(name, **options)
-        rows += r
-        notes += n
-    return rows, notes
-
-
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def print_table(rows: list[dict], batches: Sequence[int]) -> None:
-    lat_heads = "".join(f" {'lat b' + str(b):>8} {'ms b' + str(b):>9}" for b in batches)
-    head = (
-        f"{'model':<19} {'tool':<20} {'params':>10} {'MACs':>13} {'MAC r':>6}{lat_heads} "
-        f"{'build s':>8} {'prune s':>8} {'ours/TP':>7}"
-    )
+def print_table(rows: list[dict]) -> None:
+    by = {(r["source"], r["model"], r["tool"]): r for r in rows}
+    r, rc = ratios(rows), ratios(rows, "cpu_s")
+    head = f"{'model':<28} {'source':<6} {'input':>5} {'ours s':>8} {'TP s':>8} {'ours/TP':>7} {'CPU r':>6}  status"
     print(head)
     print("-" * len(head))
-    for r in rows:
-        line = f"{r['model']:<19} {r['tool']:<20} "
-        if r["status"] != "ok":
-            print(line + r["status"])
+    for key in dict.fromkeys((row["source"], row["model"]) for row in rows):
+        source, model = key
+        o, t = by.get((*key, "ours"), {}), by.get((*key, "tp"), {})
+
+        def secs(x: dict) -> str:
+            return f"{x['seconds']:.3f}" if x.get("status") == "cut" else x.get("status", "-")
+
+        status = "; ".join(
+            f"{who} {x['status']}: {x.get('detail', '')[:90]}"
+            for who, x in (("ours", o), ("TP", t))
+            if x and x["status"] != "cut"
+        )
+        ratio = f"{r[key]:.3f} {rc[key]:6.3f}" if key in r else f"{'-':>7} {'-':>6}"
+        size = o.get("input") or t.get("input") or "-"
+        print(f"{model:<28} {source:<6} {size!s:>5} {secs(o):>8} {secs(t):>8} {ratio:>7}  {status}")
+
+
+def coverage_markdown(rows: list[dict]) -> str:
+    """Per set: counts of each status for both tools, then every model not cut, with why."""
+    lines = ["| models | tool | cut | refused | failed | timeout |", "|---|---|---|---|---|---|"]
+    for name in SETS:
+        part = [r for r in rows if r["set"] == name]
+        if not part:
             continue
-        lat = "".join(
-            f" {_fmt(r.get(f'lat_b{b}_ratio'), '.2f'):>8} {_fmt(r.get(f'lat_b{b}_ms'), '.2f'):>9}" for b in batches
-        )
-        print(
-            line
-            + f"{r['params']:>10,} {r['macs']:>13,} {r['mac_ratio']:>6.3f}{lat} {_fmt(r.get('build_s'), '.3f'):>8} "
-            f"{_fmt(r.get('prune_s'), '.3f'):>8} {_fmt(r.get('time_vs_tp'), '.2f'):>7}"
-        )
-
-
-def print_goals(rows: list[dict], round_to: int, batches: Sequence[int]) -> None:
-    """One verdict line per model: params/MACs match, time target, latency-vs-MAC gap."""
-    by_model: dict[str, dict[str, dict]] = {}
-    for r in rows:
-        tool = "tp" if r["tool"].startswith("Torch-Pruning") else "rt" if "round_to" in r["tool"] else r["tool"]
-        by_model.setdefault(r["model"], {})[tool] = r
-    for name, tools in by_model.items():
-        ours, rt, tp = tools.get("ours", {}), tools.get("rt", {}), tools.get("tp", {})
-        parts = [f"ours {'prunes + runs' if ours.get('status') == 'ok' else ours.get('status')}"]
-        if tp.get("status") != "ok":
-            parts.append(f"TP {tp.get('status', 'not run')}")
-        else:
-            parts.append(
-                f"time ours/TP {ours.get('time_vs_tp', float('nan')):.2f} "
-                f"({'meets' if ours.get('time_vs_tp', 9) <= 0.5 else 'MISSES'} <= 0.5)"
-            )
-        for b in batches:
-            gaps = [
-                (k, abs(r[f"lat_b{b}_ratio"] - r["mac_ratio"]))
-                for k, r in (("ours", ours), (f"r{round_to}", rt), ("TP", tp))
-                if r.get(f"lat_b{b}_ratio") is not None
+        n = len({(r["source"], r["model"]) for r in part})
+        for tool, label in (("ours", "prunekit"), ("tp", "Torch-Pruning 1.6.1")):
+            counts = [
+                sum(r["status"] == s for r in part if r["tool"] == tool)
+                for s in ("cut", "refused", "failed", "timeout")
             ]
-            if gaps:
-                parts.append(f"|lat-MAC| b{b}: " + ", ".join(f"{k} {g:.2f}" for k, g in gaps))
-        print(f"{name}: " + "; ".join(parts))
+            lines.append(f"| {name} ({n}) | {label} | " + " | ".join(map(str, counts)) + " |")
+    lines += ["", "| model | tool | status | reason |", "|---|---|---|---|"]
+    for r in rows:
+        if r["status"] != "cut":
+            detail = r.get("detail", "").replace("|", "\\|")
+            lines.append(
+                f"| {r['model']} | {'prunekit' if r['tool'] == 'ours' else 'Torch-Pruning'} | {r['status']} | {detail} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
-def write_csv(path: str, rows: list[dict]) -> None:
-    keys = list(COLUMNS) + sorted({k for r in rows for k in r} - set(COLUMNS))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sources", default="timm,tv", help="timm (the family list), tv (torchvision CNNs)")
     parser.add_argument(
-        "--models",
-        default=",".join(DEFAULT_MODELS),
-        help=f"comma-separated zoo or torchvision names (also: {', '.join(EXTRA_MODELS)})",
+        "--torchvision", choices=("families", "all"), default="families", help="the smallest CNN of each module, or all"
     )
+    parser.add_argument("--models", default="", help="comma-separated names: only these of the list")
     parser.add_argument("--ratio", type=float, default=0.3)
-    parser.add_argument("--round-to", type=int, default=8, help="our extra row's round_to (1: no extra row)")
-    parser.add_argument("--repeats", type=int, default=3, help="timing repeats of group build / prune")
-    parser.add_argument("--latency-repeats", type=int, default=5, help="forward passes per latency median")
-    parser.add_argument("--latency-rounds", type=int, default=3, help="interleaved rounds; best median kept")
-    parser.add_argument("--batches", default="1,32", help="latency batch sizes")
-    parser.add_argument("--tv-size", type=int, default=224, help="input side of torchvision models")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="1 repeat, 2 latency repeats, 1 round, tv-size 64")
-    parser.add_argument("--csv", metavar="PATH", help="also write the table as CSV")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds for one tool's plan and cut of one model")
+    parser.add_argument(
+        "--tv-size", type=int, default=0, help="input side of torchvision models (0: the smallest that runs)"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="models benchmarked at once (each one's two tools in turn)")
+    parser.add_argument("--csv", metavar="PATH", help="also write the rows as CSV")
+    parser.add_argument("--markdown", metavar="PATH", help="also write the coverage tables as Markdown")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.repeats, args.latency_repeats, args.latency_rounds, args.tv_size = 1, 2, 1, min(args.tv_size, 64)
-    torch.set_num_threads(args.threads)
-    batches = [int(b) for b in args.batches.split(",")]
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    try:
-        tp_version = metadata.version("torch-pruning")
-    except metadata.PackageNotFoundError:
-        sys.exit("Torch-Pruning is not installed: pip install -e .[bench] (torch-pruning==1.6.1)")
+    entries = model_list(args.sources.split(","), args.tv_size, args.torchvision)
+    if args.models:
+        wanted = set(args.models.split(","))
+        entries = [e for e in entries if e["model"] in wanted]
+    from importlib import metadata
+
+    import torch
+
     print(
         "command: python -m experiments.bench.structured_vs_torch_pruning "
         + shlex.join(sys.argv[1:] if argv is None else argv)
     )
     print(
-        f"torch {torch.__version__}, torchvision {torchvision.__version__}, torch_pruning {tp_version}, "
-        f"{platform.processor() or platform.machine()}, threads={args.threads}, "
-        f"load average before: {os.getloadavg()[0]:.2f}"
+        f"{cpu_model()}, {os.cpu_count()} cores, 1 torch thread per process, torch {torch.__version__}, "
+        f"torch_pruning {metadata.version('torch-pruning')}, {date.today()}, load average before: {os.getloadavg()[0]:.2f}"
     )
     start = time.perf_counter()
-    rows, notes = run_benchmark(
-        models,
-        ratio=args.ratio,
-        round_to=args.round_to,
-        repeats=args.repeats,
-        latency_repeats=args.latency_repeats,
-        latency_rounds=args.latency_rounds,
-        batches=batches,
-        tv_size=args.tv_size,
-        seed=args.seed,
-    )
+
+    def both(i: int) -> list[dict]:
+        out = []
+        for tool in TOOLS if i % 2 == 0 else TOOLS[::-1]:
+            out.append(run_one(entries[i], tool, args.ratio, args.timeout))
+            print(
+                f"[{i + 1}/{len(entries)}] {entries[i]['model']} {tool}: {out[-1]['status']} "
+                f"{out[-1].get('seconds', float('nan')):.3f} s {out[-1].get('detail', '')[:120]}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return out
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = [row for pair in pool.map(both, range(len(entries))) for row in pair]
+    rows.sort(key=lambda r: (SETS.index(r["set"]), r["model"], r["tool"]))
     print()
-    print_table(rows, batches)
-    print(
-        "\nlat bN: pruned/dense latency at batch N (compare with MAC r); ms bN: ms per forward; "
-        "ours/TP: total (build + prune) wall time ratio, target <= 0.5;\nour prune s = prune_filters minus "
-        "dependency_groups (scoring + cutting; 0.000 where below timing noise)"
-    )
-    print("\n".join(["", *notes]))
+    print_table(rows)
     print()
-    print_goals(rows, args.round_to, batches)
-    print(
-        f"\nwall {time.perf_counter() - start:.0f} s, load average after: {os.getloadavg()[0]:.2f} "
-        "(a shared CPU makes timings noisy)"
-    )
+    cpu = medians(rows, "cpu_s")
+    for name, (n, med) in medians(rows).items():
+        print(f"median ours/TP, {name}: {med:.3f} wall time, {cpu[name][1]:.3f} CPU time, over {n} models both cut")
+    print()
+    print(coverage_markdown(rows))
+    print(f"wall {time.perf_counter() - start:.0f} s, load average after: {os.getloadavg()[0]:.2f}")
     if args.csv:
-        write_csv(args.csv, rows)
-        print(f"wrote {args.csv}")
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(coverage_markdown(rows))
 
 
 if __name__ == "__main__":

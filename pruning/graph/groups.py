@@ -108,6 +108,11 @@ class ChannelGroup:
         return "\n".join([head] + rows)
 
 
+def _divmod(keys: Tensor, base: int) -> list[tuple[int, int]]:
+    """``[(k // base, k % base) for k in keys]`` computed on the tensor."""
+    return list(zip(torch.div(keys, base, rounding_mode="floor").tolist(), torch.remainder(keys, base).tolist()))
+
+
 def _components(n: int, a: Tensor, b: Tensor) -> Tensor:
     """Root (smallest node) of every node's connected component, vectorised."""
     parent = torch.arange(n)
@@ -187,25 +192,38 @@ class ChannelGraph:
             self.member_comps = list(torch.split(comps_all, lens))
             grp_split, local_split = torch.split(grp_all, lens), torch.split(local_all, lens)
             single = ((gmin == gmax) & (gmin < big)).tolist()
-            gmin, gmax, ident = gmin.tolist(), gmax.tolist(), ident.tolist()
-            counts_l = counts.tolist()
+            gmin, gmax, ident, counts_l = gmin.tolist(), gmax.tolist(), ident.tolist(), counts.tolist()
+            # members in several groups (a layer reading a concatenation): their (member, group)
+            # pairs from one stable sort by (member, group), positions in order within a pair
+            multi = torch.tensor([not s and g >= 0 for s, g in zip(single, gmax)], dtype=torch.bool)
+            pairs: dict[int, list[tuple[int, Tensor, Tensor]]] = {}
+            if bool(multi.any()):
+                pick = (valid & multi[seg]).nonzero().flatten()
+                key = seg[pick] * big + grp_all[pick]
+                sort = torch.argsort(key, stable=True)
+                pick, key = pick[sort], key[sort]
+                pair_key, pair_n = torch.unique_consecutive(key, return_counts=True)
+                pos_split = torch.split(pick - offsets[seg[pick]], pair_n.tolist())
+                chan_split = torch.split(local_all[pick], pair_n.tolist())
+                for (i, g), pos, chans in zip(_divmod(pair_key, big), pos_split, chan_split):
+                    pairs.setdefault(i, []).append((g, pos, chans))
             aranges: dict[int, Tensor] = {}
             for i, m in enumerate(ms):
-                size = lens[i]
+                size, identity = lens[i], False
                 if gmax[i] < 0:
                     continue
                 if single[i] and bool(ident[i]) and size == counts_l[gmin[i]]:
+                    identity = True
                     pos = aranges.get(size)
                     if pos is None:
                         pos = aranges[size] = torch.arange(size)
-                    parts = [(gmin[i], pos, pos, True)]
+                    parts = [(gmin[i], pos, pos)]
+                elif single[i]:
+                    pos = (grp_split[i] == gmin[i]).nonzero().flatten()
+                    parts = [(gmin[i], pos, local_split[i][pos])]
                 else:
-                    grp = grp_split[i]
-                    parts = []
-                    for g in [gmin[i]] if gmin[i] == gmax[i] else grp[grp >= 0].unique().tolist():
-                        pos = (grp == g).nonzero().flatten()
-                        parts.append((g, pos, local_split[i][pos], False))
-                for g, pos, chans, identity in parts:
+                    parts = pairs[i]
+                for g, pos, chans in parts:
                     members[g].append(
                         GroupMember(
                             m.name,

@@ -162,7 +162,8 @@ def _run(model: nn.Module, example_inputs: Any) -> Any:
             return model(*(example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)))
     finally:
         for m, mode in modes:
-            m.training = mode
+            if m.training != mode:
+                m.training = mode
 
 
 def zeroed_outputs(model: nn.Module, graph: ChannelGraph, removed: Tensor, example_inputs: Any) -> list[Tensor]:
@@ -206,7 +207,24 @@ def check_forward(model: nn.Module, example_inputs: Any, graph: ChannelGraph | N
     """Run ``model`` on ``example_inputs`` (eval mode, no grad; modes restored) and return its
     output tensors. A failure raises :class:`ChannelMappingError` naming the innermost module
     that was running and what to ignore (with ``graph``, the traced uncut model: the layers
-    feeding it too)."""
+    feeding it too). The forward runs without hooks; only a failing one is run again with
+    hooks that follow the modules, to name where it fails."""
+    try:
+        return _outputs(_run(model, example_inputs))
+    except Exception as err:
+        inner, err = _failing_module(model, example_inputs, err)
+        where = (
+            f"module {inner!r} ({type(model.get_submodule(inner)).__name__})" if inner else "the model's own forward"
+        )
+        hint = f"; pass ignore={_suggest_ignore(model, graph, inner)} to leave its channels alone" if inner else ""
+        raise ChannelMappingError(
+            f"the cut model fails on the example inputs in {where} ({type(err).__name__}: {err}){hint}"
+        ) from err
+
+
+def _failing_module(model: nn.Module, example_inputs: Any, err: Exception) -> tuple[str | None, Exception]:
+    """The innermost named module running when ``model`` fails on ``example_inputs``, and the
+    error of that run (``err`` and None if it does not fail again)."""
     names = {id(m): n for n, m in model.named_modules()}
     stack: list[str] = []
 
@@ -222,19 +240,13 @@ def check_forward(model: nn.Module, example_inputs: Any, graph: ChannelGraph | N
 
     handles = [register_module_forward_pre_hook(pre), register_module_forward_hook(post)]
     try:
-        return _outputs(_run(model, example_inputs))
-    except Exception as err:
-        inner = next((n for n in reversed(stack) if n), None)
-        where = (
-            f"module {inner!r} ({type(model.get_submodule(inner)).__name__})" if inner else "the model's own forward"
-        )
-        hint = f"; pass ignore={_suggest_ignore(model, graph, inner)} to leave its channels alone" if inner else ""
-        raise ChannelMappingError(
-            f"the cut model fails on the example inputs in {where} ({type(err).__name__}: {err}){hint}"
-        ) from err
+        _run(model, example_inputs)
+    except Exception as again:
+        return next((n for n in reversed(stack) if n), None), again
     finally:
         for h in handles:
             h.remove()
+    return None, err
 
 
 def cut_checked(

@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("torch_pruning")
 
-from experiments.bench.structured_vs_torch_pruning import COLUMNS, main, run_benchmark  # noqa: E402
+from experiments.bench.structured_detail import COLUMNS, main, run_benchmark  # noqa: E402
 
 FAST = dict(repeats=1, latency_repeats=1, latency_rounds=1, batches=(1, 2), round_to=8)
 
@@ -55,7 +55,7 @@ def test_cli_writes_csv(tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)  # main sets --threads for the whole process
     out = capsys.readouterr().out
-    assert out.startswith("command: python -m experiments.bench.structured_vs_torch_pruning")
+    assert out.startswith("command: python -m experiments.bench.structured_detail")
     assert "torch_pruning 1.6.1" in out
     with open(path) as f:
         rows = list(csv.DictReader(f))
