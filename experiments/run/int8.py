@@ -50,7 +50,7 @@ from experiments.run.deploy import (
 )
 from experiments.run.latency import LatencySettings
 from experiments.storage.files import atomic_write_bytes
-from pruning.latency.comparison import median_interval
+from pruning.latency.comparison import ratio_interval
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +183,8 @@ def interleaved_ort_latency(
         for name in reversed(order) if (k // len(names)) % 2 else order:
             times[name].append(timed(name, inner))
         logs.append(math.log(times[subject][-1] / max(times[reference][-1], 1e-12)))
-        mid = statistics.median(logs)
-        lo, hi = median_interval(logs)
-        if len(logs) >= max(min_rounds, 6) and hi - mid <= math.log1p(ci) and mid - lo <= -math.log1p(-ci):
-            converged = True
+        mid, lo, hi, converged = ratio_interval(logs, ci, min_rounds)
+        if converged:
             break
         if time.perf_counter() > deadline:
             break

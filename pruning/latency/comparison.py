@@ -165,6 +165,16 @@ def median_interval(values: list[float], level: float = 0.95) -> tuple[float, fl
     return xs[k - 1], xs[n - k]
 
 
+def ratio_interval(logs: list[float], ci: float, min_rounds: int) -> tuple[float, float, float, bool]:
+    """From per-round log ratios: the median, its 95% interval (:func:`median_interval`), and
+    whether both ends lie within ``+-ci`` (relative) of the median after at least
+    ``min_rounds`` (and 6) rounds: the stopping rule of an interleaved comparison."""
+    mid = statistics.median(logs)
+    lo, hi = median_interval(logs)
+    done = len(logs) >= max(min_rounds, 6) and hi - mid <= math.log1p(ci) and mid - lo <= -math.log1p(-ci)
+    return mid, lo, hi, done
+
+
 def compare_latency(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -220,10 +230,8 @@ def compare_latency(
                 sample[i] = timers[i](inner)
                 times[i].append(sample[i])
             logs.append(math.log(max(sample[1], 1e-12) / max(sample[0], 1e-12)))
-            mid = statistics.median(logs)
-            lo, hi = median_interval(logs)
-            if len(logs) >= max(min_rounds, 6) and hi - mid <= math.log1p(ci) and mid - lo <= -math.log1p(-ci):
-                converged = True
+            _, lo, hi, converged = ratio_interval(logs, ci, min_rounds)
+            if converged:
                 break
             if time.perf_counter() > deadline:
                 break
