@@ -18,7 +18,7 @@ from analysis.arms import Arm
 from analysis.lessons import SCAN_CRITERIA, SCAN_RATIOS, Lesson
 from analysis.output import MISSING
 from analysis.parts import chance_accuracy
-from analysis.stats import mean_std, paired_t, tost
+from analysis.stats import mean_std, paired_fields
 
 Entry = dict[int, dict[str, Any]]
 """Per seed: the scan entry (``metric``, ``kept``, ``channels``) and the run it came from (``run_id``)."""
@@ -101,14 +101,7 @@ def _row(
     }
     if not seeds:
         return base | {"mean": math.nan, "std": math.nan, "p": math.nan, "p_tost": math.nan, "method": MISSING}
-    stats = paired_t(diffs)
-    eq = tost(diffs, lesson.margin) if stats.n >= 2 else None
+    fields, stats = paired_fields(diffs, lesson.margin)
     if stats.zero_variance:
         base["notes"] = "; ".join([f"zero variance: every seed gave {stats.mean * 100:+.2f} pp"] + notes)
-    return base | {
-        "mean": stats.mean,
-        "std": stats.std,
-        "method": "t" if stats.method == "t" else "sign (zero variance)",
-        "p": stats.p,
-        "p_tost": eq.p if eq is not None else math.nan,
-    }
+    return base | fields

@@ -112,6 +112,20 @@ class Equivalence:
     method: str = "t"
 
 
+def paired_fields(diffs: Sequence[float], margin: float) -> tuple[dict[str, float | str], Paired]:
+    """A paired comparison's verdict-table columns (mean and SD of the differences, the test
+    used, its p, the TOST p at ``margin``; NaN below two seeds) and the :func:`paired_t` result."""
+    result = paired_t(diffs)
+    eq = tost(diffs, margin) if result.n >= 2 else None
+    return {
+        "mean": result.mean,
+        "std": result.std,
+        "method": "t" if result.method == "t" else "sign (zero variance)",
+        "p": result.p,
+        "p_tost": eq.p if eq is not None else math.nan,
+    }, result
+
+
 def tost(diffs: Sequence[float], margin: float) -> Equivalence:
     """Two one-sided paired t-tests (Schuirmann 1987): equivalence within +-``margin`` when both reject.
 

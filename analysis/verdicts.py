@@ -38,7 +38,7 @@ from analysis.load import Store, StoreLike
 from analysis.output import MISSING, cli, markdown, write_tables
 from analysis.pairing import TOLERANCE, Pairing, describe_pairing, paired_values, pairings
 from analysis.planning import plan
-from analysis.stats import holm, holm_levels, mean_std, paired_t, t_interval, tost
+from analysis.stats import holm, holm_levels, mean_std, paired_fields, paired_t, t_interval
 from analysis.verdict_table import RESULTS_TEXT, reading, results_table
 
 ALPHA = 0.05
@@ -128,20 +128,13 @@ def _row(p: Pairing, metric: str) -> dict[str, Any]:
         base[f"mean_{side}"], base[f"std_{side}"], _ = mean_std([values[s] for s in seeds])
     if not p.ok or not seeds:
         return base | {"mean": math.nan, "std": math.nan, "p": math.nan, "p_tost": math.nan, "method": MISSING}
-    stats = paired_t(diffs)
-    eq = tost(diffs, p.lesson.margin) if stats.n >= 2 else None
+    fields, stats = paired_fields(diffs, p.lesson.margin)
     if stats.zero_variance:
         base["notes"] = "; ".join(
             [f"zero variance: every seed gave {stats.mean * 100:+.2f} pp (n = {stats.n}); exact sign tests, no t"]
             + notes
         )
-    return base | {
-        "mean": stats.mean,
-        "std": stats.std,
-        "method": "t" if stats.method == "t" else "sign (zero variance)",
-        "p": stats.p,
-        "p_tost": eq.p if eq is not None else math.nan,
-    }
+    return base | fields
 
 
 def _secondary(p: Pairing, lesson: Lesson) -> list[dict[str, Any]]:
