@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -252,6 +253,7 @@ def _wait_for(predicate, what: str, timeout: float = 180.0) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.alone
 def test_two_runs_needing_the_same_baseline_train_it_once(compose_cfg, tmp_path):
     cfg = OmegaConf.to_container(baseline_cfg(compose_cfg), resolve=True)
     mp = multiprocessing.get_context("spawn")
@@ -283,6 +285,7 @@ def test_two_runs_needing_the_same_baseline_train_it_once(compose_cfg, tmp_path)
     assert len(list(Path(cfg["paths"]["cache_dir"]).glob("*.pt"))) == 1
 
 
+@pytest.mark.alone
 def test_the_claim_of_a_dead_trainer_is_taken_over(tmp_path, caplog):
     cache = BaselineCache(tmp_path)
     ctx = multiprocessing.get_context("fork")

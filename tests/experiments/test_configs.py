@@ -79,7 +79,9 @@ def test_every_study_sweeps_existing_arms_and_every_arm_is_in_a_study():
         assert len(arms) == len(set(arms)) and "l1_oneshot" in arms, study
 
 
-@pytest.mark.parametrize("arm", options("arm"))
+@pytest.mark.parametrize(
+    "arm", [pytest.param(a, marks=pytest.mark.alone) if "latency" in a else a for a in options("arm")]
+)
 def test_every_arm_plans_on_vgg_small(compose_cfg, arm):
     from tests.experiments.test_strategies import planned
 

@@ -111,7 +111,7 @@ def test_unknown_group_option_lists_options(tmp_path):
 
 
 def test_multirun_two_ratios_two_seeds_writes_four_rows(tmp_path):
-    overrides = [o for o in FAST]
+    overrides = [*FAST, "measure.compare_latency=false", "deploy.onnx=false"]
     proc = _run_py(
         "-m", *overrides, "strategy.ratio=0.3,0.6", "seed=0,1", f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path
     )
@@ -148,6 +148,8 @@ def test_multirun_over_every_experiment_preset(tmp_path):
         "trainer.enable_progress_bar=false",
         "measure.latency_repeats=1",
         "measure.latency_batch_sizes=[1]",
+        "measure.compare_latency=false",
+        "deploy.onnx=false",
         "logger=[csv]",
     ]
     proc = _run_py("-m", f"experiment={','.join(presets)}", *tiny, f"hydra.sweep.dir={tmp_path}/multirun", cwd=tmp_path)
@@ -173,6 +175,8 @@ def test_multirun_over_every_strategy_preset(tmp_path):
         "model=vgg_small",
         "logger=[csv]",
         "measure.latency_batch_sizes=[1]",
+        "measure.compare_latency=false",
+        "deploy.onnx=false",
         "strategy.retrain.epochs=2",
     ]
     proc = _run_py(
@@ -201,6 +205,7 @@ def test_multirun_over_every_strategy_preset(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_latency_target_run_end_to_end(compose_cfg):
     """strategy=l1_latency from the config: the row carries the target, the table's prediction and
     the search's measured ratio (timed against the dense model), the pruned model is smaller."""

@@ -55,6 +55,7 @@ def test_identical_runs_in_the_same_second_get_their_own_folders(monkeypatch, tm
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_two_identical_runs_started_together_both_finish(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(ROOT / "run.py"), *FAST, "logger=[csv]", "threads=1"]
