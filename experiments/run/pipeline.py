@@ -268,6 +268,11 @@ def _row(
     }
     if "scan_wall_s" in rt.totals:
         derived["scan/wall_s"] = rt.totals["scan_wall_s"]
+    trained = getattr(phases["baseline"], "epochs_trained", None)
+    if callable(trained) and trained() is not None:  # the epochs the baseline trained (none from a checkpoint)
+        derived["baseline/epochs"] = trained()
+    if "rewind_epoch" in rt.totals:  # learning-rate rewinding: the baseline epoch its replay started at
+        derived["retrain/rewind_epoch"] = rt.totals["rewind_epoch"]
     strategy_metrics = getattr(rt.strategy, "metrics", None)  # optional: numbers only the strategy knows
     if callable(strategy_metrics):  # e.g. latency/target, latency/b<N>/predicted_ratio of latency-aware pruning
         derived.update(strategy_metrics())

@@ -21,7 +21,7 @@ import pruning
 from experiments.checks import ConfigError
 from experiments.strategies.filter_checks import FilterSettings
 from experiments.strategies.global_scope import global_planned
-from experiments.strategies.parts import Retrain, freeze_spec, optimizer_parts
+from experiments.strategies.parts import BASELINE_EPOCHS, Retrain, follow_baseline, freeze_spec, optimizer_parts
 from experiments.strategies.plan import (
     Measure,
     Prune,
@@ -175,6 +175,7 @@ class FilterPruning(FilterSettings):
     def plan(self, model: nn.Module, rt: Runtime) -> list[Step]:
         """The steps of the run; what they cut to is kept in ``planned`` (a :class:`FilterPlan`)."""
         self.record = pruning.PruningRecord()
+        follow_baseline(self, rt.baseline)  # retrain.epochs=baseline: the baseline's epochs in this runtime
         spared, ratio = self._resolved_ratio(model, rt)
         if isinstance(ratio, Mapping):
             ratio = {g: r for g, r in ratio.items() if r > 0}
@@ -330,16 +331,22 @@ class FilterPruning(FilterSettings):
             "target_resource": policy.resource if policy.needs_scan else None,
             "match_uniform": policy.match_uniform,
             "budget": self.retrain.budget if finetune else None,
-            "retrain_epochs": self.retrain.epochs if finetune else None,
-            "epochs_budget": self.retrain.epochs * (steps if self.retrain.budget == "per_step" else 1)
-            if finetune
-            else None,
+            "retrain_epochs": self.retrain.epochs_given if finetune else None,
+            "epochs_budget": self._epochs_budget(steps) if finetune else None,
             "scratch_cap": self.retrain.scratch_cap if self.retrain.mode == "scratch_b" else None,
             "optimizer": optimizer,
             "retrain_lr": lr,
             "lr_schedule": self.retrain.lr_schedule if finetune else None,
             "rewind_epoch": self.retrain.rewind_epoch if finetune and self.retrain.lr_schedule == "rewind" else None,
         }
+
+    def _epochs_budget(self, steps: int) -> int | str:
+        """The planned fine-tuning epochs in all; ``baseline`` (``<steps>x baseline`` per step) when they
+        follow the baseline's, so arms on an ``auto`` baseline name the same budget whatever epoch it stopped at."""
+        per_step = self.retrain.budget == "per_step"
+        if self.retrain.epochs_given == BASELINE_EPOCHS:
+            return f"{steps}x {BASELINE_EPOCHS}" if per_step and steps > 1 else BASELINE_EPOCHS
+        return self.retrain.epochs * (steps if per_step else 1)
 
     def tables(self, model: nn.Module) -> dict[str, Any]:
         plan = self.planned

@@ -19,12 +19,16 @@ from torch import nn
 import pruning
 from experiments.checks import ConfigError, check_choice, check_nonnegative_int, check_number, check_ratio
 from experiments.strategies.plan import Runtime, Step
+from experiments.training.context import BaselineRecipe
 from experiments.training.module import LR_SCHEDULES
 
 RETRAIN_MODES = ("finetune", "scratch_e", "scratch_b", "none")
 RETRAIN_LR_SCHEDULES = (*LR_SCHEDULES, "rewind")
 SELECT_CHOICES = ("last", "best_val")
 BUDGETS = ("total", "per_step")
+BASELINE_EPOCHS = "baseline"
+"""``retrain.epochs: baseline``: as many epochs as the baseline trained (with ``baseline.epochs=auto``,
+those its plateau rule stopped at), known only once it has trained."""
 
 
 @dataclass
@@ -45,9 +49,11 @@ class Retrain:
     2020): fine-tune with the baseline's optimizer and its lr schedule replayed from
     ``rewind_epoch`` on (``None``: the baseline's epochs minus ``epochs``, so the replay ends
     where the baseline's schedule ended), ignoring ``optimizer``.
+    ``epochs: baseline`` retrains for the epochs the baseline trained (:meth:`follow_baseline`
+    sets them when the plan is made; ``follows_baseline`` then says so).
     """
 
-    epochs: int = 1
+    epochs: int | str = 1
     optimizer: Callable[..., torch.optim.Optimizer] | None = None
     lr_schedule: str = "constant"
     distill: float = 0.0
@@ -58,9 +64,10 @@ class Retrain:
     label_smoothing: float = 0.0
     select: str = "last"
     rewind_epoch: int | None = None
+    follows_baseline: bool = field(default=False, init=False)
 
     def validate(self, key: str = "strategy.retrain") -> None:
-        check_nonnegative_int(f"{key}.epochs", self.epochs)
+        check_retrain_epochs(f"{key}.epochs", self.epochs)
         check_choice(f"{key}.lr_schedule", self.lr_schedule, RETRAIN_LR_SCHEDULES)
         if self.rewind_epoch is not None:
             check_nonnegative_int(f"{key}.rewind_epoch", self.rewind_epoch)
@@ -77,8 +84,42 @@ class Retrain:
         check_choice(f"{key}.budget", self.budget, BUDGETS)
         if self.scratch_cap is not None:
             check_number(f"{key}.scratch_cap", self.scratch_cap, 1, suffix=", or null (uncapped)")
-        if self.epochs > 0 and self.mode == "finetune" and self.optimizer is None and self.lr_schedule != "rewind":
+        trains = self.epochs == BASELINE_EPOCHS or self.epochs > 0
+        if trains and self.mode == "finetune" and self.optimizer is None and self.lr_schedule != "rewind":
             raise ConfigError(f"{key}.optimizer is missing: give a _partial_ optimizer, e.g. torch.optim.SGD")
+
+    def follow_baseline(self, baseline: BaselineRecipe | None, key: str = "strategy.retrain") -> None:
+        """``epochs: baseline`` -> the baseline's epochs in ``baseline`` (the recipe as it trained;
+        before it has, an ``auto`` baseline's cap, the most it may train, which the dry run checks)."""
+        if self.epochs != BASELINE_EPOCHS and not self.follows_baseline:
+            return
+        if baseline is None:
+            raise ConfigError(f"{key}.epochs=baseline repeats the baseline's epochs, but this run has no baseline")
+        self.epochs, self.follows_baseline = int(baseline.epochs), True
+
+    @property
+    def epochs_given(self) -> int | str:
+        """``epochs`` as configured: ``baseline`` when they follow the baseline's, else the number."""
+        return BASELINE_EPOCHS if self.follows_baseline else self.epochs
+
+
+def check_retrain_epochs(key: str, value: Any) -> int | str:
+    """An integer >= 0 or ``baseline``; ``auto`` (``${baseline.epochs}`` of an ``auto`` baseline) is
+    refused with the word to use, since the interpolation cannot know the epochs before training."""
+    if value == BASELINE_EPOCHS:
+        return value
+    hint = ": write baseline for the epochs an auto baseline trains" if value == "auto" else ""
+    return check_number(key, value, 0, integer=True, suffix=f" or {BASELINE_EPOCHS} (the baseline's epochs){hint}")
+
+
+def follow_baseline(strategy: Any, baseline: BaselineRecipe | None) -> None:
+    """Set every retraining part of ``strategy`` (``strategy.<name>``, a :class:`Retrain`) given
+    ``epochs: baseline`` to the epochs of ``baseline``; a plan calls it first, so the dry run
+    checks the plan with the baseline's configured epochs (an ``auto`` baseline's cap) and the
+    run plans with those it trained."""
+    for name, value in vars(strategy).items():
+        if isinstance(value, Retrain):
+            value.follow_baseline(baseline, f"strategy.{name}")
 
 
 @dataclass

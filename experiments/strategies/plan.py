@@ -156,6 +156,7 @@ class Train(Step):
             start, per_epoch = rewind_start(self.retrain, rt.baseline), rt.steps_per_epoch()
             optimizer, schedule = rt.baseline.optimizer, rt.baseline.lr_schedule
             replay = (start * per_epoch, rt.baseline.schedule_length * per_epoch)
+            rt.totals["rewind_epoch"] = start  # the row's retrain/rewind_epoch: where the replay started
         if rt.dry:
             check_freeze(model, self.freeze)
             return
@@ -195,13 +196,23 @@ class Train(Step):
 
 def rewind_start(retrain: Any, baseline: BaselineRecipe | None, key: str = "strategy.retrain") -> int:
     """The baseline epoch learning-rate rewinding replays from, checked against the baseline's
-    schedule: the replay of ``retrain.epochs`` epochs must end within it."""
+    schedule: the replay of ``retrain.epochs`` epochs must end within it. While an ``auto``
+    baseline has not trained (the dry run), ``rewind_epoch=None`` must also fit the shortest
+    run its rule allows, so a replay that would start before epoch 0 is refused before training."""
     if baseline is None:
         raise ConfigError(
             f"{key}.lr_schedule=rewind replays the baseline's schedule, but this run has no baseline recipe"
         )
     length = baseline.schedule_length
     start = retrain.rewind_epoch if retrain.rewind_epoch is not None else baseline.epochs - retrain.epochs
+    follows = getattr(retrain, "follows_baseline", False)  # epochs=baseline: the replay is the whole baseline run
+    if baseline.pending and retrain.rewind_epoch is None and not follows and retrain.epochs > baseline.fewest_epochs:
+        raise ConfigError(
+            f"{key}.rewind_epoch=None replays the baseline's last {retrain.epochs} epoch(s), but baseline.epochs=auto "
+            f"may stop after {baseline.fewest_epochs} (baseline.plateau_window={baseline.plateau.window} + 1): "
+            f"give {key}.rewind_epoch in [0, {max(0, length - retrain.epochs)}] or at most "
+            f"{baseline.fewest_epochs} {key}.epochs"
+        )
     if start < 0 or start + retrain.epochs > length:
         raise ConfigError(
             f"{key}.rewind_epoch={retrain.rewind_epoch}: replaying {retrain.epochs} epoch(s) from epoch {start} runs "

@@ -333,7 +333,7 @@ class SparsityPruning(FilterPruning):
     # -- what the run stores ------------------------------------------------------------------
     def parts(self) -> dict[str, Any]:
         out = super().parts()
-        if out.get("epochs_budget") is not None:
+        if isinstance(out.get("epochs_budget"), int):  # not when it names the baseline's epochs
             out["epochs_budget"] += self.sparsity.epochs
         out.update(self.sparsity.parts(), scope=self.scope)
         return out

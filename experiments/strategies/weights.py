@@ -20,7 +20,7 @@ from torch import nn
 import pruning
 from experiments.checks import ConfigError, check_choice, check_number, check_ratio
 from experiments.storage.files import atomic_write_bytes
-from experiments.strategies.parts import Retrain, Strategy, freeze_spec
+from experiments.strategies.parts import Retrain, Strategy, follow_baseline, freeze_spec
 from experiments.strategies.plan import Measure, Prune, Runtime, Step, Train
 from experiments.training.context import Phase, measure_model
 from experiments.training.distributed import is_global_zero
@@ -292,6 +292,7 @@ class WeightPruning(Strategy):
     def plan(self, model: nn.Module, rt: Runtime) -> list[Step]:
         """rounds x (prune, measure, retrain), optional averaging, optional quantization."""
         self.masks = None
+        follow_baseline(self, rt.baseline)  # retrain.epochs=baseline: the baseline's epochs in this runtime
         frozen = self.frozen_names(model)
         steps: list[Step] = []
         if self.schedule == "gradual":  # one run that prunes as it trains: no "pruned" point before retraining

@@ -137,6 +137,17 @@ class BaselineRecipe:
         """Epochs the baseline's lr schedule is laid out over (the cap for ``auto``)."""
         return self.schedule_epochs if self.schedule_epochs is not None else self.epochs
 
+    @property
+    def pending(self) -> bool:
+        """Whether ``epochs`` is still the cap of an ``auto`` baseline that has not trained (the dry run)."""
+        return self.auto and self.schedule_epochs is None
+
+    @property
+    def fewest_epochs(self) -> int:
+        """The fewest epochs the baseline may train: ``epochs``, or while an ``auto`` baseline is
+        ``pending`` the first epoch its rule can stop at (``plateau_window + 1``)."""
+        return self.plateau.window + 1 if self.pending else self.epochs
+
     def trained(self, epochs: int) -> BaselineRecipe:
         """The recipe with the epochs the baseline actually trained (its schedule's length kept)."""
         return replace(self, epochs=int(epochs), schedule_epochs=self.schedule_length)

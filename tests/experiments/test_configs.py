@@ -105,7 +105,9 @@ def test_per_step_arms_have_a_oneshot_arm_with_the_same_total(compose_cfg, per_s
 def test_scratch_pair_differs_only_in_the_initial_weights(compose_cfg):
     from tests.experiments.test_strategies import planned
 
-    finetune = planned(compose_cfg, "arm=l1_oneshot-e_baseline-lr_baseline", "baseline.epochs=4")[2].parts()
+    _, steps, strategy = planned(compose_cfg, "arm=l1_oneshot-e_baseline-lr_baseline", "baseline.epochs=4")
+    finetune = strategy.parts()
     scratch = planned(compose_cfg, "arm=l1_scratch_e", "baseline.epochs=4")[2].parts()
-    assert (finetune["epochs_budget"], finetune["retrain_lr"], finetune["optimizer"]) == (4, 0.05, "SGD")
+    assert (finetune["epochs_budget"], finetune["retrain_lr"], finetune["optimizer"]) == ("baseline", 0.05, "SGD")
+    assert strategy.retrain.epochs == 4 and steps[-2].steps == 4  # the baseline's 4 epochs (1 step each, dry)
     assert (scratch["retrain_lr"], scratch["optimizer"]) == (0.05, "SGD")

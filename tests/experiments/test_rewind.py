@@ -113,3 +113,4 @@ def test_a_rewind_run_is_refused_before_training_and_runs_end_to_end(compose_cfg
     parts = row["parts"]
     assert parts["lr_schedule"] == "rewind" and parts["retrain_lr"] == 0.05  # the baseline's optimizer
     assert row["metrics"]["retrain/epochs"] == 1
+    assert row["metrics"]["retrain/rewind_epoch"] == 1 and row["metrics"]["baseline/epochs"] == 2  # its last epoch
