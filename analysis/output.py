@@ -100,7 +100,9 @@ def context_title(row: pd.Series | dict) -> str:
     """``"fashion_mnist / vgg_small (baseline 20 ep)"``."""
     title = f"{row.get('dataset', '?')} / {row.get('model', '?')}"
     epochs = row.get("baseline_epochs")
-    if epochs not in (None, MISSING) and not (isinstance(epochs, float) and math.isnan(epochs)):
+    if epochs == "auto":
+        title += " (baseline to its plateau)"
+    elif epochs not in (None, MISSING) and not (isinstance(epochs, float) and math.isnan(epochs)):
         title += f" (baseline {int(float(epochs))} ep)"
     return title
 

@@ -124,9 +124,15 @@ def _spread(arm: Arm, key: str) -> str:
 
 def _total_epochs(arm: Arm) -> float:
     total = arm.mean("retrain/epochs")
-    if not math.isfinite(total) and arm.part("epochs_budget") is not None:
-        total = float(arm.part("epochs_budget"))
+    budget = arm.part("epochs_budget")
+    if not math.isfinite(total) and isinstance(budget, (int, float)):
+        total = float(budget)
     return total
+
+
+def _epochs(value: Any) -> str:
+    """An epoch count, or the word a config gives (``baseline``: the baseline's epochs)."""
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
 def _match_budget(p: Pairing) -> None:
@@ -135,7 +141,7 @@ def _match_budget(p: Pairing) -> None:
     if math.isfinite(ta) and math.isfinite(tb) and abs(ta - tb) < 1e-6:
         p.regime = f"equal total retraining: {ta:g} epochs"
     elif sa is not None and sa == sb:
-        p.regime = f"equal retraining per step: {sa:g} epochs a step (total A {ta:g} vs B {tb:g})"
+        p.regime = f"equal retraining per step: {_epochs(sa)} epochs a step (total A {ta:g} vs B {tb:g})"
     else:
         p.problems.append(
             f"retraining budget: A {ta:g} epochs in total ({sa if sa is not None else '?'} a step) vs B {tb:g} "

@@ -278,8 +278,10 @@ def _row(
         derived.update(strategy_metrics())
     recipe = settings.baseline.recipe
     parts = {**rt.strategy.parts(), "baseline_epochs": "auto" if recipe.auto else recipe.epochs}
-    if parts.get("epochs_budget") is None:
-        parts["epochs_budget"] = rt.totals["retrain_epochs"]
+    if parts.get("epochs_budget") is None:  # Scratch-E/B: the baseline's epochs (x its MACs over the pruned net's)
+        scratch = {"scratch_e": "baseline", "scratch_b": "baseline x MACs"}.get(parts.get("retrain"))
+        # on an auto baseline a number would differ from seed to seed and split the arm
+        parts["epochs_budget"] = scratch if recipe.auto and scratch else rt.totals["retrain_epochs"]
     return {
         "run_id": run_id,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

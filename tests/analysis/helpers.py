@@ -68,7 +68,7 @@ def run_row(
         "ratio/nonzero_params": params if nonzero is None else nonzero,
         "ratio/latency_b1": 0.8,
         "ratio/latency_b64": 0.6,
-        "retrain/epochs": float(p["epochs_budget"]),
+        "retrain/epochs": float(p["epochs_budget"]) if isinstance(p["epochs_budget"], (int, float)) else float("nan"),
         "retrain/wall_s": 10.0,
         "prune/wall_s": 1.0,
     }

@@ -107,7 +107,12 @@ ARMS: dict[str, dict[str, Any]] = {
 }
 
 
-def study_rows(seeds: int = 12) -> list[dict[str, Any]]:
+AUTO_BUDGETS = {"scratch_e": "baseline", "scratch_b": "baseline x MACs"}
+
+
+def study_rows(seeds: int = 12, auto: bool = False) -> list[dict[str, Any]]:
+    """Rows of every arm; ``auto``: baselines trained to their plateau (``baseline.epochs=auto``),
+    each seed's at another epoch, and Scratch-E/B budgets named as the pipeline names them."""
     rows = []
     for name, spec in ARMS.items():
         spec = dict(spec)
@@ -115,6 +120,11 @@ def study_rows(seeds: int = 12) -> list[dict[str, Any]]:
         macs, params, lat = spec.pop("macs", 0.255), spec.pop("params", 0.254), spec.pop("lat", 0.44)
         for s in range(seeds):
             rng = random.Random(zlib.crc32(f"{name}:{s}".encode()))
+            run_spec, extra = dict(spec), {}
+            if auto and run_spec.get("retrain") in AUTO_BUDGETS:
+                epochs = 8 + s % 3  # the epochs this seed's baseline trained
+                run_spec["epochs_budget"] = AUTO_BUDGETS[run_spec["retrain"]]
+                extra["retrain/epochs"] = epochs * (4 if run_spec["retrain"] == "scratch_b" else 1)
             arm_macs = macs + (((s % 5) - 2) * 0.006 if name == "l1_sensitivity_macs" else 0.0)
             tables: dict[str, Any] = {}
             if name == "l1_sensitivity_macs":
@@ -140,9 +150,10 @@ def study_rows(seeds: int = 12) -> list[dict[str, Any]]:
                     "latency/b1/ci_high": b1 + 0.02,
                     "latency/b64/ci_low": b64 - 0.01,
                     "latency/b64/ci_high": b64 + 0.01,
+                    **extra,
                 },
-                baseline_epochs=4,
-                **spec,
+                baseline_epochs="auto" if auto else 4,
+                **run_spec,
             )
             row["arm"] = name
             row["config"]["machine"] = "vm (x86_64, AMD EPYC 7B13, 1 threads, cpu)"
@@ -150,5 +161,5 @@ def study_rows(seeds: int = 12) -> list[dict[str, Any]]:
     return rows
 
 
-def study_store(path: Path, seeds: int = 12) -> Path:
-    return write_store(path, study_rows(seeds))
+def study_store(path: Path, seeds: int = 12, auto: bool = False) -> Path:
+    return write_store(path, study_rows(seeds, auto))

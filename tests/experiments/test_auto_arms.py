@@ -176,3 +176,5 @@ def test_e_baseline_and_scratch_b_retrain_for_the_epochs_an_auto_baseline_traine
     assert metrics["baseline/reused"] is True and metrics["baseline/epochs"] == 2
     matched = int(2 * metrics["baseline/macs"] / metrics["retrained/macs"])
     assert matched > 4 and metrics["retrain/epochs"] == 4  # capped at 2 x the 2 epochs the baseline trained
+    # its budget is named, not counted: a number would differ from seed to seed and split the arm in the report
+    assert scratch["parts"]["epochs_budget"] == "baseline x MACs" and scratch["parts"]["retrain"] == "scratch_b"
