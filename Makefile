@@ -7,7 +7,7 @@ setup:
 run: setup  ## the default study on Fashion-MNIST, offline
 	WANDB_MODE=$${WANDB_MODE:-offline} .venv/bin/python run.py $(ARGS)
 
-test: setup lint  ## lint, then the whole test suite (library and analysis tests on two workers, the rest alone)
+test: setup lint  ## lint, then the whole test suite (on two workers, except the tests that time code or use both cores)
 	WANDB_MODE=offline bash scripts/test.sh $(ARGS)
 
 lint: setup  ## no tracked file over 1 MB outside docs/; ruff (lint, formatting); import direction and circles

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import (
+    baseline_schedules,
     compression,
     criteria,
     forest,
@@ -180,6 +181,22 @@ def _secondary(store: Store, out: Path) -> Section:
     )
 
 
+def _baselines(store: Store, out: Path) -> Section:
+    runs, gains = baseline_schedules.write_schedules(store, out)
+    return Section(
+        "Baselines: does more training move accuracy?",
+        text=[
+            "Every seed's baseline per schedule: epochs trained, test accuracy, and the plateau rule's verdict on its "
+            "validation curve (rise: best of its last epochs minus the best before, in points). An annealed schedule's "
+            "last epochs rise with its falling learning rate, however long it is; what more training gives is the paired gain of a longer schedule on the same "
+            "seeds (second table, 95% interval), when the store has one."
+        ],
+        images=[("baseline_schedules.png", "validation curves and test accuracy per schedule")],
+        files=["baseline_schedules.svg", "baseline_schedules.csv", "baseline_gains.csv"],
+        tables=[baseline_schedules.shown_runs(runs)] + ([gains.round(3)] if not gains.empty else []),
+    )
+
+
 def _power(store: Store, out: Path) -> Section:
     plan = power.power_table(store=store)
     if "seeds needed" not in plan:
@@ -202,6 +219,7 @@ BUILDERS: tuple[tuple[str, Callable[[Store, Path], Section]], ...] = (
     ("per-seed values", _seeds),
     ("secondary endpoints", _secondary),
     ("seeds needed", _power),
+    ("baselines", _baselines),
     (
         "strategy table",
         _table(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# `make test`: the tests marked `parallel` (library and analysis tests that time nothing) on two
-# workers, then the rest alone, so that no test that times code or starts its own processes
-# shares the CPU. Arguments go to both pytest runs (e.g. -q, a file, -k EXPR).
+# `make test`: the tests marked `parallel` (all but those that time code or keep both cores busy:
+# tests/conftest.py) on two workers, then the rest alone, so that no timing shares the CPU.
+# Arguments go to both pytest runs (e.g. -q, a file, -k EXPR).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
