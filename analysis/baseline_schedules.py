@@ -121,6 +121,14 @@ def schedule_gains(runs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def baseline_gains(store: Store) -> pd.DataFrame:
+    """:func:`schedule_gains` of the store's baselines; empty when it has no trained baseline."""
+    try:
+        return schedule_gains(baseline_runs(store)[0])
+    except NoData:
+        return schedule_gains(pd.DataFrame(columns=list(RUN_COLUMNS)))
+
+
 def schedules_figure(runs: pd.DataFrame, curves: dict[tuple, list[float]]):
     """Left: every seed's validation curve, coloured by schedule; right: test accuracy per schedule (one dot a seed)."""
     contexts = list(runs.groupby(["dataset", "model"], sort=False))

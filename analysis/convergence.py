@@ -5,13 +5,21 @@ Every trained baseline's row carries its per-epoch validation accuracy and the p
 measure: the best accuracy of the last ``window`` epochs minus the best before them. A lesson
 whose baselines still rose by more than its margin is flagged: more training alone moves
 accuracy by more than the effect the lesson resolves, so an arm that trains longer may win
-for that reason.
+for that reason. Unless the store shows it is not so: the same seeds trained on a longer
+schedule (:mod:`analysis.baseline_schedules`), whose paired gain in test accuracy stays within
+the margin (its whole 95% interval), show that the rise was the schedule's annealing, not
+accuracy left on the table; the note then says so instead. A longer schedule that gains more
+than the margin makes the note say that too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import pandas as pd
+
+from analysis.baseline_schedules import schedule_name
 
 DEFAULT_WINDOW = 3
 
@@ -29,8 +37,10 @@ def baseline_rise(row: Mapping[str, Any]) -> tuple[float, int] | None:
     return max(curve[-window:]) - max(curve[:-window]), window
 
 
-def rising_note(rows: Iterable[Mapping[str, Any]], margin: float) -> str:
-    """A note naming the baselines of ``rows`` that still rose by more than ``margin``; "" if none did."""
+def rising_note(rows: Iterable[Mapping[str, Any]], margin: float, gains: pd.DataFrame | None = None) -> str:
+    """A note naming the baselines of ``rows`` that still rose by more than ``margin``; "" if none did.
+    ``gains``: :func:`analysis.baseline_schedules.schedule_gains` of the store (longer schedules, paired)."""
+    rows = list(rows)
     by_seed: dict[Any, tuple[float, int]] = {}  # the arms of a seed share its baseline: counted once
     for row in rows:
         measured = baseline_rise(row)
@@ -39,8 +49,21 @@ def rising_note(rows: Iterable[Mapping[str, Any]], margin: float) -> str:
     if not by_seed:
         return ""
     seed, (rise, window) = max(by_seed.items(), key=lambda kv: kv[1][0])
-    return (
-        f"baseline still rising: the baselines of {len(by_seed)} seed(s) gained more than the ±{margin * 100:g} pp margin "
-        f"over their last epochs (most: +{rise * 100:.2f} pp over {window} epoch(s), seed {seed}); "
-        "an arm that trains longer may win for that reason alone"
-    )
+    within = f"the baselines of {len(by_seed)} seed(s) gained more than the ±{margin * 100:g} pp margin over their last epochs (most: +{rise * 100:.2f} pp over {window} epoch(s), seed {seed})"
+    check = _longer_schedule(rows, gains)
+    if check is not None:
+        longer = f"{check['B']} gained {check['gain_pp']:+.2f} pp [{check['ci_low']:+.2f}, {check['ci_high']:+.2f}] on {check['n']} seeds"
+        if max(abs(check["ci_low"]), abs(check["ci_high"])) <= margin * 100:
+            return f"baseline at its plateau: {within}, but the same seeds on {longer}, within the margin"
+        return f"baseline not at its plateau: {within}, and the same seeds on {longer}; an arm that trains longer may win for that reason alone"
+    return f"baseline still rising: {within}; an arm that trains longer may win for that reason alone"
+
+
+def _longer_schedule(rows: list[Mapping[str, Any]], gains: pd.DataFrame | None) -> dict[str, Any] | None:
+    """The longest schedule paired against the rows' own (their dataset, model, schedule), if the store has one."""
+    if gains is None or gains.empty or not rows:
+        return None
+    row = rows[0]
+    own = schedule_name(dict(row))
+    match = gains[(gains["dataset"] == row.get("dataset")) & (gains["model"] == row.get("model")) & (gains["A"] == own)]
+    return None if match.empty else match.iloc[-1].to_dict()

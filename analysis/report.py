@@ -188,7 +188,7 @@ def _baselines(store: Store, out: Path) -> Section:
         text=[
             "Every seed's baseline per schedule: epochs trained, test accuracy, and the plateau rule's verdict on its "
             "validation curve (rise: best of its last epochs minus the best before, in points). An annealed schedule's "
-            "last epochs rise with its falling learning rate, however long it is; what more training gives is the paired gain of a longer schedule on the same "
+            "last epochs can rise with its falling learning rate whether or not more epochs would help; what more training gives is the paired gain of a longer schedule on the same "
             "seeds (second table, 95% interval), when the store has one."
         ],
         images=[("baseline_schedules.png", "validation curves and test accuracy per schedule")],

@@ -31,10 +31,11 @@ from typing import Any
 import pandas as pd
 
 from analysis.arms import build_arms
+from analysis.baseline_schedules import baseline_gains
 from analysis.convergence import rising_note
 from analysis.layer_verdicts import scan_comparisons
 from analysis.lessons import ENDPOINT_NAMES, LESSONS, SCAN_ENDPOINT, SECONDARY, Lesson
-from analysis.load import Store, StoreLike
+from analysis.load import Store, StoreLike, read_store
 from analysis.output import MISSING, cli, markdown, write_tables
 from analysis.pairing import TOLERANCE, Pairing, describe_pairing, paired_values, pairings
 from analysis.planning import plan
@@ -103,9 +104,9 @@ def _operating_point(p: Pairing) -> str:
     return ", ".join(text) or MISSING
 
 
-def _row(p: Pairing, metric: str) -> dict[str, Any]:
+def _row(p: Pairing, metric: str, gains: pd.DataFrame | None = None) -> dict[str, Any]:
     seeds, diffs, notes = paired_values(p, metric)
-    rising = rising_note([arm.by_seed[s] for arm in (p.a, p.b) for s in seeds], p.lesson.margin)
+    rising = rising_note([arm.by_seed[s] for arm in (p.a, p.b) for s in seeds], p.lesson.margin, gains)
     notes = [*notes, rising] if rising else notes
     base = {
         "lesson": p.lesson.code,
@@ -168,14 +169,16 @@ def comparisons(
     store: StoreLike, lessons: tuple[Lesson, ...] = LESSONS, alpha: float = ALPHA, tolerance: float = TOLERANCE
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(primary verdict table, secondary endpoints table) for every lesson comparison in ``store``."""
+    store = read_store(store)
     arms = build_arms(store)
+    gains = baseline_gains(store)
     rows, secondary = [], []
     for lesson in lessons:
         if lesson.endpoint == SCAN_ENDPOINT:  # per group and ratio, within each run's per-criterion scans
             rows += scan_comparisons(lesson, arms)
             continue
         for p in pairings(lesson, arms, tolerance):
-            rows.append(_row(p, lesson.endpoint))
+            rows.append(_row(p, lesson.endpoint, gains))
             if p.ok:
                 secondary += _secondary(p, lesson)
     table = decide(pd.DataFrame(rows, columns=COLUMNS), alpha, lessons)

@@ -143,3 +143,31 @@ def test_retraining_recipes_are_compared_with_plain_fine_tuning(tmp_path):
     assert (recipes["refused because"].fillna("") == "").all() and (recipes["family"] == 3).all()
     assert recipes.loc["lr rewinding > finetune", "mean"] == pytest.approx(0.005)
     assert recipes.loc["lr rewinding > finetune", "differs in (part)"].startswith("strategy.retrain.lr_schedule")
+
+
+def _schedule_rows(seed, epochs, base_acc, curve, final_acc, strategy="l1_oneshot", **parts):
+    config = {"seed": seed, "machine": "testbox", "baseline": {"epochs": epochs, "lr_schedule": "cosine"}}
+    row = run_row(seed, base_acc=base_acc, final_acc=final_acc, strategy=strategy, config=config,
+                  baseline_epochs=epochs, **parts)  # fmt: skip
+    return with_curve(row, curve)
+
+
+@pytest.mark.parametrize(
+    ("gain", "says"), [(0.0005, "baseline at its plateau"), (0.006, "baseline not at its plateau")]
+)
+def test_a_longer_schedule_on_the_same_seeds_decides_whether_the_rise_was_annealing(tmp_path, gain, says):
+    """Cosine's last epochs rise (+0.5 pp here); the same seeds on a 16-epoch schedule say whether more
+    training moves test accuracy: by 0.05 pp (at its plateau) or by 0.6 pp (not)."""
+    annealing = [0.90, 0.92, 0.925, 0.928, 0.930, 0.931, 0.933, 0.935]  # +0.5 pp over the last 3 epochs
+    rows = []
+    for s in range(4):
+        base = 0.930 + 0.001 * s
+        rows.append(_schedule_rows(s, 8, base, annealing, 0.90 + 0.001 * s))
+        rows.append(_schedule_rows(s, 8, base, annealing, 0.905, "l1_iterative", schedule="iterative"))
+        longer = base + gain + (0.0004 if s % 2 else -0.0004)
+        rows.append(_schedule_rows(s, 16, longer, annealing + [0.935] * 8, 0.90))  # the check: a 16-epoch baseline
+    write_store(tmp_path, rows)
+    table = compare(tmp_path)
+    notes = table[(table["lesson"] == "L1")]["notes"].iloc[0]
+    assert says in notes and "cosine 16 ep gained" in notes and "on 4 seeds" in notes
+    assert ("may win for that reason alone" in notes) == (says == "baseline not at its plateau")
