@@ -144,7 +144,8 @@ def schedules_figure(runs: pd.DataFrame, curves: dict[tuple, list[float]]):
                 curve_ax.plot(range(1, len(curve) + 1), [a * 100 for a in curve], color=colours(i), lw=1.2,
                               marker="o", ms=2.5, alpha=0.85, label=name if j == 0 else None)  # fmt: skip
             accs = frame[frame["schedule"] == name]["test_acc"] * 100
-            test_ax.scatter([i] * len(accs), accs, color=colours(i), s=22, zorder=3)
+            spread = [i + 0.08 * (k - (len(accs) - 1) / 2) for k in range(len(accs))]  # seeds side by side
+            test_ax.scatter(spread, accs, color=colours(i), s=22, zorder=3)
             test_ax.hlines(accs.mean(), i - 0.25, i + 0.25, color=colours(i), lw=2)
         curve_ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"{dataset} / {model}: validation curves")
         curve_ax.legend(fontsize=8, loc="lower right")
