@@ -34,13 +34,16 @@ RUN_COLUMNS = ("dataset", "model", "schedule", "seed", "epochs", "test_acc", "ri
 
 
 def schedule_name(row: dict[str, Any]) -> str | None:
-    """``"cosine 8 ep"`` or ``"auto (cosine, cap 15)"`` from a row's baseline config; None without a trained baseline."""
+    """``"cosine 8 ep"`` or ``"auto (cosine, cap 15)"`` from a row's baseline config (its parts' epochs when the
+    config does not say); None without a trained baseline."""
     base = (row.get("config") or {}).get("baseline") or {}
     if base.get("checkpoint") or not row.get("baseline_training"):
         return None
-    lr = base.get("lr_schedule", "?")
-    epochs = base.get("epochs")
-    return f"auto ({lr}, cap {base.get('max_epochs')})" if epochs == "auto" else f"{lr} {epochs} ep"
+    epochs = base.get("epochs", (row.get("parts") or {}).get("baseline_epochs"))
+    lr = base.get("lr_schedule")
+    if epochs == "auto":
+        return f"auto ({lr or '?'}, cap {base.get('max_epochs')})"
+    return f"{lr} {epochs} ep" if lr else f"{epochs} ep"
 
 
 def baseline_runs(store: Store) -> tuple[pd.DataFrame, dict[tuple, list[float]]]:

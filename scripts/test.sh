@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-"$PY" -m pytest -n 2 -m parallel "$@"
+"$PY" -m pytest -n 2 --dist worksteal -m parallel "$@"
 first=$?
 "$PY" -m pytest -m "not parallel" "$@"
 second=$?
