@@ -47,6 +47,7 @@ import torchvision
 from torch import nn
 
 import pruning
+from experiments.bench.cold_cut import classifier
 from experiments.models import MODELS, list_models, torchvision_model
 
 DEFAULT_MODELS = ("resnet56", "vgg16_cifar", "mobilenetv2_cifar", "resnet50", "densenet121")
@@ -68,24 +69,6 @@ def build(name: str, tv_size: int, cifar_size: int, seed: int) -> tuple[nn.Modul
         size = tv_size
         model = torchvision_model(name=name, num_classes=1000, in_channels=3, input_size=size)
     return model.eval(), torch.randn(1, 3, size, size)
-
-
-def output_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """Name of the last conv/linear layer run in a forward pass (the classifier)."""
-    names = {m: n for n, m in model.named_modules()}
-    order: list[str] = []
-    hooks = [
-        m.register_forward_hook(lambda mod, a, o: order.append(names[mod]))
-        for m in model.modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
-    try:
-        with torch.inference_mode():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return order[-1]
 
 
 def check_forward(model: nn.Module, x: torch.Tensor, shape: torch.Size) -> None:
@@ -214,7 +197,7 @@ def bench_model(
 ) -> tuple[list[dict], list[str]]:
     """Rows (dense, ours, ours round_to, TP) for one model, and notes on width differences."""
     base, x = build(name, tv_size, cifar_size, seed)
-    ignore = output_layer(base, x)
+    ignore = classifier(base, x)
     with torch.inference_mode():
         shape = base(x).shape
     dense = pruning.count(base, x)
@@ -267,7 +250,7 @@ def bench_model(
 def _warm_up(torch_pruning: bool) -> None:
     """Pay first-call costs (lazy imports, dispatcher caches) outside the timed runs."""
     base, x = build("vgg_small", 32, 32, 0)
-    ignore = output_layer(base, x)
+    ignore = classifier(base, x)
     prune_ours(base, x, ignore, 0.3, 1)
     if torch_pruning:
         prune_torch_pruning(base, x, ignore, 0.3)
