@@ -4,13 +4,10 @@ import itertools
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 import pruning
-from experiments.strategies.plan import Runtime, execute
 from experiments.strategies.ratio_policy import ScanTable
-from experiments.training.context import BaselineRecipe
-from tests.experiments.test_strategies import planned
+from tests.experiments.test_strategies import dry_execute, planned
 
 SIZE = 28  # Fashion-MNIST's images: the study's vgg_small
 
@@ -28,21 +25,11 @@ def known_scan(groups: list[str], sensitive: tuple[str, ...]) -> ScanTable:
 def spared_macs(cfg, sensitive: tuple[str, ...]) -> tuple[int, list[str]]:
     """(MACs of vgg_small as the skip strategy of ``cfg`` plans it when the scan ranks ``sensitive`` first, the
     groups spared)."""
-    build = lambda: instantiate(cfg.model, num_classes=10, in_channels=1, input_size=SIZE)  # noqa: E731
-    model, x = build(), torch.randn(2, 1, SIZE, SIZE)
-    strategy = instantiate(cfg.strategy, _convert_="all")
-    strategy.validate(model)
-    rt = Runtime(
-        example=x,
-        build_model=build,
-        strategy=strategy,
-        seed=cfg.seed,
-        baseline=BaselineRecipe.from_config(cfg),
-        dry=True,
-        dense_counts=pruning.count(model, x),
-    )
-    rt.scan = known_scan(list(pruning.group_channels(model, x)), sensitive)
-    execute(strategy.plan(model, rt), model, rt)
+
+    def known(rt, model, x):
+        rt.scan = known_scan(list(pruning.group_channels(model, x)), sensitive)
+
+    model, _, strategy, x = dry_execute(cfg, 1, SIZE, prepare=known)
     return pruning.count(model, x).macs, list(strategy.spared)
 
 

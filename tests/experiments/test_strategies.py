@@ -23,8 +23,15 @@ def planned(compose_cfg, *overrides, model="vgg_small", size=16, channels=1):
         f"model={model}",
         *overrides,
     )
+    model_, steps, strategy, _ = dry_execute(cfg, channels, size)
+    return model_, steps, strategy
+
+
+def dry_execute(cfg, channels, size, prepare=None):
+    """(model, steps, strategy, example) after the dry run of ``cfg``'s plan on a fresh model;
+    ``prepare(rt, model, x)`` runs before planning (e.g. to give the runtime a known scan)."""
     build = lambda: instantiate(cfg.model, num_classes=10, in_channels=channels, input_size=size)  # noqa: E731
-    model_ = build()
+    model = build()
     x = torch.randn(2, channels, size, size)
     strategy = instantiate(cfg.strategy, _convert_="all")
     rt = Runtime(
@@ -34,12 +41,14 @@ def planned(compose_cfg, *overrides, model="vgg_small", size=16, channels=1):
         seed=cfg.seed,
         baseline=BaselineRecipe.from_config(cfg),
         dry=True,
-        dense_counts=pruning.count(model_, x),
+        dense_counts=pruning.count(model, x),
     )
-    strategy.validate(model_)
-    steps = strategy.plan(model_, rt)
-    execute(steps, model_, rt)
-    return model_, steps, strategy
+    strategy.validate(model)
+    if prepare is not None:
+        prepare(rt, model, x)
+    steps = strategy.plan(model, rt)
+    execute(steps, model, rt)
+    return model, steps, strategy, x
 
 
 def shapes(model):
