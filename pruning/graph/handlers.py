@@ -41,6 +41,33 @@ def cut_tensor(module: nn.Module, name: str, keep: Tensor, dim: int) -> None:
         setattr(module, name, new)
 
 
+def cut_tensor_both(module: nn.Module, name: str, keep_out: Tensor, keep_in: Tensor) -> None:
+    """Replace weight ``name`` (``[out, in, *kernel]``) by its ``keep_out`` x ``keep_in`` part:
+    for kernels of 4 or more elements in one gather of whole kernels, without the
+    intermediate tensor that cutting one side after the other makes."""
+    old = getattr(module, name)
+    w = old.detach()
+    k = w[0, 0].numel() if w.dim() > 2 else 1
+    keep_out, keep_in = keep_out.to(w.device, torch.long), keep_in.to(w.device, torch.long)
+    if k >= 4 and w.is_contiguous():
+        idx = (keep_out[:, None] * w.shape[1] + keep_in[None, :]).flatten()
+        new = w.view(-1, k).index_select(0, idx).view(len(keep_out), len(keep_in), *w.shape[2:])
+    else:
+        new = w.index_select(0, keep_out).index_select(1, keep_in)
+    module._parameters[name] = nn.Parameter(new, requires_grad=old.requires_grad)
+
+
+def _plain(handler: "FilterHandler", base: type, module: nn.Module) -> bool:
+    """``handler`` cuts as ``base`` does (a subclass that cuts more, such as a gain, is not) and
+    the module's weight is a plain parameter: its two sides can be cut in one copy."""
+    kind = type(handler)
+    return (
+        kind.prune_out is base.prune_out
+        and kind.prune_in is base.prune_in
+        and isinstance(module._parameters.get("weight"), nn.Parameter)
+    )
+
+
 def _rows(t: Tensor, dim: int) -> Tensor:
     """``t`` viewed as one row per index of ``dim``: shape ``[t.shape[dim], -1]``."""
     return t.movedim(dim, 0).reshape(t.shape[dim], -1)
@@ -82,6 +109,11 @@ class FilterHandler:
 
     def prune_in(self, module: nn.Module, keep: Tensor) -> None:
         raise NotImplementedError
+
+    def prune_both(self, module: nn.Module, keep_out: Tensor, keep_in: Tensor) -> bool:
+        """Cut output and input channels at once (one copy of the weight); False, with nothing
+        changed, where the two sides are cut one at a time by ``prune_out`` and ``prune_in``."""
+        return False
 
     def out_view(self, module: nn.Module, t: Tensor | None = None) -> Tensor:
         """``[out_channels, k]``: each output channel's filter (of ``t``, default the weight)."""
@@ -207,6 +239,14 @@ class ConvHandler(FilterHandler):
         cut_tensor(module, "weight", local, 1)
         module.in_channels = len(keep)
 
+    def prune_both(self, module: nn.Module, keep_out: Tensor, keep_in: Tensor) -> bool:
+        if module.groups != 1 or not _plain(self, ConvHandler, module):
+            return False
+        cut_tensor_both(module, "weight", keep_out, keep_in)
+        cut_tensor(module, "bias", keep_out.to(torch.long), 0)
+        module.out_channels, module.in_channels = len(keep_out), len(keep_in)
+        return True
+
     def out_view(self, module: nn.Module, t: Tensor | None = None) -> Tensor:
         return _rows(module.weight if t is None else t, 0)
 
@@ -310,6 +350,14 @@ class LinearHandler(FilterHandler):
     def prune_in(self, module: nn.Module, keep: Tensor) -> None:
         cut_tensor(module, "weight", keep, 1)
         module.in_features = len(keep)
+
+    def prune_both(self, module: nn.Module, keep_out: Tensor, keep_in: Tensor) -> bool:
+        if not _plain(self, LinearHandler, module):
+            return False
+        cut_tensor_both(module, "weight", keep_out, keep_in)
+        cut_tensor(module, "bias", keep_out.to(torch.long), 0)
+        module.out_features, module.in_features = len(keep_out), len(keep_in)
+        return True
 
     def out_view(self, module: nn.Module, t: Tensor | None = None) -> Tensor:
         return _rows(module.weight if t is None else t, 0)

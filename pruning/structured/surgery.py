@@ -104,12 +104,19 @@ def cut(model: nn.Module, graph: ChannelGraph, removed: Tensor) -> PruningRecord
     entries = []
     touched: dict[str, nn.Module] = {}
     members = graph.trace.members
-    for i in (graph.removed_per_member(removed) > 0).nonzero().flatten().tolist():
-        m = members[i]
-        keep = (~graph.gone(i, removed)).nonzero().flatten()
+    todo = [
+        (members[i], (~graph.gone(i, removed)).nonzero().flatten())
+        for i in (graph.removed_per_member(removed) > 0).nonzero().flatten().tolist()
+    ]
+    pairs, fused = _both_sides(todo), set()
+    for m, keep in todo:
         try:
             if m.kind == "param":
                 cut_tensor(m.module, m.param, keep, m.dim)
+            elif id(m.module) in fused:
+                pass  # cut with its other side
+            elif (both := pairs.pop(id(m.module), None)) is not None and m.handler.prune_both(m.module, *both):
+                fused.add(id(m.module))
             elif m.dim == 0:
                 m.handler.prune_out(m.module, keep)
             else:
@@ -124,6 +131,16 @@ def cut(model: nn.Module, graph: ChannelGraph, removed: Tensor) -> PruningRecord
         entries.append(RecordEntry(m.name, m.kind, m.dim, tuple(keep.tolist()), m.ids.numel()))
         touched[_owner(m)] = m.module
     return PruningRecord(entries, state_shapes(touched))
+
+
+def _both_sides(todo: list[tuple[Any, Tensor]]) -> dict[int, tuple[Tensor, Tensor]]:
+    """``{id(module): (kept outputs, kept inputs)}`` of the layers cut on both sides, once each:
+    their handlers may cut both in one copy of the weight (``prune_both``)."""
+    sides: dict[int, dict[int, list[Tensor]]] = {}
+    for m, keep in todo:
+        if m.kind == "module" and hasattr(m.handler, "prune_both"):
+            sides.setdefault(id(m.module), {}).setdefault(m.dim, []).append(keep)
+    return {k: (v[0][0], v[1][0]) for k, v in sides.items() if v.keys() == {0, 1} and len(v[0]) == 1 and len(v[1]) == 1}
 
 
 def _owner(m: Any) -> str:

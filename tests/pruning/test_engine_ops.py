@@ -250,3 +250,42 @@ def test_a_cut_model_that_fails_is_restored_and_the_module_named():
     assert torch.equal(outputs(model, x), want)
     pruning.prune_filters(model, x, 0.5, ignore=["block.0"])
     assert model.stem.out_channels == 4 and model.block[0].out_channels == 8
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [nn.Conv2d(12, 10, 3), nn.Conv2d(12, 10, 1, bias=False), nn.Conv1d(6, 8, 5), nn.Linear(9, 7)],
+    ids=["conv3x3", "conv1x1", "conv1d", "linear"],
+)
+def test_cutting_both_sides_at_once_equals_one_side_after_the_other(layer):
+    from pruning.graph.handlers import get_handler
+
+    handler = get_handler(layer)
+    both, seq = copy.deepcopy(layer), copy.deepcopy(layer)
+    n_out, n_in = handler.out_channels(layer), handler.in_channels(layer)
+    keep_out, keep_in = torch.tensor([0, 2, 3, n_out - 1]), torch.tensor([1, n_in - 2])
+    assert handler.prune_both(both, keep_out, keep_in)
+    handler.prune_out(seq, keep_out)
+    handler.prune_in(seq, keep_in)
+    for (name, a), (_, b) in zip(both.named_parameters(), seq.named_parameters()):
+        assert isinstance(a, nn.Parameter) and torch.equal(a, b), name
+    assert (handler.out_channels(both), handler.in_channels(both)) == (4, 2)
+    x = torch.randn(2, n_in, 11) if isinstance(layer, nn.Conv1d) else torch.randn(2, n_in, 6, 6)
+    x = torch.randn(2, n_in) if isinstance(layer, nn.Linear) else x
+    assert both(x[:, keep_in]).shape == seq(x[:, keep_in]).shape
+
+
+def test_grouped_convs_and_handlers_that_cut_more_take_the_two_steps():
+    from pruning.graph.handlers import ConvHandler, get_handler
+
+    grouped = nn.Conv2d(8, 8, 3, groups=2)
+    assert not get_handler(grouped).prune_both(grouped, torch.arange(4), torch.arange(4))
+    assert grouped.weight.shape == (8, 4, 3, 3)
+
+    class GainConv(ConvHandler):
+        def prune_out(self, module, keep):  # cuts something more than the weight
+            super().prune_out(module, keep)
+
+    conv = nn.Conv2d(4, 4, 3)
+    assert not GainConv().prune_both(conv, torch.arange(2), torch.arange(2))
+    assert conv.weight.shape == (4, 4, 3, 3)
