@@ -6,16 +6,22 @@ layer's forward by its output shape (from the handler, else from the meta device
 filled with zeros. A model whose control flow reads activation values would take a
 different path on zeros; :func:`reads_values` spots such reads (``bool(t)``,
 ``.item()``, tensor indices...) so that the tracer can start again with real values.
+
+:func:`checked_shapes` does the same for the check that a cut model still runs: its plain
+convolutions and linear layers check their inputs against their weights and return zeros,
+everything else runs for real.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from pruning.graph.handlers import ChannelwiseHandler, get_handler
+from pruning.graph.handlers import ChannelwiseHandler, FilterHandler, get_handler
 from pruning.graph.oprules import tensors_in
 
 
@@ -109,5 +115,39 @@ def shapes_only(module: nn.Module, forward: Any, tracer: Any) -> Any:
         if not isinstance(out, Tensor) or not ref:
             return forward(*args, **kwargs)
         return torch.zeros(out.shape, dtype=out.dtype, device=ref[0].device)
+
+    return run
+
+
+@contextmanager
+def checked_shapes(model: nn.Module) -> Iterator[None]:
+    """Within: every layer of ``model`` whose handler tells its output shape (plain convs and
+    linears) returns zeros of that shape instead of computing it, once its input fits its
+    weights as its forward would check; an input that does not fit, and every other module,
+    runs for real. For a model that reads no activation values, a forward pass here fails
+    exactly where a real one would, at a fraction of the cost."""
+    patched = []
+    try:
+        for module in model.modules():
+            handler = get_handler(module)
+            if isinstance(handler, FilterHandler) and handler.leaf:
+                patched.append((module, module.__dict__.get("forward")))
+                module.__dict__["forward"] = _zeros_if_fits(module, module.forward, handler)
+        yield
+    finally:
+        for m, forward in patched:
+            if forward is None:
+                del m.__dict__["forward"]
+            else:
+                m.__dict__["forward"] = forward
+
+
+def _zeros_if_fits(module: nn.Module, forward: Any, handler: FilterHandler) -> Any:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and not kwargs and isinstance(args[0], Tensor):
+            shape = handler.output_shape(module, args[0])
+            if shape is not None:
+                return args[0].new_zeros(shape)
+        return forward(*args, **kwargs)
 
     return run

@@ -68,6 +68,18 @@ def _plain(handler: "FilterHandler", base: type, module: nn.Module) -> bool:
     )
 
 
+def _fits(module: nn.Module, x: Tensor, axis: int) -> bool:
+    """Does ``x`` fit ``module``'s weight and bias as its forward reads them: ``x.shape[axis]``
+    inputs (times the groups), weight and ``x`` of one dtype and device, one bias per output?"""
+    w, b = module.weight, module.bias
+    return (
+        x.shape[axis] == w.shape[1] * getattr(module, "groups", 1)
+        and x.dtype == w.dtype
+        and x.device == w.device
+        and (b is None or tuple(b.shape) == (w.shape[0],))
+    )
+
+
 def _rows(t: Tensor, dim: int) -> Tensor:
     """``t`` viewed as one row per index of ``dim``: shape ``[t.shape[dim], -1]``."""
     return t.movedim(dim, 0).reshape(t.shape[dim], -1)
@@ -100,8 +112,9 @@ class FilterHandler:
         return 1
 
     def output_shape(self, module: nn.Module, x: Tensor) -> tuple[int, ...] | None:
-        """The output shape for input ``x`` if cheap to tell (else None: the tracer asks the
-        meta device). Lets the graph trace skip the actual computation."""
+        """The output shape for input ``x`` if cheap to tell, else None (also where the forward
+        would refuse ``x``: the caller runs the layer, on the meta device or for real). Lets the
+        graph trace and the check of a cut model skip the actual computation."""
         return None
 
     def prune_out(self, module: nn.Module, keep: Tensor) -> None:
@@ -180,17 +193,19 @@ class ConvHandler(FilterHandler):
 
     def output_shape(self, module: nn.Module, x: Tensor) -> tuple[int, ...] | None:
         n = len(module.kernel_size)
-        if type(module).forward is not _CONV_FORWARD.get(n):
-            return None  # a subclass with its own forward (timm's Conv2dSame pads in it): run it on meta
-        if isinstance(module.padding, str) or x.dim() < n + 1:
-            return None if module.padding != "same" else (*x.shape[: -n - 1], module.out_channels, *x.shape[-n:])
+        if type(module).forward is not _CONV_FORWARD.get(n) or x.dim() < n + 1 or not _fits(module, x, -n - 1):
+            return None  # a subclass with its own forward (timm's Conv2dSame pads in it), or an input it refuses
+        w = module.weight
+        if w.shape[0] % module.groups or module.padding_mode != "zeros":
+            return None
+        padding = (0,) * n if module.padding == "valid" else module.padding
+        if padding == "same":
+            return (*x.shape[: -n - 1], w.shape[0], *x.shape[-n:])
         sizes = [
             (size + 2 * p - d * (k - 1) - 1) // s + 1
-            for size, p, d, k, s in zip(
-                x.shape[-n:], module.padding, module.dilation, module.kernel_size, module.stride
-            )
+            for size, p, d, k, s in zip(x.shape[-n:], padding, module.dilation, module.kernel_size, module.stride)
         ]
-        return (*x.shape[: -n - 1], module.out_channels, *sizes)
+        return (*x.shape[: -n - 1], w.shape[0], *sizes) if min(sizes) > 0 else None
 
     def _depthwise(self, module: nn.Module) -> bool:
         return module.groups > 1 and module.groups == module.in_channels
@@ -340,7 +355,9 @@ class LinearHandler(FilterHandler):
         return x.dim() - 1
 
     def output_shape(self, module: nn.Module, x: Tensor) -> tuple[int, ...] | None:
-        return (*x.shape[:-1], module.out_features)
+        if type(module).forward is not nn.Linear.forward or not x.dim() or not _fits(module, x, -1):
+            return None
+        return (*x.shape[:-1], module.weight.shape[0])
 
     def prune_out(self, module: nn.Module, keep: Tensor) -> None:
         cut_tensor(module, "weight", keep, 0)

@@ -63,6 +63,7 @@ class ChannelTrace:
     unions: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     frozen: list[tuple[Tensor, str]] = field(default_factory=list)
     inexact: list[Tensor] = field(default_factory=list)
+    shapes_only: bool = False  # traced on zeros: the forward reads no activation values
 
 
 def _as_tuple(example_inputs: Any) -> tuple:
@@ -475,7 +476,7 @@ def _trace(
     model: nn.Module, example_inputs: Any, ignore: tuple[str, ...], shapes_only: bool, approximate: tuple[str, ...]
 ) -> ChannelTrace:
     tracer = _Tracer(model, ignore, check_approximate(approximate))
-    tracer.shapes_only = shapes_only
+    tracer.shapes_only = tracer.result.shapes_only = shapes_only
     patched: list[tuple[nn.Module, Any]] = []
     handlers: dict[type, Any] = {}
     mods: dict[int, tuple[str, nn.Module, Any]] = {}

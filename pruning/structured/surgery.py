@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from pruning.criteria import Criterion
-from pruning.graph import ChannelMappingError
+from pruning.graph import ChannelMappingError, dryrun
 from pruning.graph.groups import ChannelGraph, ChannelGroup
 from pruning.graph.handlers import cut_tensor
 from pruning.graph.trace import modules_like
@@ -220,12 +220,25 @@ def _suggest_ignore(model: nn.Module, graph: ChannelGraph | None, name: str) -> 
     return list(dict.fromkeys(like + feeding))
 
 
-def check_forward(model: nn.Module, example_inputs: Any, graph: ChannelGraph | None = None) -> list[Tensor]:
+def check_forward(
+    model: nn.Module, example_inputs: Any, graph: ChannelGraph | None = None, dry: bool = False
+) -> list[Tensor]:
     """Run ``model`` on ``example_inputs`` (eval mode, no grad; modes restored) and return its
     output tensors. A failure raises :class:`ChannelMappingError` naming the innermost module
     that was running and what to ignore (with ``graph``, the traced uncut model: the layers
     feeding it too). The forward runs without hooks; only a failing one is run again with
-    hooks that follow the modules, to name where it fails."""
+    hooks that follow the modules, to name where it fails.
+
+    dry: first check shapes only (:func:`pruning.graph.dryrun.checked_shapes`; convs and linears
+    are not computed) and return no outputs if that passes; the real forward runs only if it
+    fails. Only for a model that reads no activation values in eval mode."""
+    if dry:
+        try:
+            with dryrun.checked_shapes(model):
+                _run(model, example_inputs)
+            return []
+        except Exception:
+            pass  # the real forward decides, and names the module
     try:
         return _outputs(_run(model, example_inputs))
     except Exception as err:
@@ -281,7 +294,7 @@ def cut_checked(
     snapshot = _snapshot(list({id(members[i].module): members[i].module for i in cut_idx}.values()))
     try:
         record = cut(model, graph, removed)
-        got = check_forward(model, example_inputs, graph)
+        got = check_forward(model, example_inputs, graph, dry=want is None and _reads_no_values(model, graph))
     except ChannelMappingError as err:
         _restore(snapshot)
         raise ChannelMappingError(f"{err} (the model was left as it was)") from err.__cause__
@@ -298,6 +311,12 @@ def cut_checked(
             stacklevel=3,
         )
     return record
+
+
+def _reads_no_values(model: nn.Module, graph: ChannelGraph) -> bool:
+    """Did the trace find that ``model``'s forward, as :func:`check_forward` runs it (eval mode),
+    reads no activation values? (The trace runs the model in its own mode.)"""
+    return graph.trace.shapes_only and not any(m.training for m in model.modules())
 
 
 def state_shapes(modules: dict[str, nn.Module]) -> dict[str, list[int]]:

@@ -252,6 +252,78 @@ def test_a_cut_model_that_fails_is_restored_and_the_module_named():
     assert model.stem.out_channels == 4 and model.block[0].out_channels == 8
 
 
+class Residual(nn.Module):
+    def __init__(self, conv: nn.Module):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):
+        return x + self.conv(x)
+
+
+def _broken(how: str) -> nn.Module:
+    """A net whose forward fails the way a wrong cut would make it fail."""
+    from pruning.graph.handlers import get_handler
+
+    if how == "residual":  # a conv that no longer keeps the spatial size of its shortcut
+        model = Net(Residual(nn.Conv2d(8, 8, 3, padding=1))).eval()
+        model.block.conv.padding = (0, 0)
+        return model
+    conv = nn.Conv2d(8, 8, 3, padding=1, groups=2 if how == "groups" else 1)
+    model = Net(nn.Sequential(conv, nn.ReLU())).eval()
+    handler = get_handler(conv)
+    if how == "inputs":  # inputs cut, the layer feeding them not
+        handler.prune_in(conv, torch.arange(6))
+    elif how == "groups":  # outputs no longer a multiple of the groups
+        conv.weight = nn.Parameter(conv.weight[:7].detach().clone())
+        conv.bias = nn.Parameter(conv.bias[:7].detach().clone())
+    elif how == "linear":  # the classifier reads more features than it gets
+        model.fc = nn.Linear(6, 4)
+    return model
+
+
+@pytest.mark.parametrize("how", ["inputs", "groups", "linear", "residual"])
+def test_the_shapes_only_check_fails_where_the_real_forward_fails(how):
+    from pruning.structured.surgery import check_forward
+
+    model = _broken(how)
+    with pytest.raises(pruning.ChannelMappingError) as real:
+        check_forward(model, X)
+    with pytest.raises(pruning.ChannelMappingError) as dry:
+        check_forward(model, X, dry=True)
+    assert str(dry.value) == str(real.value)  # the real forward names the module
+
+
+def _counting_convs(monkeypatch) -> list[int]:
+    calls = [0]
+    conv2d = F.conv2d
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return conv2d(*args, **kwargs)
+
+    monkeypatch.setattr(F, "conv2d", counted)
+    return calls
+
+
+class ReadsValues(nn.Module):
+    def forward(self, x):
+        return x if bool(x.mean() > -1e9) else -x
+
+
+def test_a_cut_is_checked_without_computing_convs_unless_the_model_reads_values_or_trains(monkeypatch):
+    calls = _counting_convs(monkeypatch)
+    model = Net(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())).eval()
+    pruning.prune_filters(model, X, 0.5)
+    assert calls[0] == 0 and model.block[0].weight.shape == (4, 4, 3, 3)
+    assert outputs(model, X).shape == (1, 4) and calls[0] == 3  # it runs
+    for model in (Net(ReadsValues()).eval(), Net(nn.Identity()).train()):
+        calls[0] = 0
+        pruning.prune_filters(model, X, 0.5)
+        assert calls[0] >= 2  # the real forward of the cut model (and of the trace: values read)
+        assert model.conv.out_channels == 4
+
+
 @pytest.mark.parametrize(
     "layer",
     [nn.Conv2d(12, 10, 3), nn.Conv2d(12, 10, 1, bias=False), nn.Conv1d(6, 8, 5), nn.Linear(9, 7)],
