@@ -14,7 +14,7 @@ everything else runs for real.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -120,15 +120,15 @@ def shapes_only(module: nn.Module, forward: Any, tracer: Any) -> Any:
 
 
 @contextmanager
-def checked_shapes(model: nn.Module) -> Iterator[None]:
-    """Within: every layer of ``model`` whose handler tells its output shape (plain convs and
+def checked_shapes(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Within: every one of ``modules`` whose handler tells its output shape (plain convs and
     linears) returns zeros of that shape instead of computing it, once its input fits its
     weights as its forward would check; an input that does not fit, and every other module,
-    runs for real. For a model that reads no activation values, a forward pass here fails
-    exactly where a real one would, at a fraction of the cost."""
+    runs for real (pass all of a model's modules). For a model that reads no activation values,
+    a forward pass here fails exactly where a real one would, at a fraction of the cost."""
     patched = []
     try:
-        for module in model.modules():
+        for module in modules:
             handler = get_handler(module)
             if isinstance(handler, FilterHandler) and handler.leaf:
                 patched.append((module, module.__dict__.get("forward")))

@@ -69,6 +69,7 @@ def removal_for_keep(graph: ChannelGraph, keeps: dict[int, int], criterion: Crit
     prepare = getattr(criterion, "prepare", None)
     if prepare is not None and todo:
         prepare(graph.model, [g for g, _ in todo])
+    ranked: list[tuple[Tensor, Tensor, int]] = []  # per group: candidate scores, their channels, kept count
     for g, keep in todo:
         s = group_scores(criterion, g)
         if s is None:
@@ -76,15 +77,27 @@ def removal_for_keep(graph: ChannelGraph, keeps: dict[int, int], criterion: Crit
         comps = graph.comps(g)
         scores[comps] = s
         if g.n_prunable == g.n_channels:
-            order = torch.argsort(s, descending=True, stable=True)
-            removed[comps[order[keep:]]] = True
+            ranked.append((s, comps, keep))
         else:
             cand = (~g.frozen).nonzero().flatten()
-            order = torch.argsort(s[cand], descending=True, stable=True)
-            removed[comps[cand[order[keep:]]]] = True
+            ranked.append((s[cand], comps[cand], keep))
+    if ranked:
+        removed[_beyond_keep(ranked)] = True
     if todo:
         _keep_one_per_layer(graph, removed, scores)
     return removed
+
+
+def _beyond_keep(ranked: list[tuple[Tensor, Tensor, int]]) -> Tensor:
+    """The channels past each group's ``keep`` best scores (ties: the earlier channel first),
+    ranked in two sorts over all groups at once rather than one per group."""
+    counts = torch.tensor([len(s) for s, _, _ in ranked])
+    group = torch.repeat_interleave(torch.arange(len(ranked)), counts)
+    by_score = torch.argsort(torch.cat([s for s, _, _ in ranked]), descending=True, stable=True)
+    order = by_score[torch.argsort(group[by_score], stable=True)]  # by group, best first within
+    rank = torch.arange(len(order)) - (torch.cumsum(counts, 0) - counts)[group]
+    keeps = torch.tensor([k for _, _, k in ranked])
+    return torch.cat([c for _, c, _ in ranked])[order[rank >= keeps[group]]]
 
 
 def _keep_one_per_layer(graph: ChannelGraph, removed: Tensor, scores: Tensor) -> None:
@@ -170,9 +183,10 @@ def _outputs(out: Any) -> list[Tensor]:
     return []
 
 
-def _run(model: nn.Module, example_inputs: Any) -> Any:
-    """``model(*example_inputs)`` in eval mode without gradients; the modes are restored."""
-    modes = [(m, m.training) for m in model.modules()]
+def _run(model: nn.Module, example_inputs: Any, modules: list[nn.Module] | None = None) -> Any:
+    """``model(*example_inputs)`` in eval mode without gradients; the modes of ``modules``
+    (default: all of the model's) are restored."""
+    modes = [(m, m.training) for m in (model.modules() if modules is None else modules)]
     try:
         model.eval()
         with torch.no_grad():
@@ -229,18 +243,20 @@ def check_forward(
     feeding it too). The forward runs without hooks; only a failing one is run again with
     hooks that follow the modules, to name where it fails.
 
-    dry: first check shapes only (:func:`pruning.graph.dryrun.checked_shapes`; convs and linears
-    are not computed) and return no outputs if that passes; the real forward runs only if it
-    fails. Only for a model that reads no activation values in eval mode."""
-    if dry:
+    dry: where ``graph``'s trace found that the model reads no activation values and the model
+    is in eval mode (the mode the trace and this check then share), check shapes only
+    (:func:`pruning.graph.dryrun.checked_shapes`: convs and linears are not computed) and return
+    no outputs if that passes; the real forward runs only if it fails."""
+    modules = list(model.modules())
+    if dry and graph is not None and graph.trace.shapes_only and not any(m.training for m in modules):
         try:
-            with dryrun.checked_shapes(model):
-                _run(model, example_inputs)
+            with dryrun.checked_shapes(modules):
+                _run(model, example_inputs, modules)
             return []
         except Exception:
             pass  # the real forward decides, and names the module
     try:
-        return _outputs(_run(model, example_inputs))
+        return _outputs(_run(model, example_inputs, modules))
     except Exception as err:
         inner, err = _failing_module(model, example_inputs, err)
         where = (
@@ -294,7 +310,7 @@ def cut_checked(
     snapshot = _snapshot(list({id(members[i].module): members[i].module for i in cut_idx}.values()))
     try:
         record = cut(model, graph, removed)
-        got = check_forward(model, example_inputs, graph, dry=want is None and _reads_no_values(model, graph))
+        got = check_forward(model, example_inputs, graph, dry=want is None)
     except ChannelMappingError as err:
         _restore(snapshot)
         raise ChannelMappingError(f"{err} (the model was left as it was)") from err.__cause__
@@ -311,12 +327,6 @@ def cut_checked(
             stacklevel=3,
         )
     return record
-
-
-def _reads_no_values(model: nn.Module, graph: ChannelGraph) -> bool:
-    """Did the trace find that ``model``'s forward, as :func:`check_forward` runs it (eval mode),
-    reads no activation values? (The trace runs the model in its own mode.)"""
-    return graph.trace.shapes_only and not any(m.training for m in model.modules())
 
 
 def state_shapes(modules: dict[str, nn.Module]) -> dict[str, list[int]]:

@@ -261,16 +261,20 @@ class Residual(nn.Module):
         return x + self.conv(x)
 
 
-def _broken(how: str) -> nn.Module:
-    """A net whose forward fails the way a wrong cut would make it fail."""
+def _broken(how: str) -> tuple[nn.Module, object]:
+    """A net whose forward fails the way a wrong cut would make it fail, and the graph of the
+    net before it was broken (what the check of a cut has)."""
+    from pruning.graph.groups import build_graph
     from pruning.graph.handlers import get_handler
 
     if how == "residual":  # a conv that no longer keeps the spatial size of its shortcut
         model = Net(Residual(nn.Conv2d(8, 8, 3, padding=1))).eval()
+        graph = build_graph(model, X)
         model.block.conv.padding = (0, 0)
-        return model
+        return model, graph
     conv = nn.Conv2d(8, 8, 3, padding=1, groups=2 if how == "groups" else 1)
     model = Net(nn.Sequential(conv, nn.ReLU())).eval()
+    graph = build_graph(model, X)
     handler = get_handler(conv)
     if how == "inputs":  # inputs cut, the layer feeding them not
         handler.prune_in(conv, torch.arange(6))
@@ -279,18 +283,19 @@ def _broken(how: str) -> nn.Module:
         conv.bias = nn.Parameter(conv.bias[:7].detach().clone())
     elif how == "linear":  # the classifier reads more features than it gets
         model.fc = nn.Linear(6, 4)
-    return model
+    return model, graph
 
 
 @pytest.mark.parametrize("how", ["inputs", "groups", "linear", "residual"])
 def test_the_shapes_only_check_fails_where_the_real_forward_fails(how):
     from pruning.structured.surgery import check_forward
 
-    model = _broken(how)
+    model, graph = _broken(how)
+    assert graph.trace.shapes_only
     with pytest.raises(pruning.ChannelMappingError) as real:
-        check_forward(model, X)
+        check_forward(model, X, graph)
     with pytest.raises(pruning.ChannelMappingError) as dry:
-        check_forward(model, X, dry=True)
+        check_forward(model, X, graph, dry=True)
     assert str(dry.value) == str(real.value)  # the real forward names the module
 
 
