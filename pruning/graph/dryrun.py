@@ -94,11 +94,9 @@ def shapes_only(module: nn.Module, forward: Any, tracer: Any) -> Any:
         return same
 
     def run(*args: Any, **kwargs: Any) -> Any:
-        x = args[0] if args and isinstance(args[0], Tensor) else None
-        if x is not None and not kwargs and len(args) == 1:
-            shape = handler.output_shape(module, x)
-            if shape is not None:
-                return x.new_zeros(shape)
+        zeros = _zeros_out(module, handler, args, kwargs)
+        if zeros is not None:
+            return zeros
         d = module.__dict__
         params, buffers = d["_parameters"], d["_buffers"]
         depth = tracer.leaf_depth
@@ -144,10 +142,17 @@ def checked_shapes(modules: Iterable[nn.Module]) -> Iterator[None]:
 
 def _zeros_if_fits(module: nn.Module, forward: Any, handler: FilterHandler) -> Any:
     def run(*args: Any, **kwargs: Any) -> Any:
-        if len(args) == 1 and not kwargs and isinstance(args[0], Tensor):
-            shape = handler.output_shape(module, args[0])
-            if shape is not None:
-                return args[0].new_zeros(shape)
-        return forward(*args, **kwargs)
+        zeros = _zeros_out(module, handler, args, kwargs)
+        return forward(*args, **kwargs) if zeros is None else zeros
 
     return run
+
+
+def _zeros_out(module: nn.Module, handler: Any, args: tuple, kwargs: dict) -> Tensor | None:
+    """Zeros of ``module``'s output shape for a lone tensor input, where its handler tells
+    the shape (and the input fits the layer); None otherwise."""
+    if len(args) == 1 and not kwargs and isinstance(args[0], Tensor):
+        shape = handler.output_shape(module, args[0])
+        if shape is not None:
+            return args[0].new_zeros(shape)
+    return None
