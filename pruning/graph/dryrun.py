@@ -133,11 +133,17 @@ def checked_shapes(modules: Iterable[nn.Module]) -> Iterator[None]:
                 module.__dict__["forward"] = _zeros_if_fits(module, module.forward, handler)
         yield
     finally:
-        for m, forward in patched:
-            if forward is None:
-                del m.__dict__["forward"]
-            else:
-                m.__dict__["forward"] = forward
+        restore_forwards(patched)
+
+
+def restore_forwards(patched: list[tuple[nn.Module, Any]]) -> None:
+    """Undo forwards patched into the modules' ``__dict__``: ``(module, the instance's own
+    forward before, or None where it had none)``."""
+    for m, forward in patched:
+        if forward is None:
+            del m.__dict__["forward"]
+        else:
+            m.__dict__["forward"] = forward
 
 
 def _zeros_if_fits(module: nn.Module, forward: Any, handler: FilterHandler) -> Any:

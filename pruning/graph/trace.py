@@ -579,9 +579,5 @@ def _trace(
             h.remove()
         for m, mode in modes:
             m.__dict__["training"] = mode
-        for m, forward_ in patched:
-            if forward_ is None:
-                del m.__dict__["forward"]
-            else:
-                m.__dict__["forward"] = forward_
+        dryrun.restore_forwards(patched)
     return tracer.result
