@@ -24,6 +24,7 @@ from torch import nn
 
 from pruning.checks import check_number
 from pruning.evaluation import eval_mode
+from pruning.measure import steady_allocator
 
 _MIN_SAMPLE_S = 0.002  # one timed sample repeats the forward pass until it lasts about this long
 _MAX_INNER = 1000
@@ -102,7 +103,9 @@ def batch_inputs(example_inputs: Any, batch_size: int, device: torch.device) -> 
 def pinned_threads(threads: int | None, collect: bool = True) -> Iterator[int]:
     """Run the block with ``torch.set_num_threads(threads)`` (None: as it is), restored after;
     yields the thread count in effect. Garbage collection is paused too (after a full
-    collection when ``collect``), so it cannot land inside a timed call."""
+    collection when ``collect``), so it cannot land inside a timed call, and malloc is kept
+    from handing activations back to the system between calls (:func:`pruning.measure.steady_allocator`)."""
+    steady_allocator()
     before = torch.get_num_threads()
     if threads is not None:
         check_number("threads", threads, 1, integer=True, suffix=" or None (keep the current setting)")

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruning.evaluation import hooked_forward
+from pruning.measure import steady_allocator
 
 
 @contextmanager
@@ -165,7 +166,9 @@ class SparseChoice:
 
 
 def time_ms(fn, *args, repeats: int = 10, warmup: int = 2) -> float:
-    """Median wall time of ``fn(*args)`` in milliseconds (no grad)."""
+    """Median wall time of ``fn(*args)`` in milliseconds (no grad), malloc kept steady
+    (:func:`pruning.measure.steady_allocator`)."""
+    steady_allocator()
     with torch.no_grad():
         for _ in range(warmup):
             fn(*args)

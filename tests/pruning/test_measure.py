@@ -1,3 +1,9 @@
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
 import torch
 from torch import nn
 
@@ -62,3 +68,46 @@ def test_bytes_and_latency():
     assert dense_bytes(m) == 4 * (266_200 + 410)
     t = measure_latency(m, torch.randn(1, 1, 28, 28), batch_size=4, repeats=3)
     assert 0 < t < 1.0
+
+
+_MALLINFO_PROBE = """
+import ctypes, sys, torch
+import pruning
+from pruning.measure import steady_allocator
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "measure":
+    pruning.measure_latency(torch.nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8), repeats=1, warmup=0)
+    applied = True
+else:
+    applied = steady_allocator()
+before = libc.mallinfo2().hblkhd
+x = torch.empty(5 * 2**20)  # 20 MiB of float32: mapped afresh unless malloc keeps it in its heap
+print(applied, libc.mallinfo2().hblkhd - before)
+"""
+
+
+def _probe(mode: str, env: dict | None = None) -> tuple[str, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", _MALLINFO_PROBE, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
+    ).stdout.split()
+    return out[0], int(out[1])
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or sys.platform != "linux", reason="glibc's malloc only")
+def test_timing_keeps_freed_memory_in_the_heap_unless_told_not_to():
+    # a fresh process maps a 20 MiB block on its own; once latency has been timed, malloc
+    # serves it from its heap (no page faults that depend on what the process did before)
+    applied, mapped = _probe("measure")
+    assert (applied, mapped) == ("True", 0)
+    applied, mapped = _probe("direct", {"PRUNEKIT_STEADY_ALLOCATOR": "0"})
+    assert applied == "False" and mapped >= 20 * 2**20
