@@ -192,10 +192,10 @@ def latency_pareto_figure(store: StoreLike, out: str | Path | None = None) -> Fi
                     **style,
                 )
                 for _, arm in m.iterrows():  # a line holds several arms (uniform 0.3 and 0.5): name each
-                    ax.annotate(
+                    ax.annotate(  # int8 above its diamond, fp32 below: an arm's two points may sit close
                         operating_label(arm),
                         (arm["latency_ratio_mean"], arm["acc_mean"] * 100),
-                        xytext=(6, -10),
+                        xytext=(6, 5 if int8 else -10),
                         textcoords="offset points",
                         fontsize=7,
                         color=color,
@@ -212,7 +212,7 @@ def latency_pareto_figure(store: StoreLike, out: str | Path | None = None) -> Fi
             _focus(ax, here, means)
             ax.set_title(f"{context_title(ctx)}: batch {b}", fontsize=9)
             ax.set_xlabel(
-                f"latency at batch {b}, final / dense fp32 baseline (timed interleaved; int8: ONNX Runtime)"
+                f"latency at batch {b}, final / dense fp32 baseline\n(timed interleaved; int8: ONNX Runtime)"
                 if (here["precision"] == "int8").any()
                 else f"latency at batch {b}, final / baseline (timed interleaved)"
             )
